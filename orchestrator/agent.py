@@ -1,0 +1,274 @@
+"""Running Claude Code headless and making sense of what it says.
+
+``claude -p --output-format stream-json --verbose`` prints one JSON event a line: a
+``system``/``init`` event, ``assistant`` and ``user`` messages (text, tool calls, tool
+results) and, last, a ``result`` event with ``subtype``, ``is_error``, ``result``,
+``session_id``, ``total_cost_usd``, ``num_turns`` and ``duration_ms``.
+
+The agent's exit code alone does not tell success: an API error or a missing login ends
+with ``"subtype": "success"`` and ``"is_error": true``. ``judge`` looks at all of it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from .docker import flag
+from .tasks import State
+
+CLAUDE = "claude"
+TERMINATE_GRACE_SECONDS = 10.0
+_SUMMARY_LIMIT = 160
+
+
+def headless_argv(prompt: str, model: str | None) -> list[str]:
+    """The command line of a headless run. Every flag here is in ``claude --help``."""
+    return [
+        CLAUDE,
+        "--print",
+        "--output-format",
+        "stream-json",
+        # The CLI refuses stream-json in print mode without it.
+        "--verbose",
+        # Nobody is there to answer a permission prompt; the container is the sandbox.
+        "--dangerously-skip-permissions",
+        *flag("--model", model),
+        # A prompt that starts with '-' must not be read as an option.
+        "--",
+        prompt,
+    ]
+
+
+def _shorten(text: str, limit: int = _SUMMARY_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _tool_summary(name: str, tool_input: Any) -> str:
+    if not isinstance(tool_input, Mapping):
+        return name
+    for key in ("command", "file_path", "notebook_path", "path", "pattern", "url", "description", "query"):
+        value = tool_input.get(key)
+        if isinstance(value, str) and value:
+            return f"{name} {_shorten(value)}"
+    return f"{name} {_shorten(json.dumps(tool_input, ensure_ascii=False))}"
+
+
+def _result_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(part.get("text", "") for part in content if isinstance(part, Mapping))
+    return ""
+
+
+def render_event(event: Mapping[str, Any]) -> list[str]:
+    """Readable lines for one stream-json event (what ``docker logs`` shows)."""
+    kind = event.get("type")
+    subtype = event.get("subtype")
+    if kind == "system":
+        if subtype == "init":
+            return [f"session {event.get('session_id')} started (model {event.get('model')}, cwd {event.get('cwd')})"]
+        if subtype == "api_retry":
+            return [f"API retry {event.get('attempt')}/{event.get('max_retries')} ({event.get('error')})"]
+        return [f"system: {subtype}"]
+    if kind in ("assistant", "user"):
+        message = event.get("message")
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        lines = []
+        for block in content if isinstance(content, list) else []:
+            if not isinstance(block, Mapping):
+                continue
+            btype = block.get("type")
+            if btype == "text" and kind == "assistant" and block.get("text", "").strip():
+                lines.extend(f"  {line}" for line in block["text"].strip().splitlines())
+            elif btype == "tool_use":
+                lines.append(f"-> {_tool_summary(str(block.get('name')), block.get('input'))}")
+            elif btype == "tool_result":
+                mark = "<- error:" if block.get("is_error") else "<-"
+                lines.append(f"{mark} {_shorten(_result_text(block.get('content'))) or '(no output)'}")
+            elif btype == "thinking":
+                lines.append("(thinking)")
+        return lines
+    if kind == "result":
+        cost = event.get("total_cost_usd")
+        cost_text = f"${cost:.4f}" if isinstance(cost, (int, float)) else "cost unknown"
+        seconds = event.get("duration_ms")
+        time_text = f"{seconds / 1000:.1f} s" if isinstance(seconds, (int, float)) else "time unknown"
+        error = " with an error" if event.get("is_error") else ""
+        return [f"finished{error}: {subtype}, {event.get('num_turns')} turns, {cost_text}, {time_text}"]
+    return []
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    """What one run of the agent left behind."""
+
+    exit_code: int | None
+    final: Mapping[str, Any] | None  # the ``result`` event, if one came
+    last_text: str  # the last assistant text, the output when no result came
+    stderr_tail: str
+    stopped: str | None = None  # "timeout" or "cancelled" when the run was cut short
+
+
+def judge(run: AgentRun, timeout: float | None) -> tuple[State, str | None]:
+    """The task's final state and, unless it succeeded, why."""
+    if run.stopped == "timeout":
+        return State.TIMEOUT, f"the agent did not finish within {timeout:g} s and was stopped"
+    if run.stopped == "cancelled":
+        return State.CANCELLED, "the worker was stopped before the agent finished"
+    final = run.final
+    if final is None:
+        detail = f": {run.stderr_tail}" if run.stderr_tail else ""
+        return State.FAILED, f"the agent ended without a result (exit code {run.exit_code}){detail}"
+    if final.get("is_error") is not False or final.get("subtype") != "success":
+        message = final.get("result") if isinstance(final.get("result"), str) else ""
+        errors = final.get("errors")
+        if not message and isinstance(errors, list):
+            message = "; ".join(str(e) for e in errors)
+        return State.FAILED, f"the agent reported an error ({final.get('subtype')}): {message or 'no message'}"
+    if run.exit_code != 0:
+        return State.FAILED, f"the agent exited with code {run.exit_code}"
+    return State.SUCCESS, None
+
+
+class AgentProcess:
+    """One headless run: streams events to ``on_line`` and the raw transcript, under a timeout."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        timeout: float | None,
+        on_line: Callable[[str], None],
+        transcript: IO[str],
+        scrub: Callable[[str], str],
+    ):
+        self.argv = list(argv)
+        self.cwd = cwd
+        self.env = dict(env)
+        self.timeout = timeout
+        self.on_line = on_line
+        self.transcript = transcript
+        self.scrub = scrub
+        self._proc: subprocess.Popen[str] | None = None
+        self._stopped: str | None = None
+        self._lock = threading.Lock()
+
+    def stop(self, reason: str) -> None:
+        """End the run (its whole process group): TERM, then KILL after a grace period.
+
+        Safe to call from a signal handler or a timer thread, more than once.
+        """
+        with self._lock:
+            if self._stopped or self._proc is None or self._proc.poll() is not None:
+                return
+            self._stopped = reason
+            proc = self._proc
+        self._signal_group(proc, signal.SIGTERM)
+        threading.Thread(target=self._kill_later, args=(proc,), daemon=True).start()
+
+    def _kill_later(self, proc: subprocess.Popen[str]) -> None:
+        try:
+            proc.wait(TERMINATE_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._signal_group(proc, signal.SIGKILL)
+
+    @staticmethod
+    def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def run(self) -> AgentRun:
+        stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        final: Mapping[str, Any] | None = None
+        last_text = ""
+        with self._lock:
+            # Its own session, so that a stop reaches the tools it started too.
+            self._proc = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                start_new_session=True,
+            )
+        proc = self._proc
+        assert proc.stdout is not None and proc.stderr is not None
+
+        def read_stderr() -> None:
+            for raw in proc.stderr:  # type: ignore[union-attr]
+                line = self.scrub(raw.rstrip("\n"))
+                if line.strip():
+                    stderr_tail.append(line)
+                    self.on_line(f"stderr: {line}")
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        timer = threading.Timer(self.timeout, self.stop, args=("timeout",)) if self.timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            for raw in proc.stdout:
+                line = self.scrub(raw.rstrip("\n"))
+                if not line.strip():
+                    continue
+                self.transcript.write(line + "\n")
+                self.transcript.flush()
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    self.on_line(line)
+                    continue
+                if not isinstance(event, Mapping):
+                    continue
+                for rendered in render_event(event):
+                    self.on_line(rendered)
+                if event.get("type") == "result":
+                    final = event
+                elif event.get("type") == "assistant":
+                    text = _assistant_text(event)
+                    if text:
+                        last_text = text
+            exit_code = proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+        reader.join(timeout=5)
+        return AgentRun(
+            exit_code=exit_code,
+            final=final,
+            last_text=last_text,
+            stderr_tail=" | ".join(stderr_tail),
+            stopped=self._stopped,
+        )
+
+
+def _assistant_text(event: Mapping[str, Any]) -> str:
+    message = event.get("message")
+    content = message.get("content") if isinstance(message, Mapping) else None
+    if isinstance(content, str):
+        return content.strip()
+    if not isinstance(content, list):
+        return ""
+    parts = [b.get("text", "") for b in content if isinstance(b, Mapping) and b.get("type") == "text"]
+    return "\n".join(p for p in parts if p).strip()

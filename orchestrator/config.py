@@ -1,0 +1,49 @@
+"""Names and defaults shared by the host side, the manager and the workers."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from .errors import InvalidInput
+
+DEFAULT_MODEL = "claude-opus-4-5-20251101"
+DEFAULT_BRANCH = "main"
+DEFAULT_VOLUME = "orchestration-volume"
+DEFAULT_IMAGE_PREFIX = "claude-"  # images are claude-orchestrator, claude-flutter, claude-TYPE
+MANAGER_IMAGE = "orchestrator"
+DEFAULT_WORKER_TYPE = "flutter"
+
+# The user both images run as; files copied into containers are given to it.
+CONTAINER_UID = 1000
+CONTAINER_GID = 1000
+CONTAINER_HOME = "/home/claude"
+CONTAINER_ORCHESTRATION_DIR = "/orchestration"
+
+# Environment variables that carry these settings into the manager, so that
+# spawn-worker there starts workers the way run.py was told to.
+ENV_VOLUME = "ORCHESTRATOR_VOLUME"
+ENV_NETWORK = "ORCHESTRATOR_NETWORK"
+ENV_IMAGE_PREFIX = "ORCHESTRATOR_IMAGE_PREFIX"
+
+LABEL_ROLE = "orchestrator.role"
+LABEL_TASK_ID = "orchestrator.task-id"
+LABEL_WORKER_TYPE = "orchestrator.worker-type"
+
+_WORKER_TYPE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,40}")
+
+
+def env_default(name: str, fallback: str | None = None) -> str | None:
+    return os.environ.get(name) or fallback
+
+
+def worker_image(worker_type: str, prefix: str) -> str:
+    if not _WORKER_TYPE.fullmatch(worker_type):
+        raise InvalidInput(
+            f"worker type {worker_type!r} is not valid: use lower-case letters, digits, '.', '_' or '-'"
+        )
+    return f"{prefix}{worker_type}"
+
+
+def container_name(task_id: str) -> str:
+    return f"worker-{task_id}"

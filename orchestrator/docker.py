@@ -1,0 +1,172 @@
+"""The one door to Docker: every docker CLI call of the project goes through ``docker()``."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shlex
+import subprocess
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UserError
+
+log = logging.getLogger("orchestrator.docker")
+
+DEFAULT_TIMEOUT = 120.0
+
+
+class DockerError(UserError):
+    """A docker command failed; carries its argv, exit code and stderr."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str, message: str = ""):
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        detail = self.stderr or f"exit code {returncode}"
+        super().__init__(message or f"`{shlex.join(self.argv)}` failed: {detail}")
+
+    @classmethod
+    def from_process(cls, argv: Sequence[str], proc: subprocess.CompletedProcess[Any]) -> DockerError:
+        stderr = proc.stderr if isinstance(proc.stderr, str) else (proc.stderr or b"").decode("utf-8", "replace")
+        for sub in (NoSuchContainer, NoSuchImage, NameConflict, DaemonUnreachable):
+            if any(marker in stderr for marker in sub.markers):
+                return sub(argv, proc.returncode, stderr)
+        return cls(argv, proc.returncode, stderr)
+
+
+class NoSuchContainer(DockerError):
+    markers = ("No such container", "No such object")
+
+
+class NoSuchImage(DockerError):
+    markers = ("No such image", "pull access denied", "repository does not exist")
+
+
+class NameConflict(DockerError):
+    markers = ("Conflict. The container name",)
+
+
+class DaemonUnreachable(DockerError):
+    markers = ("Cannot connect to the Docker daemon", "permission denied while trying to connect")
+
+
+class DockerMissing(UserError):
+    pass
+
+
+def docker(
+    *args: str,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    check: bool = True,
+    capture: bool = True,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``docker ARGS``. Output is captured as bytes; with ``capture`` false it goes to
+    the terminal (a build's progress, an attached container), stderr included.
+
+    ``env`` adds variables to the child's environment: the way to hand a secret to
+    ``docker run -e NAME`` without putting its value on the command line.
+    """
+    argv = ["docker", *args]
+    log.debug("run %s", shlex.join(argv))
+    child_env = {**os.environ, **env} if env else None
+    try:
+        proc = subprocess.run(
+            argv,
+            input=input,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            timeout=timeout,
+            env=child_env,
+        )
+    except FileNotFoundError:
+        raise DockerMissing("the docker command was not found; install Docker and put `docker` on PATH") from None
+    except subprocess.TimeoutExpired as exc:
+        raise DockerError(argv, None, "", f"`{shlex.join(argv)}` did not finish within {timeout:.0f} s") from exc
+    if check and proc.returncode:
+        raise DockerError.from_process(argv, proc)
+    return proc
+
+
+def text(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return (proc.stdout or b"").decode("utf-8", "replace")
+
+
+def flag(name: str, value: object | None) -> list[str]:
+    """``["--name", value]``, or nothing when the value is unset."""
+    return [] if value is None or value == "" else [name, str(value)]
+
+
+def env_pass(name: str) -> list[str]:
+    """``-e NAME``: docker takes the value from its own environment, never from argv."""
+    return ["--env", name]
+
+
+def labels(values: Mapping[str, str]) -> list[str]:
+    return [arg for key, value in values.items() for arg in ("--label", f"{key}={value}")]
+
+
+def inspect_container(name: str) -> dict[str, Any] | None:
+    """The container's ``docker inspect`` document, or None when it does not exist."""
+    try:
+        proc = docker("container", "inspect", name, timeout=30)
+    except NoSuchContainer:
+        return None
+    data = json.loads(text(proc) or "[]")
+    return data[0] if data else None
+
+
+def image_exists(name: str) -> bool:
+    proc = docker("image", "inspect", "--format", "{{.Id}}", name, check=False, timeout=30)
+    return proc.returncode == 0
+
+
+def check_daemon() -> None:
+    """Fail with one clear line when the engine cannot be reached."""
+    proc = docker("version", "--format", "{{.Server.Version}}", check=False, timeout=30)
+    if proc.returncode:
+        stderr = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        reason = stderr[-1] if stderr else f"exit code {proc.returncode}"
+        raise DaemonUnreachable(["docker", "version"], proc.returncode, reason, f"Docker is not usable: {reason}")
+
+
+@dataclass(frozen=True)
+class FileToCopy:
+    """One file to put into a container with ``copy_files``."""
+
+    name: str  # path relative to the destination folder
+    data: bytes
+    mode: int = 0o600
+
+
+def copy_files(container: str, dest_dir: str, files: Sequence[FileToCopy], *, uid: int, gid: int) -> None:
+    """Copy files into a (created or running) container, owned by ``uid:gid``.
+
+    Works the same from the host and from inside the manager container, because the
+    bytes travel through the API as a tar stream: a bind mount of a path inside the
+    manager would resolve on the host instead.
+    """
+    buf = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dirs: set[str] = set()
+        for item in files:
+            parts = item.name.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folder = "/".join(parts[:depth])
+                if folder not in dirs:
+                    dirs.add(folder)
+                    info = tarfile.TarInfo(folder)
+                    info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o700, uid, gid, now
+                    tar.addfile(info)
+            info = tarfile.TarInfo(item.name)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(item.data), item.mode, uid, gid, now
+            tar.addfile(info, io.BytesIO(item.data))
+    docker("cp", "-", f"{container}:{dest_dir}", input=buf.getvalue(), timeout=60)

@@ -1,0 +1,120 @@
+"""The manager container's entrypoint.
+
+Sets up git and SSH, clones the repository when one is given, makes sure the shared
+folders exist, pre-seeds Claude Code's configuration so that no first-run dialog blocks a
+fresh container, then replaces itself with Claude Code (the Smart Manager) or with the
+command given after ``--``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import git
+from .config import DEFAULT_BRANCH
+from .docker import DaemonUnreachable, DockerMissing, check_daemon
+from .errors import UserError, run_command
+from .secrets import TOKEN_ENV, redact
+from .tasks import OrchestrationDir, write_json
+
+SYSTEM_PROMPT = Path(__file__).with_name("system-prompt.md")
+
+
+def manager_argv(model: str | None) -> list[str]:
+    """The interactive Smart Manager. Every flag here is in ``claude --help``."""
+    argv = ["claude", "--dangerously-skip-permissions"]
+    if model:
+        argv += ["--model", model]
+    return [*argv, "--append-system-prompt", SYSTEM_PROMPT.read_text(encoding="utf-8")]
+
+
+def _load_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def preseed_claude_config(home: Path, project_dir: Path) -> None:
+    """Answer Claude Code's first-run questions in advance.
+
+    Onboarding and theme live in ~/.claude.json, folder trust per project there too; the
+    bypass-permissions warning is accepted in ~/.claude/settings.json. Existing values win.
+    """
+    state_path = home / ".claude.json"
+    state = _load_json_object(state_path)
+    state.setdefault("hasCompletedOnboarding", True)
+    state.setdefault("theme", "dark")
+    project = state.setdefault("projects", {}).setdefault(str(project_dir), {})
+    project.setdefault("hasTrustDialogAccepted", True)
+    project.setdefault("hasCompletedProjectOnboarding", True)
+    write_json(state_path, state)
+
+    settings_path = home / ".claude" / "settings.json"
+    settings_path.parent.mkdir(parents=True, exist_ok=True)
+    settings = _load_json_object(settings_path)
+    settings.setdefault("skipDangerousModePermissionPrompt", True)
+    write_json(settings_path, settings)
+
+
+def prepare(env: Mapping[str, str]) -> Path:
+    """Everything before the final exec; returns the folder to work in."""
+    os.umask(0o002)  # files on the shared volume stay writable for the workers' group
+    home = Path(env.get("HOME") or Path.home())
+    workspace = Path(env.get("WORKSPACE") or "/workspace")
+    scrub = lambda text: redact(text, [env.get(TOKEN_ENV)])  # noqa: E731
+
+    git.configure_identity(env.get("GIT_USER_NAME"), env.get("GIT_USER_EMAIL"))
+    git.prepare_ssh(home)
+    OrchestrationDir(Path(env.get("ORCHESTRATION_DIR") or "/orchestration")).ensure()
+    try:
+        check_daemon()
+    except (DaemonUnreachable, DockerMissing) as exc:
+        print(f"manager: warning: workers cannot be started: {exc}", file=sys.stderr)
+
+    workdir = workspace
+    repo_url = env.get("REPO_URL")
+    if repo_url:
+        workdir = workspace / "repo"
+        branch = env.get("REPO_BRANCH") or DEFAULT_BRANCH
+        if not (workdir / ".git").is_dir():
+            print(f"manager: cloning {scrub(repo_url)} (branch {branch}) into {workdir}", flush=True)
+            git.clone(repo_url, branch, workdir, scrub=scrub)
+    preseed_claude_config(home, workdir)
+    return workdir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if args[:1] in (["-h"], ["--help"]):
+        print(
+            "usage: entrypoint [-- COMMAND...]\n\n"
+            "Prepare the manager container, then run Claude Code with the Smart Manager prompt,\n"
+            "or COMMAND instead when one is given."
+        )
+        return 0
+    env = dict(os.environ)
+
+    def work() -> int:
+        workdir = prepare(env)
+        os.chdir(workdir)
+        command = args or manager_argv(env.get("ANTHROPIC_MODEL"))
+        try:
+            os.execvp(command[0], command)
+        except OSError as exc:
+            raise UserError(f"cannot run {command[0]}: {exc.strerror}") from None
+        return 0  # not reached
+
+    return run_command("manager", work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Building the manager and worker images from the folders of this repository."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .docker import docker, flag
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MANAGER_CONTEXT = REPO_ROOT / "orchestrator"
+BUILD_TIMEOUT = 3600.0
+CA_FOLDER = "ca-certificates"
+
+
+def read_ca_cert(path: str | Path) -> Path:
+    resolved = Path(path).expanduser()
+    try:
+        content = resolved.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read CA certificate {resolved}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"CA certificate {resolved} is not PEM text") from None
+    if "-----BEGIN CERTIFICATE-----" not in content:
+        raise UserError(f"CA certificate {resolved} holds no PEM certificate (BEGIN CERTIFICATE)")
+    return resolved
+
+
+def build_image(
+    tag: str,
+    context: Path,
+    *,
+    build_args: Mapping[str, str] | None = None,
+    ca_certs: Sequence[Path] = (),
+    target: str | None = None,
+    show_progress: bool = True,
+) -> None:
+    """``docker build`` of ``context``; extra CA certificates join a copy of it, never the tree."""
+    with tempfile.TemporaryDirectory(prefix="orchestrator-build-") as tmp:
+        if ca_certs:
+            copy = Path(tmp) / "context"
+            shutil.copytree(context, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            for index, cert in enumerate(ca_certs):
+                # update-ca-certificates only picks up files ending in .crt.
+                shutil.copyfile(cert, copy / CA_FOLDER / f"extra-{index}-{cert.stem}.crt")
+            context = copy
+        args = [arg for name, value in (build_args or {}).items() for arg in ("--build-arg", f"{name}={value}")]
+        docker(
+            "build", "--tag", tag, *args, *flag("--target", target), str(context),
+            timeout=BUILD_TIMEOUT, capture=False if show_progress else True,
+        )  # fmt: skip
+
+
+def build_manager_image(tag: str, ca_certs: Sequence[Path] = (), **kwargs: object) -> None:
+    build_image(tag, MANAGER_CONTEXT, ca_certs=ca_certs, **kwargs)  # type: ignore[arg-type]
+
+
+def build_worker_image(
+    tag: str, worker_type: str, manager_image: str, build_args: Mapping[str, str] | None = None, **kwargs: object
+) -> None:
+    """A worker image takes the runtime, Claude Code and the CA certificates from the manager image."""
+    context = REPO_ROOT / worker_type
+    if not (context / "Dockerfile").is_file():
+        raise UserError(f"no worker type {worker_type!r}: {context / 'Dockerfile'} does not exist")
+    args = {"RUNTIME_IMAGE": manager_image, **(build_args or {})}
+    build_image(tag, context, build_args=args, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,207 @@
+"""bin/run.py: build the images when needed and start the manager container (host side)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from . import config, images
+from .config import CONTAINER_GID, CONTAINER_HOME, CONTAINER_ORCHESTRATION_DIR, CONTAINER_UID
+from .docker import (
+    FileToCopy,
+    NameConflict,
+    check_daemon,
+    copy_files,
+    docker,
+    env_pass,
+    flag,
+    image_exists,
+    labels,
+)
+from .errors import UserError, run_command
+from .git import DEFAULT_USER_EMAIL, DEFAULT_USER_NAME, host_config
+from .secrets import DEFAULT_SSH_KEY, DEFAULT_TOKEN_FILE, TOKEN_ENV, read_secret_file, read_ssh_key
+
+DEFAULT_NAME = "claude-manager"
+ENV_CA_CERTS = "ORCHESTRATOR_CA_CERTS"
+SOCKET_IN_CONTAINER = "/var/run/docker.sock"
+
+
+def docker_socket() -> Path:
+    """The engine's socket on this host, to mount into the manager."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and not host.startswith("unix://"):
+        raise UserError(f"DOCKER_HOST is {host}: the manager needs a local Docker socket (unix://) to mount")
+    path = Path(urlparse(host).path if host else "/var/run/docker.sock")
+    try:
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            raise UserError(f"{path} is not a socket")
+    except FileNotFoundError:
+        raise UserError(f"the Docker socket {path} does not exist") from None
+    return path
+
+
+@dataclass(frozen=True)
+class ManagerSpec:
+    name: str
+    image: str
+    volume: str
+    network: str | None
+    image_prefix: str
+    socket: Path
+    socket_gid: int
+    repo_url: str | None
+    branch: str
+    model: str
+    git_user_name: str
+    git_user_email: str
+    token: str
+    ssh_key: bytes | None
+    command: tuple[str, ...]
+    tty: bool
+
+    def environment(self) -> dict[str, str]:
+        """The manager's environment; values travel through docker's environment, not argv."""
+        env = {
+            "REPO_URL": self.repo_url or "",
+            "REPO_BRANCH": self.branch,
+            TOKEN_ENV: self.token,
+            "ANTHROPIC_MODEL": self.model,
+            "GIT_USER_NAME": self.git_user_name,
+            "GIT_USER_EMAIL": self.git_user_email,
+            config.ENV_VOLUME: self.volume,
+            config.ENV_NETWORK: self.network or "",
+            config.ENV_IMAGE_PREFIX: self.image_prefix,
+        }
+        return {name: value for name, value in env.items() if value}
+
+    def create_argv(self) -> list[str]:
+        return [
+            "create",
+            "--name", self.name,
+            "--rm",
+            "--interactive",
+            *(["--tty"] if self.tty else []),
+            *labels({config.LABEL_ROLE: "manager"}),
+            "--volume", f"{self.socket}:{SOCKET_IN_CONTAINER}",
+            # The socket's group, so that the non-root user may use it.
+            "--group-add", str(self.socket_gid),
+            "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
+            *flag("--network", self.network),
+            *[arg for name in self.environment() for arg in env_pass(name)],
+            self.image,
+            *(["--", *self.command] if self.command else []),
+        ]  # fmt: skip
+
+
+def ensure_images(args: argparse.Namespace, ca_certs: Sequence[Path]) -> str:
+    manager = f"{args.image_prefix}{config.MANAGER_IMAGE}"
+    worker = config.worker_image(config.DEFAULT_WORKER_TYPE, args.image_prefix)
+    if args.build or not image_exists(manager):
+        print(f"run.py: building {manager} (this takes a few minutes the first time)", flush=True)
+        images.build_manager_image(manager, ca_certs)
+    elif ca_certs:
+        print("run.py: note: --ca-cert applies to image builds; add --build to rebuild with it", file=sys.stderr)
+    if args.build or not image_exists(worker):
+        print(f"run.py: building {worker}", flush=True)
+        images.build_worker_image(worker, config.DEFAULT_WORKER_TYPE, manager)
+    return manager
+
+
+def start_manager(spec: ManagerSpec) -> int:
+    docker("volume", "create", spec.volume, timeout=60)
+    try:
+        docker(*spec.create_argv(), env=spec.environment(), timeout=120)
+    except NameConflict:
+        raise UserError(
+            f"a container named {spec.name} exists already; attach with `docker attach {spec.name}`, "
+            f"or pick another --name"
+        ) from None
+    try:
+        if spec.ssh_key:
+            key = FileToCopy(".ssh/id_ed25519", spec.ssh_key, 0o600)
+            copy_files(spec.name, CONTAINER_HOME, [key], uid=CONTAINER_UID, gid=CONTAINER_GID)
+    except BaseException:
+        docker("rm", "--force", spec.name, check=False, timeout=60)
+        raise
+    # Attached, for as long as the manager runs; its exit code becomes ours.
+    proc = docker("start", "--attach", "--interactive", spec.name, timeout=None, capture=False, check=False)
+    return proc.returncode
+
+
+def ca_cert_paths(args: argparse.Namespace) -> list[Path]:
+    given = list(args.ca_cert or [])
+    if not given and os.environ.get(ENV_CA_CERTS):
+        given = [p for p in os.environ[ENV_CA_CERTS].split(os.pathsep) if p]
+    return [images.read_ca_cert(p) for p in given]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py",
+        usage="%(prog)s [options] [-- COMMAND...]",
+        description="Start the manager container: Claude Code as the Smart Manager, with the Docker socket "
+        "and the shared volume, able to spawn worker containers. With `-- COMMAND...`, run COMMAND in the "
+        "manager container instead of the interactive agent.",
+    )
+    parser.add_argument("--repo", metavar="URL", help="git repository to clone in the manager and the workers")
+    parser.add_argument("--branch", default=config.DEFAULT_BRANCH, help="branch to clone (default: main)")
+    parser.add_argument("--token", metavar="FILE", default=DEFAULT_TOKEN_FILE, help=f"file holding the Claude token (default: {DEFAULT_TOKEN_FILE})")
+    parser.add_argument("--ssh-key", metavar="FILE", help=f"private key for git over SSH (default: {DEFAULT_SSH_KEY}, if it exists)")
+    parser.add_argument("--model", default=config.DEFAULT_MODEL, help=f"model for the manager and the workers (default: {config.DEFAULT_MODEL})")
+    parser.add_argument("--build", action="store_true", help="rebuild the images even if they exist")
+    parser.add_argument("--ca-cert", metavar="FILE", action="append", help=f"extra CA certificate (PEM) baked into the images; repeatable (default: the files in ${ENV_CA_CERTS}, separated by '{os.pathsep}')")
+    parser.add_argument("--name", default=DEFAULT_NAME, help=f"manager container name (default: {DEFAULT_NAME})")
+    parser.add_argument("--volume", default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME, help=f"shared volume (default: {config.DEFAULT_VOLUME})")
+    parser.add_argument("--network", default=os.environ.get(config.ENV_NETWORK), help="Docker network for the manager and its workers (default: Docker's default)")
+    parser.add_argument("--image-prefix", default=os.environ.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX, help=f"image name prefix (default: {config.DEFAULT_IMAGE_PREFIX})")
+    parser.add_argument("--debug", action="store_true", help="log docker commands and show tracebacks")
+    return parser  # fmt: skip
+
+
+def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    argv = list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1 :]
+    return argv, []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options, command = split_command(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(options)
+
+    def work() -> int:
+        token = read_secret_file(args.token, "token file")
+        ssh_key = read_ssh_key(args.ssh_key or DEFAULT_SSH_KEY, required=args.ssh_key is not None)
+        ca_certs = ca_cert_paths(args)
+        socket = docker_socket()
+        check_daemon()
+        image = ensure_images(args, ca_certs)
+        spec = ManagerSpec(
+            name=args.name,
+            image=image,
+            volume=args.volume,
+            network=args.network,
+            image_prefix=args.image_prefix,
+            socket=socket,
+            socket_gid=socket.stat().st_gid,
+            repo_url=args.repo,
+            branch=args.branch,
+            model=args.model,
+            git_user_name=os.environ.get("GIT_USER_NAME") or host_config("user.name") or DEFAULT_USER_NAME,
+            git_user_email=os.environ.get("GIT_USER_EMAIL") or host_config("user.email") or DEFAULT_USER_EMAIL,
+            token=token,
+            ssh_key=ssh_key,
+            command=tuple(command),
+            tty=sys.stdin.isatty() and sys.stdout.isatty(),
+        )
+        return start_manager(spec)
+
+    return run_command("run.py", work, debug=args.debug)

@@ -1,0 +1,199 @@
+"""spawn-worker TYPE TASK_ID: start one worker container for one task.
+
+Works on the host and inside the manager. Secrets never reach a command line: the token
+goes to the container through docker's environment (``--env NAME``, value inherited), and
+the SSH key is copied into the created container through the API, which works from both
+places where a bind mount of a path inside the manager would not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from . import config
+from .config import CONTAINER_GID, CONTAINER_HOME, CONTAINER_ORCHESTRATION_DIR, CONTAINER_UID
+from .docker import (
+    FileToCopy,
+    NameConflict,
+    check_daemon,
+    copy_files,
+    docker,
+    env_pass,
+    flag,
+    image_exists,
+    inspect_container,
+    labels,
+)
+from .errors import UserError, run_command
+from .secrets import DEFAULT_SSH_KEY, DEFAULT_TOKEN_FILE, TOKEN_ENV, read_secret_file, read_ssh_key
+from .tasks import State, validate_task_id
+from .volume import volume_for
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything needed to start one worker, secrets included (never printed)."""
+
+    worker_type: str
+    task_id: str
+    image: str
+    repo_url: str
+    branch: str
+    model: str
+    timeout: int | None
+    volume: str
+    network: str | None
+    git_user_name: str | None
+    git_user_email: str | None
+    token: str
+    ssh_key: bytes | None
+
+    @property
+    def container(self) -> str:
+        return config.container_name(self.task_id)
+
+    def environment(self) -> dict[str, str]:
+        """The worker's environment. Every value travels through docker's own environment."""
+        env = {
+            "TASK_ID": self.task_id,
+            "WORKER_TYPE": self.worker_type,
+            "REPO_URL": self.repo_url,
+            "REPO_BRANCH": self.branch,
+            "ANTHROPIC_MODEL": self.model,
+            TOKEN_ENV: self.token,
+            "GIT_USER_NAME": self.git_user_name or "",
+            "GIT_USER_EMAIL": self.git_user_email or "",
+            "TASK_TIMEOUT": str(self.timeout) if self.timeout else "",
+        }
+        return {name: value for name, value in env.items() if value}
+
+    def create_argv(self) -> list[str]:
+        return [
+            "create",
+            "--name", self.container,
+            *labels({
+                config.LABEL_ROLE: "worker",
+                config.LABEL_TASK_ID: self.task_id,
+                config.LABEL_WORKER_TYPE: self.worker_type,
+            }),
+            "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
+            *flag("--network", self.network),
+            *[arg for name in self.environment() for arg in env_pass(name)],
+            self.image,
+        ]  # fmt: skip
+
+
+def spawn(spec: WorkerSpec, orch_dir: str) -> str:
+    """Create, prepare and start the worker; returns the container name."""
+    existing = inspect_container(spec.container)
+    if existing is not None:
+        state = existing.get("State") or {}
+        if state.get("Running"):
+            raise UserError(f"task {spec.task_id} already has a running worker ({spec.container})")
+        if state.get("Status") == "created":
+            raise UserError(
+                f"{spec.container} exists but was never started (a spawn that failed, or one under way); "
+                f"remove it with `docker rm {spec.container}` to run the task"
+            )
+        raise UserError(
+            f"{spec.container} exists (exited with code {state.get('ExitCode')}); "
+            f"see `docker logs {spec.container}`, then `docker rm {spec.container}` to run the task again"
+        )
+    if not image_exists(spec.image):
+        raise UserError(
+            f"image {spec.image} not found; build it with `bin/run.py --build` "
+            f"or `docker build -t {spec.image} {spec.worker_type}/`"
+        )
+    volume = volume_for(orch_dir, spec.volume, spec.image)
+    # The name is the lock: of two spawns for one task, only one creates the container.
+    try:
+        docker(*spec.create_argv(), env=spec.environment(), timeout=120)
+    except NameConflict:
+        raise UserError(f"task {spec.task_id} already has a worker ({spec.container})") from None
+    try:
+        volume.claim(spec.task_id, spec.worker_type, spec.container)
+        if spec.ssh_key:
+            key = FileToCopy(".ssh/id_ed25519", spec.ssh_key, 0o600)
+            copy_files(spec.container, CONTAINER_HOME, [key], uid=CONTAINER_UID, gid=CONTAINER_GID)
+    except BaseException:
+        docker("rm", "--force", spec.container, check=False, timeout=60)
+        raise
+    try:
+        docker("start", spec.container, timeout=120)
+    except UserError as exc:
+        docker("rm", "--force", spec.container, check=False, timeout=60)
+        volume.set_state(spec.task_id, State.FAILED, f"the worker container did not start: {exc}")
+        raise
+    return spec.container
+
+
+def resolve_token(token_file: str | None, env: Mapping[str, str]) -> str:
+    if token_file is None and env.get(TOKEN_ENV):
+        return env[TOKEN_ENV]
+    return read_secret_file(token_file or DEFAULT_TOKEN_FILE, "token file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spawn-worker",
+        description="Start a worker container (worker-TASK_ID, image claude-TYPE) for the task "
+        "tasks/TASK_ID.json on the shared volume. Defaults come from the environment, so inside the "
+        "manager `spawn-worker flutter task-001` is enough.",
+    )
+    parser.add_argument("worker_type", metavar="TYPE", help="worker type; the image is <prefix>TYPE (claude-flutter)")
+    parser.add_argument("task_id", metavar="TASK_ID", help="task id; tasks/TASK_ID.json must exist")
+    parser.add_argument("--repo", metavar="URL", default=os.environ.get("REPO_URL"), help="repository to clone (default: $REPO_URL)")
+    parser.add_argument("--branch", default=os.environ.get("REPO_BRANCH") or config.DEFAULT_BRANCH, help="branch to clone (default: $REPO_BRANCH or main)")
+    parser.add_argument("--model", default=os.environ.get("ANTHROPIC_MODEL") or config.DEFAULT_MODEL, help=f"model (default: $ANTHROPIC_MODEL or {config.DEFAULT_MODEL})")
+    parser.add_argument("--token", metavar="FILE", help=f"file holding the Claude token (default: ${TOKEN_ENV}, else {DEFAULT_TOKEN_FILE})")
+    parser.add_argument("--ssh-key", metavar="FILE", help=f"private key for git over SSH (default: {DEFAULT_SSH_KEY} if it exists)")
+    parser.add_argument("--timeout", type=int, metavar="SECONDS", help="how long the agent may run (default: the task's timeout, else 3600)")
+    parser.add_argument("--volume", default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME, help=f"shared volume (default: ${config.ENV_VOLUME} or {config.DEFAULT_VOLUME})")
+    parser.add_argument("--network", default=os.environ.get(config.ENV_NETWORK), help=f"Docker network for the worker (default: ${config.ENV_NETWORK})")
+    parser.add_argument("--image-prefix", default=os.environ.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX, help=f"image name prefix (default: ${config.ENV_IMAGE_PREFIX} or {config.DEFAULT_IMAGE_PREFIX})")
+    parser.add_argument("--orchestration-dir", default=os.environ.get("ORCHESTRATION_DIR") or CONTAINER_ORCHESTRATION_DIR, help="where the shared volume is mounted here, if it is (default: $ORCHESTRATION_DIR or /orchestration)")
+    parser.add_argument("--debug", action="store_true", help="log docker commands and show tracebacks")
+    return parser  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def work() -> int:
+        task_id = validate_task_id(args.task_id, "TASK_ID")
+        image = config.worker_image(args.worker_type, args.image_prefix)
+        if not args.repo:
+            raise UserError("no repository: pass --repo URL or set REPO_URL")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UserError("--timeout must be a positive number of seconds")
+        spec = WorkerSpec(
+            worker_type=args.worker_type,
+            task_id=task_id,
+            image=image,
+            repo_url=args.repo,
+            branch=args.branch,
+            model=args.model,
+            timeout=args.timeout,
+            volume=args.volume,
+            network=args.network,
+            git_user_name=os.environ.get("GIT_USER_NAME"),
+            git_user_email=os.environ.get("GIT_USER_EMAIL"),
+            token=resolve_token(args.token, os.environ),
+            ssh_key=read_ssh_key(args.ssh_key or DEFAULT_SSH_KEY, required=args.ssh_key is not None),
+        )
+        check_daemon()
+        name = spawn(spec, args.orchestration_dir)
+        print(f"started {name} (image {spec.image}, task {task_id})")
+        print(f"  follow it:   docker logs -f {name}")
+        print(f"  its result:  {args.orchestration_dir}/results/{task_id}.json")
+        return 0
+
+    return run_command("spawn-worker", work, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The worker runtime: the entrypoint of every worker image.
+
+It reads ``tasks/ID.json``, clones the repository, runs the agent headless on the task's
+prompt and writes ``results/ID.json``, whatever happens on the way: a task that cannot be
+read, a clone that fails, an agent that errs, hangs or is stopped all end in a result
+whose status is not ``success``, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from . import agent, git
+from .errors import EXIT_FAILURE, EXIT_OK, UserError, run_command
+from .secrets import TOKEN_ENV, redact
+from .tasks import OrchestrationDir, State, TaskResult, TaskStatus, utc_now
+
+DEFAULT_TIMEOUT = 3600
+DEFAULT_BRANCH = "main"
+
+
+class Cancelled(Exception):
+    """The container was asked to stop (docker stop) before the agent ran."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    task_id: str
+    repo_url: str | None
+    branch: str
+    model: str | None
+    timeout: int | None  # set by spawn-worker --timeout; overrides the task's own
+    worker_type: str | None
+    workspace: Path
+    home: Path
+    orch: OrchestrationDir
+    git_user_name: str | None
+    git_user_email: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], task_id: str | None = None) -> WorkerConfig:
+        task_id = task_id or env.get("TASK_ID")
+        if not task_id:
+            raise UserError("no task id: set TASK_ID or pass --task-id")
+        timeout_text = env.get("TASK_TIMEOUT")
+        try:
+            timeout = int(timeout_text) if timeout_text else None
+        except ValueError:
+            raise UserError(f"TASK_TIMEOUT must be a whole number of seconds, not {timeout_text!r}") from None
+        return cls(
+            task_id=task_id,
+            repo_url=env.get("REPO_URL") or None,
+            branch=env.get("REPO_BRANCH") or DEFAULT_BRANCH,
+            model=env.get("ANTHROPIC_MODEL") or None,
+            timeout=timeout,
+            worker_type=env.get("WORKER_TYPE") or None,
+            workspace=Path(env.get("WORKSPACE") or "/workspace"),
+            home=Path(env.get("HOME") or Path.home()),
+            orch=OrchestrationDir(Path(env.get("ORCHESTRATION_DIR") or "/orchestration")),
+            git_user_name=env.get("GIT_USER_NAME") or None,
+            git_user_email=env.get("GIT_USER_EMAIL") or None,
+        )
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, env: Mapping[str, str]):
+        self.config = config
+        self.env = dict(env)
+        self.secrets = [env.get(TOKEN_ENV), env.get("ANTHROPIC_API_KEY")]
+        self.agent: agent.AgentProcess | None = None
+
+    def scrub(self, text: str) -> str:
+        return redact(text, self.secrets)
+
+    def say(self, message: str) -> None:
+        print(f"[worker {self.config.task_id}] {self.scrub(message)}", flush=True)
+
+    def agent_line(self, line: str) -> None:
+        print(f"[agent] {line}", flush=True)
+
+    def set_state(self, state: State, message: str | None = None) -> None:
+        self.config.orch.update_status(
+            self.config.task_id, state, message=message, worker_type=self.config.worker_type
+        )
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.say(f"received {signal.Signals(signum).name}, stopping")
+        if self.agent is not None:
+            self.agent.stop("cancelled")
+        else:
+            raise Cancelled()
+
+    def run(self) -> int:
+        config = self.config
+        orch = config.orch
+        os.umask(0o002)  # the manager and other workers may need to update these files
+        orch.ensure()
+        if orch.result_path(config.task_id).exists():
+            raise UserError(
+                f"{orch.result_path(config.task_id)} already exists; a task runs once (give the new attempt a new id)"
+            )
+        started_at, t0 = utc_now(), time.monotonic()
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+        run: agent.AgentRun | None = None
+        model = config.model
+        try:
+            self.set_state(State.RUNNING)
+            task = orch.load_task(config.task_id)
+            model = task.model or config.model
+            timeout = config.timeout or task.timeout or DEFAULT_TIMEOUT
+            if not config.repo_url:
+                raise UserError("no repository: REPO_URL is not set")
+            git.configure_identity(config.git_user_name, config.git_user_email)
+            git.prepare_ssh(config.home)
+            clone_dir = config.workspace / "repo"
+            self.say(f"cloning {config.repo_url} (branch {config.branch})")
+            git.clone(config.repo_url, config.branch, clone_dir, scrub=self.scrub)
+            self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
+            with open(orch.log_path(config.task_id), "w", encoding="utf-8") as transcript:
+                self.agent = agent.AgentProcess(
+                    agent.headless_argv(task.prompt, model),
+                    cwd=str(clone_dir),
+                    env={**self.env, **({"ANTHROPIC_MODEL": model} if model else {})},
+                    timeout=timeout,
+                    on_line=self.agent_line,
+                    transcript=transcript,
+                    scrub=self.scrub,
+                )
+                run = self.agent.run()
+            status, error = agent.judge(run, timeout)
+        except Cancelled:
+            status, error = State.CANCELLED, "the worker was stopped before the agent started"
+        except UserError as exc:
+            status, error = State.FAILED, str(exc)
+        except BaseException as exc:  # a bug must still leave a result behind
+            self.say("internal error:\n" + "".join(traceback.format_exception(exc)))
+            status, error = State.FAILED, f"internal error in the worker: {type(exc).__name__}: {exc}"
+        result = self.result(status, error, run, model, started_at, time.monotonic() - t0)
+        orch.write_result(result)
+        self.set_state(status, error)
+        if error:
+            self.say(f"{status.value}: {error}")
+        self.say(f"result written to {orch.result_path(config.task_id)} (status {status.value})")
+        return EXIT_OK if status is State.SUCCESS else EXIT_FAILURE
+
+    def result(
+        self,
+        status: State,
+        error: str | None,
+        run: agent.AgentRun | None,
+        model: str | None,
+        started_at: str,
+        duration: float,
+    ) -> TaskResult:
+        final = run.final if run and run.final else {}
+        output = final.get("result") if isinstance(final.get("result"), str) else (run.last_text if run else "")
+        cost = final.get("total_cost_usd")
+        turns = final.get("num_turns")
+        session = final.get("session_id")
+        return TaskResult(
+            task_id=self.config.task_id,
+            status=status,
+            output=self.scrub(output),
+            completed_at=utc_now(),
+            started_at=started_at,
+            duration_seconds=round(duration, 3),
+            exit_code=run.exit_code if run else None,
+            cost_usd=cost if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+            num_turns=turns if isinstance(turns, int) and not isinstance(turns, bool) else None,
+            session_id=session if isinstance(session, str) else None,
+            model=model,
+            error=self.scrub(error) if error else None,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker",
+        description="Run one task: clone the repository, run Claude Code headless on the task's prompt, "
+        "write the result to the shared volume. Configured by environment variables "
+        "(TASK_ID, REPO_URL, REPO_BRANCH, ANTHROPIC_MODEL, CLAUDE_CODE_OAUTH_TOKEN, TASK_TIMEOUT, "
+        "GIT_USER_NAME, GIT_USER_EMAIL, ORCHESTRATION_DIR, WORKSPACE).",
+    )
+    parser.add_argument("--task-id", help="the task to run (default: $TASK_ID)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of expected failures")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = dict(os.environ)
+
+    def work() -> int:
+        config = WorkerConfig.from_env(env, args.task_id)
+        return Worker(config, env).run()
+
+    return run_command("worker", work, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
