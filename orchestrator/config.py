@@ -39,9 +39,7 @@ def env_default(name: str, fallback: str | None = None) -> str | None:
 
 def worker_image(worker_type: str, prefix: str) -> str:
     if not _WORKER_TYPE.fullmatch(worker_type):
-        raise InvalidInput(
-            f"worker type {worker_type!r} is not valid: use lower-case letters, digits, '.', '_' or '-'"
-        )
+        raise InvalidInput(f"worker type {worker_type!r} is not valid: use lower-case letters, digits, '.', '_' or '-'")
     return f"{prefix}{worker_type}"
 
 

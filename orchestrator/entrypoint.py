@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from . import git
+from .cli import run_command
 from .config import DEFAULT_BRANCH
 from .docker import DaemonUnreachable, DockerMissing, check_daemon
-from .errors import UserError, run_command
+from .errors import UserError
 from .secrets import TOKEN_ENV, redact
 from .tasks import OrchestrationDir, write_json
 

@@ -41,9 +41,7 @@ def git(
     argv = ["git", *args]
     log.debug("run %s", scrub(shlex.join(argv)))
     try:
-        proc = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-        )
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise GitError(f"`{scrub(shlex.join(argv))}` did not finish within {timeout:.0f} s") from None
     if proc.returncode:
@@ -70,7 +68,6 @@ def prepare_ssh(home: Path) -> None:
 
 def clone(url: str, branch: str, dest: Path, scrub: Callable[[str], str]) -> None:
     git("clone", "--branch", branch, "--", url, str(dest), timeout=CLONE_TIMEOUT, scrub=scrub)
-
 
 
 def host_config(key: str) -> str | None:

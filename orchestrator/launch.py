@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import config, images
+from .cli import HelpFormatter, run_command
 from .config import CONTAINER_GID, CONTAINER_HOME, CONTAINER_ORCHESTRATION_DIR, CONTAINER_UID
 from .docker import (
     FileToCopy,
@@ -24,7 +25,7 @@ from .docker import (
     image_exists,
     labels,
 )
-from .errors import UserError, run_command
+from .errors import UserError
 from .git import DEFAULT_USER_EMAIL, DEFAULT_USER_NAME, host_config
 from .secrets import DEFAULT_SSH_KEY, DEFAULT_TOKEN_FILE, TOKEN_ENV, read_secret_file, read_ssh_key
 
@@ -144,23 +145,53 @@ def ca_cert_paths(args: argparse.Namespace) -> list[Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="run.py",
         usage="%(prog)s [options] [-- COMMAND...]",
         description="Start the manager container: Claude Code as the Smart Manager, with the Docker socket "
-        "and the shared volume, able to spawn worker containers. With `-- COMMAND...`, run COMMAND in the "
-        "manager container instead of the interactive agent.",
+        "and the shared volume, able to spawn worker containers. Given a command after `--`, the manager "
+        "container runs it instead of the interactive agent.",
     )
     parser.add_argument("--repo", metavar="URL", help="git repository to clone in the manager and the workers")
     parser.add_argument("--branch", default=config.DEFAULT_BRANCH, help="branch to clone (default: main)")
-    parser.add_argument("--token", metavar="FILE", default=DEFAULT_TOKEN_FILE, help=f"file holding the Claude token (default: {DEFAULT_TOKEN_FILE})")
-    parser.add_argument("--ssh-key", metavar="FILE", help=f"private key for git over SSH (default: {DEFAULT_SSH_KEY}, if it exists)")
-    parser.add_argument("--model", default=config.DEFAULT_MODEL, help=f"model for the manager and the workers (default: {config.DEFAULT_MODEL})")
+    parser.add_argument(
+        "--token",
+        metavar="FILE",
+        default=DEFAULT_TOKEN_FILE,
+        help=f"file holding the Claude token (default: {DEFAULT_TOKEN_FILE})",
+    )
+    parser.add_argument(
+        "--ssh-key", metavar="FILE", help=f"private key for git over SSH (default: {DEFAULT_SSH_KEY}, if it exists)"
+    )
+    parser.add_argument(
+        "--model",
+        default=config.DEFAULT_MODEL,
+        help=f"model for the manager and the workers (default: {config.DEFAULT_MODEL})",
+    )
     parser.add_argument("--build", action="store_true", help="rebuild the images even if they exist")
-    parser.add_argument("--ca-cert", metavar="FILE", action="append", help=f"extra CA certificate (PEM) baked into the images; repeatable (default: the files in ${ENV_CA_CERTS}, separated by '{os.pathsep}')")
+    parser.add_argument(
+        "--ca-cert",
+        metavar="FILE",
+        action="append",
+        help=f"extra CA certificate (PEM) baked into the images; repeatable "
+        f"(default: the files in ${ENV_CA_CERTS}, separated by '{os.pathsep}')",
+    )
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"manager container name (default: {DEFAULT_NAME})")
-    parser.add_argument("--volume", default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME, help=f"shared volume (default: {config.DEFAULT_VOLUME})")
-    parser.add_argument("--network", default=os.environ.get(config.ENV_NETWORK), help="Docker network for the manager and its workers (default: Docker's default)")
-    parser.add_argument("--image-prefix", default=os.environ.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX, help=f"image name prefix (default: {config.DEFAULT_IMAGE_PREFIX})")
+    parser.add_argument(
+        "--volume",
+        default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
+        help=f"shared volume (default: {config.DEFAULT_VOLUME})",
+    )
+    parser.add_argument(
+        "--network",
+        default=os.environ.get(config.ENV_NETWORK),
+        help="Docker network for the manager and its workers (default: Docker's default)",
+    )
+    parser.add_argument(
+        "--image-prefix",
+        default=os.environ.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX,
+        help=f"image name prefix (default: {config.DEFAULT_IMAGE_PREFIX})",
+    )
     parser.add_argument("--debug", action="store_true", help="log docker commands and show tracebacks")
     return parser  # fmt: skip
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import config
+from .cli import HelpFormatter, run_command
 from .config import CONTAINER_GID, CONTAINER_HOME, CONTAINER_ORCHESTRATION_DIR, CONTAINER_UID
 from .docker import (
     FileToCopy,
@@ -28,7 +29,7 @@ from .docker import (
     inspect_container,
     labels,
 )
-from .errors import UserError, run_command
+from .errors import UserError
 from .secrets import DEFAULT_SSH_KEY, DEFAULT_TOKEN_FILE, TOKEN_ENV, read_secret_file, read_ssh_key
 from .tasks import State, validate_task_id
 from .volume import volume_for
@@ -139,6 +140,7 @@ def resolve_token(token_file: str | None, env: Mapping[str, str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="spawn-worker",
         description="Start a worker container (worker-TASK_ID, image claude-TYPE) for the task "
         "tasks/TASK_ID.json on the shared volume. Defaults come from the environment, so inside the "
@@ -146,16 +148,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("worker_type", metavar="TYPE", help="worker type; the image is <prefix>TYPE (claude-flutter)")
     parser.add_argument("task_id", metavar="TASK_ID", help="task id; tasks/TASK_ID.json must exist")
-    parser.add_argument("--repo", metavar="URL", default=os.environ.get("REPO_URL"), help="repository to clone (default: $REPO_URL)")
-    parser.add_argument("--branch", default=os.environ.get("REPO_BRANCH") or config.DEFAULT_BRANCH, help="branch to clone (default: $REPO_BRANCH or main)")
-    parser.add_argument("--model", default=os.environ.get("ANTHROPIC_MODEL") or config.DEFAULT_MODEL, help=f"model (default: $ANTHROPIC_MODEL or {config.DEFAULT_MODEL})")
-    parser.add_argument("--token", metavar="FILE", help=f"file holding the Claude token (default: ${TOKEN_ENV}, else {DEFAULT_TOKEN_FILE})")
-    parser.add_argument("--ssh-key", metavar="FILE", help=f"private key for git over SSH (default: {DEFAULT_SSH_KEY} if it exists)")
-    parser.add_argument("--timeout", type=int, metavar="SECONDS", help="how long the agent may run (default: the task's timeout, else 3600)")
-    parser.add_argument("--volume", default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME, help=f"shared volume (default: ${config.ENV_VOLUME} or {config.DEFAULT_VOLUME})")
-    parser.add_argument("--network", default=os.environ.get(config.ENV_NETWORK), help=f"Docker network for the worker (default: ${config.ENV_NETWORK})")
-    parser.add_argument("--image-prefix", default=os.environ.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX, help=f"image name prefix (default: ${config.ENV_IMAGE_PREFIX} or {config.DEFAULT_IMAGE_PREFIX})")
-    parser.add_argument("--orchestration-dir", default=os.environ.get("ORCHESTRATION_DIR") or CONTAINER_ORCHESTRATION_DIR, help="where the shared volume is mounted here, if it is (default: $ORCHESTRATION_DIR or /orchestration)")
+    parser.add_argument(
+        "--repo", metavar="URL", default=os.environ.get("REPO_URL"), help="repository to clone (default: $REPO_URL)"
+    )
+    parser.add_argument(
+        "--branch",
+        default=os.environ.get("REPO_BRANCH") or config.DEFAULT_BRANCH,
+        help="branch to clone (default: $REPO_BRANCH or main)",
+    )
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("ANTHROPIC_MODEL") or config.DEFAULT_MODEL,
+        help=f"model (default: $ANTHROPIC_MODEL or {config.DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="FILE",
+        help=f"file holding the Claude token (default: ${TOKEN_ENV}, else {DEFAULT_TOKEN_FILE})",
+    )
+    parser.add_argument(
+        "--ssh-key", metavar="FILE", help=f"private key for git over SSH (default: {DEFAULT_SSH_KEY} if it exists)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        metavar="SECONDS",
+        help="how long the agent may run (default: the task's timeout, else 3600)",
+    )
+    parser.add_argument(
+        "--volume",
+        default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
+        help=f"shared volume (default: ${config.ENV_VOLUME} or {config.DEFAULT_VOLUME})",
+    )
+    parser.add_argument(
+        "--network",
+        default=os.environ.get(config.ENV_NETWORK),
+        help=f"Docker network for the worker (default: ${config.ENV_NETWORK})",
+    )
+    parser.add_argument(
+        "--image-prefix",
+        default=os.environ.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX,
+        help=f"image name prefix (default: ${config.ENV_IMAGE_PREFIX} or {config.DEFAULT_IMAGE_PREFIX})",
+    )
+    parser.add_argument(
+        "--orchestration-dir",
+        default=os.environ.get("ORCHESTRATION_DIR") or CONTAINER_ORCHESTRATION_DIR,
+        help="where the shared volume is mounted here, if it is (default: $ORCHESTRATION_DIR or /orchestration)",
+    )
     parser.add_argument("--debug", action="store_true", help="log docker commands and show tracebacks")
     return parser  # fmt: skip
 

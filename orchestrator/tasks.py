@@ -74,7 +74,9 @@ def _optional(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
     if value is None:
         return None
     # bool is an int in Python; a JSON true is never a number here.
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+    if not isinstance(value, kind) or (
+        isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    ):
         raise InvalidInput(f"{what}: field {name!r} has the wrong type ({type(value).__name__})")
     return value
 

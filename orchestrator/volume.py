@@ -14,8 +14,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .cli import HelpFormatter, run_command
 from .docker import DockerError, docker, text
-from .errors import InvalidInput, UserError, run_command
+from .errors import InvalidInput, UserError
 from .tasks import OrchestrationDir, State, Task
 
 CONTAINER_ROOT = "/orchestration"
@@ -77,7 +78,9 @@ class ContainerVolume:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="volume", description="Task bookkeeping on the shared volume.")
+    parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter, prog="volume", description="Task bookkeeping on the shared volume."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("claim", help="validate a task and mark it as starting; prints the task")
     p.add_argument("task_id")

@@ -20,9 +20,10 @@ from pathlib import Path
 from types import FrameType
 
 from . import agent, git
-from .errors import EXIT_FAILURE, EXIT_OK, UserError, run_command
+from .cli import HelpFormatter, run_command
+from .errors import EXIT_FAILURE, EXIT_OK, UserError
 from .secrets import TOKEN_ENV, redact
-from .tasks import OrchestrationDir, State, TaskResult, TaskStatus, utc_now
+from .tasks import OrchestrationDir, State, TaskResult, utc_now
 
 DEFAULT_TIMEOUT = 3600
 DEFAULT_BRANCH = "main"
@@ -88,9 +89,7 @@ class Worker:
         print(f"[agent] {line}", flush=True)
 
     def set_state(self, state: State, message: str | None = None) -> None:
-        self.config.orch.update_status(
-            self.config.task_id, state, message=message, worker_type=self.config.worker_type
-        )
+        self.config.orch.update_status(self.config.task_id, state, message=message, worker_type=self.config.worker_type)
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.say(f"received {signal.Signals(signum).name}, stopping")
@@ -185,6 +184,7 @@ class Worker:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="worker",
         description="Run one task: clone the repository, run Claude Code headless on the task's prompt, "
         "write the result to the shared volume. Configured by environment variables "

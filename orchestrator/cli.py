@@ -1,0 +1,47 @@
+"""What every command shares: the error boundary and the help formatting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from collections.abc import Callable
+
+from .errors import EXIT_INTERRUPTED, UserError
+
+log = logging.getLogger("orchestrator")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, without breaking model and image names at their hyphens."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+        )
+
+
+def run_command(prog: str, func: Callable[[], int], *, debug: bool = False) -> int:
+    """Run ``func`` behind the one error boundary of a command.
+
+    Expected failures print ``prog: error: message`` and return their exit code; anything
+    else is a bug and keeps its traceback. ``debug`` shows the traceback for both.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format=f"{prog}: %(levelname)s: %(message)s",
+    )
+    try:
+        return func()
+    except UserError as exc:
+        if debug:
+            log.exception("expected failure")
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,113 @@
+"""Judging and rendering Claude Code's stream-json output.
+
+The not-logged-in and API-error streams in tests/fixtures were produced by the real CLI
+(2.1.197) in this environment, which cannot reach the API.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.agent import AgentRun, headless_argv, judge, render_event
+from orchestrator.tasks import State
+
+from .conftest import FIXTURES
+
+
+def events(name: str) -> list[dict]:
+    return [json.loads(line) for line in (FIXTURES / name).read_text().splitlines() if line.strip()]
+
+
+def run_of(stream: list[dict], exit_code: int) -> AgentRun:
+    final = next((e for e in stream if e.get("type") == "result"), None)
+    return AgentRun(exit_code=exit_code, final=final, last_text="", stderr_tail="")
+
+
+SUCCESS = {
+    "type": "result",
+    "subtype": "success",
+    "is_error": False,
+    "duration_ms": 1200,
+    "num_turns": 3,
+    "result": "Done.",
+    "session_id": "s1",
+    "total_cost_usd": 0.02,
+}
+
+
+def test_success_needs_a_clean_result_and_exit_code_zero():
+    assert judge(AgentRun(0, SUCCESS, "", ""), 60) == (State.SUCCESS, None)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "message"),
+    [("not-logged-in.jsonl", "Not logged in"), ("api-error.jsonl", "Unable to connect to API")],
+)
+def test_real_error_streams_are_failures_even_with_subtype_success(fixture, message):
+    stream = events(fixture)
+    final = stream[-1]
+    assert (final["subtype"], final["is_error"]) == ("success", True)  # what makes this case tricky
+    state, error = judge(run_of(stream, 1), 60)
+    assert state is State.FAILED
+    assert message in error
+    # Even had the CLI exited 0, an error result is not a success.
+    assert judge(run_of(stream, 0), 60)[0] is State.FAILED
+
+
+@pytest.mark.parametrize(
+    ("final", "exit_code", "expected"),
+    [
+        ({**SUCCESS, "subtype": "error_max_turns", "is_error": False, "result": ""}, 0, "error_max_turns"),
+        ({**SUCCESS, "subtype": "error_during_execution", "is_error": True}, 1, "error_during_execution"),
+        ({k: v for k, v in SUCCESS.items() if k != "is_error"}, 0, "reported an error"),
+        (SUCCESS, 2, "exited with code 2"),
+        (None, 0, "without a result (exit code 0)"),
+        (None, -9, "without a result (exit code -9)"),
+    ],
+)
+def test_anything_short_of_a_clean_result_fails(final, exit_code, expected):
+    state, error = judge(AgentRun(exit_code, final, "", "boom"), 60)
+    assert state is State.FAILED
+    assert expected in error
+
+
+def test_stopped_runs_are_timeout_or_cancelled_whatever_the_agent_said():
+    assert judge(AgentRun(-15, SUCCESS, "", "", stopped="timeout"), 30)[0] is State.TIMEOUT
+    assert "30 s" in judge(AgentRun(-15, None, "", "", stopped="timeout"), 30)[1]
+    assert judge(AgentRun(-15, None, "", "", stopped="cancelled"), 30)[0] is State.CANCELLED
+
+
+def test_rendering_is_readable():
+    lines = [line for event in events("api-error.jsonl") for line in render_event(event)]
+    assert lines[0].startswith("session 637277dd-") and "claude-opus-4-5-20251101" in lines[0]
+    assert "API retry 1/10 (unknown)" in lines
+    assert "  API Error: Unable to connect to API (ConnectionRefused)" in lines
+    assert lines[-1].startswith("finished with an error: success, 1 turns, $0.0000")
+
+    tool_use = {
+        "type": "assistant",
+        "message": {"content": [{"type": "tool_use", "name": "Bash", "input": {"command": "flutter test"}}]},
+    }
+    assert render_event(tool_use) == ["-> Bash flutter test"]
+    result = {"type": "user", "message": {"content": [{"type": "tool_result", "content": "All tests passed!"}]}}
+    assert render_event(result) == ["<- All tests passed!"]
+    failed = {
+        "type": "user",
+        "message": {
+            "content": [{"type": "tool_result", "is_error": True, "content": [{"type": "text", "text": "exit 1"}]}]
+        },
+    }
+    assert render_event(failed) == ["<- error: exit 1"]
+    assert render_event({"type": "stream_event"}) == []
+
+
+def test_headless_argv_puts_the_prompt_after_the_end_of_options():
+    argv = headless_argv("-rf: a prompt that looks like an option", "claude-x")
+    assert argv[:2] == ["claude", "--print"]
+    assert argv[-2:] == ["--", "-rf: a prompt that looks like an option"]
+    assert ["--output-format", "stream-json"] == argv[2:4]
+    assert "--verbose" in argv and "--dangerously-skip-permissions" in argv
+    assert argv[argv.index("--model") + 1] == "claude-x"
+    assert "--model" not in headless_argv("p", None)

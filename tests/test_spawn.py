@@ -1,0 +1,210 @@
+"""spawn-worker against a fake docker that records its argv."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator import spawn
+
+from .conftest import FakeDocker
+
+
+@pytest.fixture
+def orch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str) -> Path:
+    root = tmp_path / "orchestration"
+    for sub in ("tasks", "results", "status", "logs"):
+        (root / sub).mkdir(parents=True)
+    (root / "tasks" / "task-001.json").write_text(json.dumps({"id": "task-001", "prompt": "Do it"}))
+    monkeypatch.setenv("ORCHESTRATION_DIR", str(root))
+    monkeypatch.setenv("REPO_URL", "git@github.com:me/app.git")
+    monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", token)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no default SSH key there
+    for name in (
+        "ANTHROPIC_MODEL",
+        "REPO_BRANCH",
+        "ORCHESTRATOR_NETWORK",
+        "ORCHESTRATOR_VOLUME",
+        "ORCHESTRATOR_IMAGE_PREFIX",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return root
+
+
+def run(*argv: str) -> int:
+    return spawn.main(list(argv))
+
+
+def test_starts_a_labelled_worker_with_everything_it_needs(fake_docker: FakeDocker, orch: Path, token: str, capsys):
+    assert run("flutter", "task-001") == 0
+    create = fake_docker.find("create")[0]
+    argv = create["argv"]
+    assert argv[argv.index("--name") + 1] == "worker-task-001"
+    assert argv[-1] == "claude-flutter"
+    assert "orchestrator.role=worker" in argv and "orchestrator.task-id=task-001" in argv
+    assert "orchestrator.worker-type=flutter" in argv
+    assert "orchestration-volume:/orchestration" in argv
+    assert "--network" not in argv
+    assert create["env"] == {
+        "TASK_ID": "task-001",
+        "WORKER_TYPE": "flutter",
+        "REPO_URL": "git@github.com:me/app.git",
+        "REPO_BRANCH": "main",
+        "ANTHROPIC_MODEL": "claude-opus-4-5-20251101",
+        "CLAUDE_CODE_OAUTH_TOKEN": token,
+    }
+    # Values travel through the environment: no NAME=value on the command line.
+    assert not [a for a in argv if "=" in a and a.split("=")[0] in create["env"]]
+    assert fake_docker.find("start", "worker-task-001")
+    status = json.loads((orch / "status" / "task-001.json").read_text())
+    assert (status["state"], status["container"], status["worker_type"]) == ("starting", "worker-task-001", "flutter")
+    assert "docker logs -f worker-task-001" in capsys.readouterr().out
+
+
+def test_the_token_is_on_no_command_line_and_in_no_file(fake_docker: FakeDocker, orch: Path, token: str, capsys):
+    assert run("flutter", "task-001") == 0
+    assert token not in json.dumps(fake_docker.argvs())
+    assert all(token not in p.read_text() for p in orch.rglob("*") if p.is_file())
+    assert token not in "".join(capsys.readouterr())
+
+
+def test_options_and_environment_set_repo_model_network_volume_and_prefix(
+    fake_docker: FakeDocker, orch: Path, monkeypatch
+):
+    monkeypatch.setenv("ORCHESTRATOR_NETWORK", "host")
+    monkeypatch.setenv("ORCHESTRATOR_VOLUME", "vol-x")
+    monkeypatch.setenv("ORCHESTRATOR_IMAGE_PREFIX", "test-")
+    monkeypatch.setenv("GIT_USER_NAME", "Ada")
+    assert (
+        run("flutter", "task-001", "--repo", "https://h/r.git", "--branch", "dev", "--model", "m1", "--timeout", "90")
+        == 0
+    )
+    create = fake_docker.find("create")[0]
+    argv = create["argv"]
+    assert argv[argv.index("--network") + 1] == "host"
+    assert "vol-x:/orchestration" in argv and argv[-1] == "test-flutter"
+    env = create["env"]
+    assert (env["REPO_URL"], env["REPO_BRANCH"], env["ANTHROPIC_MODEL"]) == ("https://h/r.git", "dev", "m1")
+    assert (env["TASK_TIMEOUT"], env["GIT_USER_NAME"]) == ("90", "Ada")
+
+
+def test_the_ssh_key_is_copied_in_through_the_api(fake_docker: FakeDocker, orch: Path, ssh_key: Path):
+    assert run("flutter", "task-001", "--ssh-key", str(ssh_key)) == 0
+    argvs = fake_docker.argvs()
+    cp = fake_docker.find("cp", "-")[0]
+    assert cp["argv"] == ["cp", "-", "worker-task-001:/home/claude"]
+    key = next(m for m in cp["tar"] if m["name"] == ".ssh/id_ed25519")
+    assert (key["mode"], key["uid"], key["gid"]) == (0o600, 1000, 1000)
+    assert key["data"] == ssh_key.read_text()
+    folder = next(m for m in cp["tar"] if m["name"] == ".ssh")
+    assert folder["mode"] == 0o700
+    # Copied after create, before start; never bind-mounted.
+    order = [a[0] for a in argvs]
+    assert order.index("create") < order.index("cp") < order.index("start")
+    assert not any(str(ssh_key) in arg for argv in argvs for arg in argv)
+
+
+def test_the_token_may_come_from_a_file(fake_docker: FakeDocker, orch: Path, monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN")
+    (tmp_path / "tok").write_text("sk-from-file\n")
+    assert run("flutter", "task-001", "--token", str(tmp_path / "tok")) == 0
+    assert fake_docker.find("create")[0]["env"]["CLAUDE_CODE_OAUTH_TOKEN"] == "sk-from-file"
+
+
+def refused(capsys, code: int, *argv: str) -> str:
+    assert run(*argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("spawn-worker: error: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_a_running_worker_for_the_task_refuses_a_second(fake_docker: FakeDocker, orch: Path, capsys):
+    fake_docker.add_container("worker-task-001", "inspect-running.json")
+    assert "already has a running worker" in refused(capsys, 1, "flutter", "task-001")
+    assert not fake_docker.find("create")
+
+
+def test_an_exited_worker_is_left_for_the_person_to_look_at(fake_docker: FakeDocker, orch: Path, capsys):
+    fake_docker.add_container("worker-task-001", "inspect-exited.json")
+    err = refused(capsys, 1, "flutter", "task-001")
+    assert "exited with code 3" in err and "docker rm worker-task-001" in err
+    assert not fake_docker.find("create") and not fake_docker.find("rm")
+
+
+@pytest.mark.parametrize(
+    ("task_text", "code", "message"),
+    [
+        ('{"id": "task-001", "prompt": ""}', 2, "field 'prompt'"),
+        ('{"id": "task-001", "prompt": "x", "timeout": "soon"}', 2, "field 'timeout'"),
+        ("not json", 2, "not valid JSON"),
+        (None, 2, "does not exist"),
+    ],
+)
+def test_an_invalid_task_is_refused_and_nothing_is_left_behind(
+    fake_docker: FakeDocker, orch: Path, capsys, task_text, code, message
+):
+    path = orch / "tasks" / "task-001.json"
+    if task_text is None:
+        path.unlink()
+    else:
+        path.write_text(task_text)
+    assert message in refused(capsys, code, "flutter", "task-001")
+    assert fake_docker.find("rm", "--force", "worker-task-001")
+    assert not fake_docker.find("start")
+    assert not (orch / "status" / "task-001.json").exists()
+
+
+def test_a_task_with_a_result_is_not_run_again(fake_docker: FakeDocker, orch: Path, capsys):
+    result = orch / "results" / "task-001.json"
+    result.write_text('{"task_id": "task-001"}')
+    assert "already has a result" in refused(capsys, 1, "flutter", "task-001")
+    assert result.read_text() == '{"task_id": "task-001"}'
+    assert not fake_docker.find("start")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["flutter", "bad id"], 2, "TASK_ID 'bad id' is not a valid task id"),
+        (["Flutter!", "task-001"], 2, "worker type 'Flutter!' is not valid"),
+        (["flutter", "task-001", "--timeout", "0"], 1, "--timeout must be a positive"),
+        (["flutter", "task-001", "--ssh-key", "/nonexistent/key"], 1, "SSH key /nonexistent/key does not exist"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line(fake_docker: FakeDocker, orch: Path, capsys, argv, code, message):
+    assert message in refused(capsys, code, *argv)
+    assert not fake_docker.find("create")
+
+
+def test_no_repository_and_no_token_are_explained(fake_docker: FakeDocker, orch: Path, capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("REPO_URL")
+    assert "pass --repo URL or set REPO_URL" in refused(capsys, 1, "flutter", "task-001")
+    monkeypatch.setenv("REPO_URL", "git@h:r.git")
+    monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN")
+    assert "token file" in refused(capsys, 1, "flutter", "task-001")
+
+
+def test_a_missing_image_says_how_to_build_it(fake_docker: FakeDocker, orch: Path, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_MISSING_IMAGES", "claude-flutter")
+    assert "image claude-flutter not found" in refused(capsys, 1, "flutter", "task-001")
+
+
+def test_an_unreachable_engine_is_one_line(fake_docker: FakeDocker, orch: Path, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_DOWN", "1")
+    assert "Docker is not usable: Cannot connect to the Docker daemon" in refused(capsys, 1, "flutter", "task-001")
+
+
+def test_no_docker_at_all_is_one_line(orch: Path, capsys, monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert "docker command was not found" in refused(capsys, 1, "flutter", "task-001")
+
+
+def test_a_start_that_fails_is_recorded_and_cleaned_up(fake_docker: FakeDocker, orch: Path, capsys, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_START_RC", "1")
+    refused(capsys, 1, "flutter", "task-001")
+    assert fake_docker.find("rm", "--force", "worker-task-001")
+    status = json.loads((orch / "status" / "task-001.json").read_text())
+    assert status["state"] == "failed" and "did not start" in status["message"]

@@ -1,0 +1,199 @@
+"""The worker runtime, run as a process on this machine with the stand-in agent.
+
+The same runtime runs in the worker image; tests/test_e2e.py covers it there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, STANDIN, seed_repo
+
+
+@pytest.fixture
+def box(tmp_path: Path, token: str):
+    """A worker's world: a repository, the shared folder, a home and the stand-in on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "claude").symlink_to(STANDIN / "claude")
+    repo = seed_repo(tmp_path / "remote")
+    orch = tmp_path / "orchestration"
+    for sub in ("tasks", "results", "status", "logs"):
+        (orch / sub).mkdir(parents=True)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "workspace").mkdir()
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "HOME": str(tmp_path / "home"),
+        "WORKSPACE": str(tmp_path / "workspace"),
+        "ORCHESTRATION_DIR": str(orch),
+        "TASK_ID": "task-001",
+        "REPO_URL": repo.as_uri(),
+        "REPO_BRANCH": "main",
+        "ANTHROPIC_MODEL": "claude-test-model",
+        "CLAUDE_CODE_OAUTH_TOKEN": token,
+        "GIT_USER_NAME": "Worker Test",
+        "GIT_USER_EMAIL": "worker@test",
+        # The real CLI allows bypass permissions for root only in a declared sandbox; CI runs as root.
+        "IS_SANDBOX": "1",
+    }
+    return Box(tmp_path, orch, env)
+
+
+class Box:
+    def __init__(self, root: Path, orch: Path, env: dict[str, str]):
+        self.root, self.orch, self.env = root, orch, env
+
+    def task(self, prompt: str, task_id: str = "task-001", **fields) -> None:
+        (self.orch / "tasks" / f"{task_id}.json").write_text(json.dumps({"id": task_id, "prompt": prompt, **fields}))
+
+    def start(self, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.worker"],
+            env={**self.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def run(self, **env: str) -> tuple[int, str]:
+        proc = self.start(**env)
+        out, _ = proc.communicate(timeout=120)
+        return proc.returncode, out
+
+    def result(self, task_id: str = "task-001") -> dict:
+        return json.loads((self.orch / "results" / f"{task_id}.json").read_text())
+
+    def status(self, task_id: str = "task-001") -> dict:
+        return json.loads((self.orch / "status" / f"{task_id}.json").read_text())
+
+    def everything_written(self) -> str:
+        """Every file the worker could have written to, as one text."""
+        texts = []
+        for folder in (self.orch, self.root / "home", self.root / "workspace"):
+            for path in folder.rglob("*"):
+                if path.is_file() and ".git/" not in str(path):
+                    texts.append(path.read_text(errors="replace"))
+        return "\n".join(texts)
+
+
+def test_success_edits_the_clone_and_writes_a_full_result(box: Box):
+    box.task("Write a note.\n@write notes/hello.txt hello world\n@run cat notes/hello.txt\n@say The note is written.")
+    code, out = box.run()
+    assert code == 0, out
+    result = box.result()
+    assert result["status"] == "success"
+    assert result["output"] == "The note is written."
+    assert result["task_id"] == "task-001" and result["completed_at"].endswith("Z")
+    assert result["exit_code"] == 0 and result["error"] is None
+    assert result["num_turns"] == 3 and result["cost_usd"] == pytest.approx(0.0375)
+    assert result["session_id"] and result["model"] == "claude-test-model"
+    assert result["started_at"] <= result["completed_at"] and result["duration_seconds"] >= 0
+    assert (box.root / "workspace" / "repo" / "notes" / "hello.txt").read_text() == "hello world"
+    assert box.status()["state"] == "success"
+    # docker logs shows the agent's progress, line by line.
+    assert "[agent] -> Write" in out and "notes/hello.txt" in out
+    assert "[agent] <- hello world" in out
+    assert "[agent] finished: success, 3 turns" in out
+    transcript = (box.orch / "logs" / "task-001.jsonl").read_text().splitlines()
+    assert json.loads(transcript[0])["subtype"] == "init" and json.loads(transcript[-1])["type"] == "result"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "env", "status", "error"),
+    [
+        ("@say hi", {"CLAUDE_CODE_OAUTH_TOKEN": ""}, "failed", "Not logged in"),
+        ("@api-error Overloaded", {}, "failed", "API Error: Overloaded"),
+        ("@crash 3", {}, "failed", "without a result (exit code 3)"),
+        ("@max-turns", {}, "failed", "error_max_turns"),
+        ("@sleep 60", {"TASK_TIMEOUT": "1"}, "timeout", "did not finish within 1 s"),
+    ],
+)
+def test_every_kind_of_agent_failure_gives_a_failure_result(box: Box, prompt, env, status, error):
+    box.task(prompt)
+    code, out = box.run(**env)
+    assert code == 1, out
+    result = box.result()
+    assert result["status"] == status
+    assert error in result["error"]
+    assert box.status()["state"] == status
+
+
+def test_the_task_timeout_applies_unless_spawn_worker_set_one(box: Box):
+    box.task("@sleep 60", timeout=1)
+    code, _ = box.run()
+    assert code == 1 and box.result()["status"] == "timeout"
+
+
+def test_docker_stop_cancels_the_agent_and_still_writes_a_result(box: Box):
+    box.task("@sleep 60")
+    proc = box.start()
+    transcript = box.orch / "logs" / "task-001.jsonl"
+    deadline = time.monotonic() + 60
+    while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
+        assert time.monotonic() < deadline, "the agent never started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert box.result()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("task_text", "error"),
+    [
+        ('{"id": "task-001"}', "field 'prompt'"),
+        ('{"id": "task-001", "prompt": ', "not valid JSON"),
+        (None, "does not exist"),
+    ],
+)
+def test_a_bad_task_file_gives_a_failure_result_naming_the_problem(box: Box, task_text, error):
+    if task_text is not None:
+        (box.orch / "tasks" / "task-001.json").write_text(task_text)
+    code, _ = box.run()
+    assert code == 1
+    assert box.result()["status"] == "failed" and error in box.result()["error"]
+
+
+def test_a_failed_clone_gives_git_s_message_without_credentials(box: Box, token: str):
+    box.task("@say hi")
+    code, _ = box.run(REPO_URL=f"https://x-access-token:{token}@127.0.0.1:9/nothing.git")
+    assert code == 1
+    result = box.result()
+    assert result["status"] == "failed" and "git" in result["error"] and "clone" in result["error"]
+    assert token not in json.dumps(result)
+    assert "[REDACTED]@127.0.0.1" in result["error"]
+
+
+def test_no_repository_is_a_failure(box: Box):
+    box.task("@say hi")
+    code, _ = box.run(REPO_URL="")
+    assert code == 1 and "REPO_URL" in box.result()["error"]
+
+
+def test_an_existing_result_is_never_overwritten(box: Box):
+    box.task("@say hi")
+    existing = {"task_id": "task-001", "status": "success", "output": "first", "completed_at": "2026-01-01T00:00:00Z"}
+    (box.orch / "results" / "task-001.json").write_text(json.dumps(existing))
+    code, out = box.run()
+    assert code == 1
+    assert "already exists" in out and "Traceback" not in out
+    assert box.result() == existing
+
+
+def test_the_token_never_reaches_output_logs_or_files(box: Box, token: str):
+    box.task("@run echo token is $CLAUDE_CODE_OAUTH_TOKEN\n@say my token: $TOKEN")
+    code, out = box.run()
+    assert code == 0, out
+    assert token not in out
+    assert token not in box.everything_written()
+    assert "token is [REDACTED]" in out
