@@ -85,7 +85,7 @@ def prepare(env: Mapping[str, str]) -> Path:
         workdir = workspace / "repo"
         branch = env.get("REPO_BRANCH") or DEFAULT_BRANCH
         if not (workdir / ".git").is_dir():
-            print(f"manager: cloning {scrub(repo_url)} (branch {branch}) into {workdir}", flush=True)
+            print(f"manager: cloning {scrub(repo_url)} (branch {branch}) into {workdir}", file=sys.stderr, flush=True)
             git.clone(repo_url, branch, workdir, scrub=scrub)
     preseed_claude_config(home, workdir)
     return workdir

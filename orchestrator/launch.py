@@ -107,7 +107,7 @@ def ensure_images(args: argparse.Namespace, ca_certs: Sequence[Path]) -> str:
     if args.build or not image_exists(manager):
         print(f"run.py: building {manager} (this takes a few minutes the first time)", flush=True)
         images.build_manager_image(manager, ca_certs)
-    elif ca_certs:
+    elif args.ca_cert:
         print("run.py: note: --ca-cert applies to image builds; add --build to rebuild with it", file=sys.stderr)
     if args.build or not image_exists(worker):
         print(f"run.py: building {worker}", flush=True)

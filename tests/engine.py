@@ -1,0 +1,164 @@
+"""Fixtures for the end-to-end tests: the real engine, images built from the real
+Dockerfiles, a git server of the tests' own on loopback, and a volume per test.
+
+Every name carries the prefix orch-test- (and task ids a per-test run id), so that the
+tests never touch a user's own images, volume or workers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator import images
+
+from .conftest import ROOT, STANDIN, seed_repo
+
+PREFIX = "orch-test-"
+MANAGER_IMAGE = f"{PREFIX}orchestrator"
+WORKER_BASE_IMAGE = f"{PREFIX}flutter-base"  # flutter/Dockerfile without the SDK
+WORKER_IMAGE = f"{PREFIX}flutter"  # the same, with the stand-in agent
+
+
+def sh(
+    *argv: str, check: bool = True, input: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
+    if check and proc.returncode:
+        raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def engine() -> None:
+    """The Docker engine. Unusable is a failure: these tests are never skipped."""
+    if shutil.which("docker") is None:
+        pytest.fail("the docker CLI is not installed; end-to-end tests need a Docker engine (see .ci/ensure-docker)")
+    proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    if proc.returncode:
+        pytest.fail(f"the Docker engine is not usable: {proc.stderr.strip()}")
+
+
+@pytest.fixture(scope="session")
+def test_images(engine: None) -> None:
+    """The manager and worker images from the real Dockerfiles, and the stand-in layer."""
+    certs = [images.read_ca_cert(p) for p in os.environ.get("ORCHESTRATOR_CA_CERTS", "").split(os.pathsep) if p]
+    images.build_manager_image(MANAGER_IMAGE, certs)
+    images.build_worker_image(WORKER_BASE_IMAGE, "flutter", MANAGER_IMAGE, {"FLUTTER_VERSION": "none"})
+    images.build_image(WORKER_IMAGE, STANDIN, build_args={"WORKER_IMAGE": WORKER_BASE_IMAGE})
+
+
+@dataclass
+class GitServer:
+    """git daemon on 127.0.0.1, reached by containers on the host network."""
+
+    base: Path
+    port: int
+
+    def repo(self, name: str) -> str:
+        """A new seeded repository; returns its URL."""
+        work = seed_repo(self.base.parent / "seeds" / name)
+        bare = self.base / f"{name}.git"
+        sh("git", "clone", "-q", "--bare", str(work), str(bare))
+        return f"git://127.0.0.1:{self.port}/{name}.git"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    base = tmp_path_factory.mktemp("git") / "repos"
+    base.mkdir()
+    port = _free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", f"--base-path={base}",
+         "--listen=127.0.0.1", f"--port={port}", str(base)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    server = GitServer(base, port)
+    deadline = time.monotonic() + 30
+    probe = server.repo("probe")
+    while subprocess.run(["git", "ls-remote", probe], capture_output=True).returncode:
+        assert time.monotonic() < deadline, "git daemon did not start"
+        time.sleep(0.2)
+    yield server
+    daemon.terminate()
+    daemon.wait(10)
+
+
+@dataclass
+class Run:
+    """One test's names: task ids, its volume and its manager."""
+
+    id: str
+    volume: str
+
+    def task_id(self, name: str) -> str:
+        return f"{self.id}-{name}"
+
+    @property
+    def manager(self) -> str:
+        return f"{PREFIX}manager-{self.id}"
+
+    # Mounted where the images have /orchestration, so that a new volume gets its folders.
+    def read(self, path: str) -> str:
+        """A file on the volume, read through a throwaway container."""
+        return sh("docker", "run", "--rm", "--volume", f"{self.volume}:/orchestration", "--entrypoint", "cat",
+                  WORKER_BASE_IMAGE, f"/orchestration/{path}").stdout  # fmt: skip
+
+    def result(self, task_id: str) -> dict:
+        return json.loads(self.read(f"results/{task_id}.json"))
+
+    def write(self, path: str, content: str) -> None:
+        sh("docker", "run", "--rm", "-i", "--volume", f"{self.volume}:/orchestration", "--entrypoint", "sh",
+           WORKER_BASE_IMAGE, "-c", f"cat > /orchestration/{path}", input=content)  # fmt: skip
+
+    def volume_contains(self, needle: str) -> list[str]:
+        """Files on the volume that contain ``needle``."""
+        proc = sh("docker", "run", "--rm", "--volume", f"{self.volume}:/orchestration", "--entrypoint", "grep",
+                  WORKER_BASE_IMAGE, "-r", "-l", "-F", needle, "/orchestration", check=False)  # fmt: skip
+        return proc.stdout.split()
+
+
+def container_file(container: str, path: str) -> str:
+    """A file inside a (stopped) container, through docker cp."""
+    data = subprocess.run(["docker", "cp", f"{container}:{path}", "-"], capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.getmembers()[0]
+        return tar.extractfile(member).read().decode()
+
+
+@pytest.fixture
+def run(test_images: None) -> Iterator[Run]:
+    run = Run(id=uuid.uuid4().hex[:8], volume=f"{PREFIX}volume-{uuid.uuid4().hex[:8]}")
+    yield run
+    names = sh(
+        "docker", "ps", "-aq", "--filter", f"name=worker-{run.id}-", "--filter", f"name={run.manager}"
+    ).stdout.split()
+    if names:
+        sh("docker", "rm", "--force", *names, check=False)
+    sh("docker", "volume", "rm", "--force", run.volume, check=False)
+
+
+def run_py(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """bin/run.py as a person would run it, with the test images and the host network."""
+    return subprocess.run(
+        ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )  # fmt: skip

@@ -1,0 +1,177 @@
+"""End to end on the real engine: run.py starts the manager; from inside it, as the Manager
+agent would in its shell, task files are written, workers spawned with spawn-worker, and
+results read back from the shared volume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from .conftest import ROOT
+from .engine import GitServer, Run, container_file, engine, git_server, run, run_py, sh, test_images  # noqa: F401
+
+pytestmark = pytest.mark.docker
+
+
+def task_file(task_id: str, prompt: str) -> str:
+    return json.dumps({"id": task_id, "prompt": prompt})
+
+
+def manager_script(tasks: dict[str, str]) -> str:
+    """What the manager runs: write every task, spawn every worker, wait, show results."""
+    lines = ["set -eu"]
+    for task_id, prompt in tasks.items():
+        lines.append(f"cat > /orchestration/tasks/{task_id}.json <<'EOF'\n{task_file(task_id, prompt)}\nEOF")
+        lines.append(f"spawn-worker flutter {task_id}")
+    lines.append("docker wait " + " ".join(f"worker-{t}" for t in tasks))
+    lines.extend(f"cat /orchestration/results/{t}.json" for t in tasks)
+    return "\n".join(lines)
+
+
+def test_three_workers_run_in_parallel_and_a_failing_agent_fails(
+    run: Run, git_server: GitServer, token_file, token, ssh_key
+):
+    repo = git_server.repo(f"app-{run.id}")
+    good = [run.task_id(f"{n:03d}") for n in (1, 2, 3)]
+    bad = run.task_id("fails")
+    tasks = {
+        t: f"Add a note for {t}.\n@write notes/{t}.txt note of {t}\n@run git status --short\n@say Added notes/{t}.txt"
+        for t in good
+    }
+    tasks[bad] = "Try something.\n@api-error Overloaded"
+
+    proc = run_py(
+        "--repo", repo, "--token", str(token_file), "--ssh-key", str(ssh_key),
+        "--volume", run.volume, "--name", run.manager,
+        "--", "bash", "-c", manager_script(tasks),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # docker wait printed each worker's exit code, in order.
+    assert proc.stdout.split("\n").count("0") >= 3 and "\n1\n" in proc.stdout
+
+    for t in good:
+        result = run.result(t)
+        assert result["status"] == "success", result
+        assert result["output"] == f"Added notes/{t}.txt"
+        assert result["task_id"] == t and result["completed_at"] and result["session_id"]
+        assert result["cost_usd"] > 0 and result["num_turns"] == 3 and result["exit_code"] == 0
+        assert json.loads(run.read(f"status/{t}.json"))["state"] == "success"
+        # The agent really edited the worker's clone.
+        assert container_file(f"worker-{t}", f"/workspace/repo/notes/{t}.txt") == f"note of {t}"
+        logs = sh("docker", "logs", f"worker-{t}").stdout
+        assert f"cloning {repo}" in logs
+        assert "[agent] -> Write /workspace/repo/notes/" in logs
+        assert "[agent] -> Bash git status --short" in logs and "[agent] <- ?? notes/" in logs
+        assert "[agent] finished: success, 3 turns" in logs
+
+    failed = run.result(bad)
+    assert failed["status"] == "failed" and "API Error: Overloaded" in failed["error"]
+    assert failed["exit_code"] == 1
+    assert json.loads(run.read(f"status/{bad}.json"))["state"] == "failed"
+    inspect = json.loads(sh("docker", "inspect", f"worker-{bad}").stdout)[0]
+    assert inspect["State"]["ExitCode"] == 1
+
+    # Found by name and by label, as the README shows.
+    by_name = sh("docker", "ps", "-a", "--filter", f"name=worker-{run.id}-", "--format", "{{.Names}}").stdout.split()
+    assert sorted(by_name) == sorted(f"worker-{t}" for t in tasks)
+    by_label = sh("docker", "ps", "-a", "--filter", f"label=orchestrator.task-id={good[0]}", "--format", "{{.Names}}")
+    assert by_label.stdout.split() == [f"worker-{good[0]}"]
+
+    # The token is on no command line, in no file on the volume, in no log.
+    assert token not in proc.stdout + proc.stderr
+    assert run.volume_contains(token) == []
+    for t in tasks:
+        assert token not in sh("docker", "logs", f"worker-{t}").stdout
+        config = json.loads(sh("docker", "inspect", f"worker-{t}").stdout)[0]
+        assert token not in json.dumps([config["Path"], config["Args"], config["Config"]["Cmd"]])
+
+
+def test_the_manager_prepares_its_container(run: Run, git_server: GitServer, token_file, ssh_key):
+    repo = git_server.repo(f"m-{run.id}")
+    script = (
+        "set -eu; id -u; pwd; git log --oneline | wc -l; git config --global user.name; "
+        "stat -c '%a %U' ~/.ssh/id_ed25519; ls /orchestration; "
+        'python3 -c \'import json,os; s=json.load(open(os.path.expanduser("~/.claude.json")));'
+        ' print(s["hasCompletedOnboarding"], s["projects"]["/workspace/repo"]["hasTrustDialogAccepted"])\'; '
+        "cat ~/.claude/settings.json; docker version --format '{{.Server.Version}}' >/dev/null && echo docker-ok; "
+        "command -v spawn-worker"
+    )
+    proc = run_py(
+        "--repo", repo, "--token", str(token_file), "--ssh-key", str(ssh_key), "--volume", run.volume,
+        "--name", run.manager, "--", "bash", "-c", script,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[:3] == ["1000", "/workspace/repo", "1"]
+    assert out[4] == "600 claude"
+    assert {"tasks", "results", "status", "logs"} <= set(out[5:9])
+    assert "True True" in out
+    assert '"skipDangerousModePermissionPrompt": true' in proc.stdout
+    assert "docker-ok" in out and "/usr/local/bin/spawn-worker" in out
+
+
+def test_the_manager_command_exit_code_comes_back(run: Run, token_file):
+    proc = run_py("--token", str(token_file), "--volume", run.volume, "--name", run.manager, "--", "sh", "-c", "exit 7")
+    assert proc.returncode == 7, proc.stderr
+
+
+def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file):
+    """The host has no /orchestration: spawn-worker reaches the volume through a container."""
+    repo = git_server.repo(f"h-{run.id}")
+    task = run.task_id("host")
+    sh("docker", "volume", "create", run.volume)
+    run.write(f"tasks/{task}.json", task_file(task, "@sleep 60"))
+    spawn = [
+        "python3", "bin/spawn-worker.py", "flutter", task, "--repo", repo, "--token", str(token_file),
+        "--volume", run.volume, "--network", "host", "--image-prefix", "orch-test-", "--orchestration-dir", "/nonexistent",
+    ]  # fmt: skip
+    first = subprocess.run(spawn, capture_output=True, text=True, cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    assert f"started worker-{task}" in first.stdout
+
+    second = subprocess.run(spawn, capture_output=True, text=True, cwd=ROOT)
+    assert second.returncode == 1
+    assert second.stderr.strip() == f"spawn-worker: error: task {task} already has a running worker (worker-{task})"
+
+    # docker stop: the worker stops its agent and still records how the task ended.
+    sh("docker", "stop", f"worker-{task}")
+    assert sh("docker", "wait", f"worker-{task}").stdout.strip() == "1"
+    result = run.result(task)
+    assert result["status"] == "cancelled" and "stopped" in result["error"]
+
+    bad = run.task_id("bad")
+    run.write(f"tasks/{bad}.json", '{"id": "%s", "prompt": ""}' % bad)
+    refused = subprocess.run([*spawn[:3], bad, *spawn[4:]], capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 1 and "field 'prompt' must be a non-empty string" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{bad}").stdout.strip() == ""
+
+
+def test_the_debugging_recipes_work(run: Run, git_server: GitServer, token_file):
+    repo = git_server.repo(f"d-{run.id}")
+    task = run.task_id("dbg")
+    script = f"cat > /orchestration/tasks/{task}.json <<'EOF'\n{task_file(task, '@say hi')}\nEOF\nspawn-worker flutter {task} && docker wait worker-{task}"
+    proc = run_py(
+        "--repo",
+        repo,
+        "--token",
+        str(token_file),
+        "--volume",
+        run.volume,
+        "--name",
+        run.manager,
+        "--",
+        "bash",
+        "-c",
+        script,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"worker-{task}" in sh("docker", "ps", "-a", "--filter", "name=worker-").stdout
+    assert "[agent] finished: success" in sh("docker", "logs", f"worker-{task}").stdout
+    # The original recipe uses alpine; any small image shows the same.
+    listing = sh(
+        "docker", "run", "--rm", "-v", f"{run.volume}:/data", "debian:bookworm-slim", "ls", "-la", "/data/"
+    ).stdout
+    assert all(name in listing for name in ("tasks", "results", "status", "logs"))
