@@ -13,7 +13,12 @@ from urllib.parse import urlparse
 
 from . import config, images
 from .cli import HelpFormatter, run_command
-from .config import CONTAINER_GID, CONTAINER_HOME, CONTAINER_ORCHESTRATION_DIR, CONTAINER_UID
+from .config import (
+    CONTAINER_GID,
+    CONTAINER_HOME,
+    CONTAINER_ORCHESTRATION_DIR,
+    CONTAINER_UID,
+)
 from .docker import (
     FileToCopy,
     NameConflict,
@@ -27,7 +32,13 @@ from .docker import (
 )
 from .errors import UserError
 from .git import DEFAULT_USER_EMAIL, DEFAULT_USER_NAME, host_config
-from .secrets import DEFAULT_SSH_KEY, DEFAULT_TOKEN_FILE, TOKEN_ENV, read_secret_file, read_ssh_key
+from .secrets import (
+    DEFAULT_SSH_KEY,
+    DEFAULT_TOKEN_FILE,
+    TOKEN_ENV,
+    read_secret_file,
+    read_ssh_key,
+)
 
 DEFAULT_NAME = "claude-manager"
 ENV_CA_CERTS = "ORCHESTRATOR_CA_CERTS"

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 from . import config
 from .cli import HelpFormatter, run_command
-from .config import CONTAINER_GID, CONTAINER_HOME, CONTAINER_ORCHESTRATION_DIR, CONTAINER_UID
+from .config import (
+    CONTAINER_GID,
+    CONTAINER_HOME,
+    CONTAINER_ORCHESTRATION_DIR,
+    CONTAINER_UID,
+)
 from .docker import (
     FileToCopy,
     NameConflict,
@@ -30,7 +35,13 @@ from .docker import (
     labels,
 )
 from .errors import UserError
-from .secrets import DEFAULT_SSH_KEY, DEFAULT_TOKEN_FILE, TOKEN_ENV, read_secret_file, read_ssh_key
+from .secrets import (
+    DEFAULT_SSH_KEY,
+    DEFAULT_TOKEN_FILE,
+    TOKEN_ENV,
+    read_secret_file,
+    read_ssh_key,
+)
 from .tasks import State, validate_task_id
 from .volume import volume_for
 

@@ -1,45 +1,20 @@
-"""Shared fixtures: a fake docker CLI for the unit level, real engine helpers for end to end."""
+"""Shared fixtures: a fake docker CLI for the unit level; the real engine's come from engine.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-FIXTURES = TESTS / "fixtures"
-STANDIN = TESTS / "standin"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-sys.path.insert(0, str(ROOT))
-
-
-@dataclass
-class FakeDocker:
-    log: Path
-    containers: Path
-
-    def calls(self) -> list[dict]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
-
-    def argvs(self) -> list[list[str]]:
-        return [call["argv"] for call in self.calls()]
-
-    def find(self, *prefix: str) -> list[dict]:
-        return [call for call in self.calls() if call["argv"][: len(prefix)] == list(prefix)]
-
-    def add_container(self, name: str, fixture: str) -> None:
-        """`docker container inspect NAME` answers with a saved real inspect document."""
-        (self.containers / f"{name}.json").write_text((FIXTURES / fixture).read_text())
+from .engine import engine, git_server, run, test_images  # noqa: E402,F401  (end-to-end fixtures)
+from .helpers import TESTS, FakeDocker  # noqa: E402
 
 
 @pytest.fixture
@@ -87,21 +62,3 @@ def docker_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
     yield path
     sock.close()
-
-
-def seed_repo(path: Path) -> Path:
-    """A small repository with one commit on main."""
-    path.mkdir(parents=True)
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    (path / "lib").mkdir()
-    (path / "lib" / "main.dart").write_text("void main() {}\n")
-    (path / "README.md").write_text("# App\n")
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "initial"]):
-        subprocess.run(["git", *args], cwd=path, check=True, env=env, capture_output=True)
-    return path

@@ -24,7 +24,7 @@ import pytest
 
 from orchestrator import images
 
-from .conftest import ROOT, STANDIN, seed_repo
+from .helpers import ROOT, STANDIN, seed_repo
 
 PREFIX = "orch-test-"
 MANAGER_IMAGE = f"{PREFIX}orchestrator"

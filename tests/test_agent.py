@@ -13,7 +13,7 @@ import pytest
 from orchestrator.agent import AgentRun, headless_argv, judge, render_event
 from orchestrator.tasks import State
 
-from .conftest import FIXTURES
+from .helpers import FIXTURES
 
 
 def events(name: str) -> list[dict]:

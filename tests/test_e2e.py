@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from .conftest import ROOT
-from .engine import GitServer, Run, container_file, engine, git_server, run, run_py, sh, test_images  # noqa: F401
+from .engine import GitServer, Run, container_file, run_py, sh
+from .helpers import ROOT
 
 pytestmark = pytest.mark.docker
 

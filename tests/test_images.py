@@ -10,7 +10,7 @@ import pytest
 from orchestrator.agent import headless_argv
 from orchestrator.entrypoint import manager_argv
 
-from .engine import MANAGER_IMAGE, WORKER_BASE_IMAGE, WORKER_IMAGE, engine, sh, test_images  # noqa: F401
+from .engine import MANAGER_IMAGE, WORKER_BASE_IMAGE, WORKER_IMAGE, sh
 
 pytestmark = pytest.mark.docker
 

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import launch
 
-from .conftest import FIXTURES, ROOT, FakeDocker
+from .helpers import FIXTURES, ROOT, FakeDocker
 
 CERT = """-----BEGIN CERTIFICATE-----
 MIIBszCCAVmgAwIBAgIUJ0example0000000000000000000wCgYIKoZIzj0EAwIw

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from .conftest import ROOT
-from .engine import PREFIX, Run, engine, run, sh, test_images  # noqa: F401
+from .engine import PREFIX, Run, sh
+from .helpers import ROOT
 
 pytestmark = pytest.mark.docker
 

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator import spawn
 
-from .conftest import FakeDocker
+from .helpers import FakeDocker
 
 
 @pytest.fixture

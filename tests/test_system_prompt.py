@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from .conftest import ROOT
-from .engine import GitServer, Run, engine, git_server, run, run_py, sh, test_images  # noqa: F401
+from .engine import GitServer, Run, run_py, sh
+from .helpers import ROOT
 
 PROMPT = ROOT / "orchestrator" / "system-prompt.md"
 

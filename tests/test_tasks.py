@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import InvalidInput
-from orchestrator.tasks import OrchestrationDir, State, Task, TaskResult, TaskStatus, write_json
+from orchestrator.tasks import (
+    OrchestrationDir,
+    State,
+    Task,
+    TaskResult,
+    TaskStatus,
+    write_json,
+)
 
 
 def test_task_of_the_original_design_parses_and_round_trips():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, STANDIN, seed_repo
+from .helpers import ROOT, STANDIN, seed_repo
 
 
 @pytest.fixture
