@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable
 
+from . import config
 from .errors import EXIT_INTERRUPTED, UserError
 
 log = logging.getLogger("orchestrator")
@@ -23,6 +25,28 @@ class HelpFormatter(argparse.HelpFormatter):
         return textwrap.fill(
             " ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
         )
+
+
+def add_placement_options(parser: argparse.ArgumentParser) -> None:
+    """Where containers go: the options run.py and spawn-worker share, defaulted from the
+    environment that run.py hands to the manager."""
+    env = os.environ
+    parser.add_argument(
+        "--volume",
+        default=env.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
+        help=f"the shared volume (default: ${config.ENV_VOLUME}, else {config.DEFAULT_VOLUME})",
+    )
+    parser.add_argument(
+        "--network",
+        default=env.get(config.ENV_NETWORK),
+        help=f"Docker network of the containers started (default: ${config.ENV_NETWORK}, else Docker's default)",
+    )
+    parser.add_argument(
+        "--image-prefix",
+        default=env.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX,
+        help=f"image name prefix (default: ${config.ENV_IMAGE_PREFIX}, else {config.DEFAULT_IMAGE_PREFIX})",
+    )
+    parser.add_argument("--debug", action="store_true", help="print the docker commands run, and tracebacks")
 
 
 def run_command(prog: str, func: Callable[[], int], *, debug: bool = False) -> int:

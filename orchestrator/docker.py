@@ -123,6 +123,11 @@ def inspect_container(name: str) -> dict[str, Any] | None:
     return data[0] if data else None
 
 
+def remove_container(name: str) -> None:
+    """Remove a container, running or not; one that is already gone is fine."""
+    docker("rm", "--force", name, check=False, timeout=60)
+
+
 def image_exists(name: str) -> bool:
     proc = docker("image", "inspect", "--format", "{{.Id}}", name, check=False, timeout=30)
     return proc.returncode == 0

@@ -12,23 +12,19 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import config, images
-from .cli import HelpFormatter, run_command
+from .cli import HelpFormatter, add_placement_options, run_command
 from .config import (
-    CONTAINER_GID,
-    CONTAINER_HOME,
     CONTAINER_ORCHESTRATION_DIR,
-    CONTAINER_UID,
 )
 from .docker import (
-    FileToCopy,
     NameConflict,
     check_daemon,
-    copy_files,
     docker,
     env_pass,
     flag,
     image_exists,
     labels,
+    remove_container,
 )
 from .errors import UserError
 from .git import DEFAULT_USER_EMAIL, DEFAULT_USER_NAME, host_config
@@ -36,6 +32,7 @@ from .secrets import (
     DEFAULT_SSH_KEY,
     DEFAULT_TOKEN_FILE,
     TOKEN_ENV,
+    give_ssh_key,
     read_secret_file,
     read_ssh_key,
 )
@@ -137,10 +134,9 @@ def start_manager(spec: ManagerSpec) -> int:
         ) from None
     try:
         if spec.ssh_key:
-            key = FileToCopy(".ssh/id_ed25519", spec.ssh_key, 0o600)
-            copy_files(spec.name, CONTAINER_HOME, [key], uid=CONTAINER_UID, gid=CONTAINER_GID)
+            give_ssh_key(spec.name, spec.ssh_key)
     except BaseException:
-        docker("rm", "--force", spec.name, check=False, timeout=60)
+        remove_container(spec.name)
         raise
     # Attached, for as long as the manager runs; its exit code becomes ours.
     proc = docker("start", "--attach", "--interactive", spec.name, timeout=None, capture=False, check=False)
@@ -188,23 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: the files in ${ENV_CA_CERTS}, separated by '{os.pathsep}')",
     )
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"manager container name (default: {DEFAULT_NAME})")
-    parser.add_argument(
-        "--volume",
-        default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
-        help=f"shared volume (default: {config.DEFAULT_VOLUME})",
-    )
-    parser.add_argument(
-        "--network",
-        default=os.environ.get(config.ENV_NETWORK),
-        help="Docker network for the manager and its workers (default: Docker's default)",
-    )
-    parser.add_argument(
-        "--image-prefix",
-        default=os.environ.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX,
-        help=f"image name prefix (default: {config.DEFAULT_IMAGE_PREFIX})",
-    )
-    parser.add_argument("--debug", action="store_true", help="log docker commands and show tracebacks")
-    return parser  # fmt: skip
+    add_placement_options(parser)
+    return parser
 
 
 def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -242,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             token=token,
             ssh_key=ssh_key,
             command=tuple(command),
-            tty=sys.stdin.isatty() and sys.stdout.isatty(),
+            tty=sys.stdin.isatty(),
         )
         return start_manager(spec)
 

@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from .config import CONTAINER_GID, CONTAINER_HOME, CONTAINER_UID
+from .docker import FileToCopy, copy_files
 from .errors import UserError
 
 TOKEN_ENV = "CLAUDE_CODE_OAUTH_TOKEN"
@@ -53,3 +55,14 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, REDACTED)
     return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+def give_ssh_key(container: str, key: bytes) -> None:
+    """Put the key where ssh looks for it (~/.ssh/id_ed25519) in a created container.
+
+    It travels through the Docker API, so this works from the host and from inside the
+    manager alike; and the file belongs to the container's user, whoever owns it here.
+    """
+    copy_files(
+        container, CONTAINER_HOME, [FileToCopy(".ssh/id_ed25519", key, 0o600)], uid=CONTAINER_UID, gid=CONTAINER_GID
+    )

@@ -15,30 +15,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import config
-from .cli import HelpFormatter, run_command
+from .cli import HelpFormatter, add_placement_options, run_command
 from .config import (
-    CONTAINER_GID,
-    CONTAINER_HOME,
     CONTAINER_ORCHESTRATION_DIR,
-    CONTAINER_UID,
 )
 from .docker import (
-    FileToCopy,
     NameConflict,
     check_daemon,
-    copy_files,
     docker,
     env_pass,
     flag,
     image_exists,
     inspect_container,
     labels,
+    remove_container,
 )
 from .errors import UserError
 from .secrets import (
     DEFAULT_SSH_KEY,
     DEFAULT_TOKEN_FILE,
     TOKEN_ENV,
+    give_ssh_key,
     read_secret_file,
     read_ssh_key,
 )
@@ -129,15 +126,14 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
     try:
         volume.claim(spec.task_id, spec.worker_type, spec.container)
         if spec.ssh_key:
-            key = FileToCopy(".ssh/id_ed25519", spec.ssh_key, 0o600)
-            copy_files(spec.container, CONTAINER_HOME, [key], uid=CONTAINER_UID, gid=CONTAINER_GID)
+            give_ssh_key(spec.container, spec.ssh_key)
     except BaseException:
-        docker("rm", "--force", spec.container, check=False, timeout=60)
+        remove_container(spec.container)
         raise
     try:
         docker("start", spec.container, timeout=120)
     except UserError as exc:
-        docker("rm", "--force", spec.container, check=False, timeout=60)
+        remove_container(spec.container)
         volume.set_state(spec.task_id, State.FAILED, f"the worker container did not start: {exc}")
         raise
     return spec.container
@@ -187,27 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the agent may run (default: the task's timeout, else 3600)",
     )
     parser.add_argument(
-        "--volume",
-        default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
-        help=f"shared volume (default: ${config.ENV_VOLUME} or {config.DEFAULT_VOLUME})",
-    )
-    parser.add_argument(
-        "--network",
-        default=os.environ.get(config.ENV_NETWORK),
-        help=f"Docker network for the worker (default: ${config.ENV_NETWORK})",
-    )
-    parser.add_argument(
-        "--image-prefix",
-        default=os.environ.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX,
-        help=f"image name prefix (default: ${config.ENV_IMAGE_PREFIX} or {config.DEFAULT_IMAGE_PREFIX})",
-    )
-    parser.add_argument(
         "--orchestration-dir",
         default=os.environ.get("ORCHESTRATION_DIR") or CONTAINER_ORCHESTRATION_DIR,
         help="where the shared volume is mounted here, if it is (default: $ORCHESTRATION_DIR or /orchestration)",
     )
-    parser.add_argument("--debug", action="store_true", help="log docker commands and show tracebacks")
-    return parser  # fmt: skip
+    add_placement_options(parser)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
@@ -41,13 +41,8 @@ class State(StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
 
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED_STATES
-
 
 FINISHED_STATES = frozenset({State.SUCCESS, State.FAILED, State.TIMEOUT, State.CANCELLED})
-RESULT_STATES = FINISHED_STATES
 
 
 def utc_now() -> str:
@@ -69,16 +64,35 @@ def _require_object(data: Any, what: str) -> Mapping[str, Any]:
     return data
 
 
-def _optional(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
+def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], what: str, required: bool = False) -> Any:
+    """``data[name]`` checked against ``kind``; a missing or null optional field is None."""
     value = data.get(name)
     if value is None:
+        if required:
+            raise InvalidInput(f"{what}: field {name!r} is missing")
         return None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int in Python; a JSON true is never a number here.
-    if not isinstance(value, kind) or (
-        isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
-    ):
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise InvalidInput(f"{what}: field {name!r} has the wrong type ({type(value).__name__})")
     return value
+
+
+def _state(data: Mapping[str, Any], name: str, what: str, allowed: frozenset[State] | None = None) -> State:
+    value = data.get(name)
+    try:
+        state = State(value)
+    except ValueError:
+        raise InvalidInput(f"{what}: field {name!r} is {value!r}, not a known state") from None
+    if allowed is not None and state not in allowed:
+        raise InvalidInput(f"{what}: field {name!r} is {state.value!r}, which is not a final state")
+    return state
+
+
+def _document(record: Any) -> dict[str, Any]:
+    """A frozen dataclass as its JSON document, with the format version."""
+    data = {f.name: getattr(record, f.name) for f in fields(record)}
+    return {**{k: v.value if isinstance(v, State) else v for k, v in data.items()}, "format_version": FORMAT_VERSION}
 
 
 @dataclass(frozen=True)
@@ -96,21 +110,23 @@ class Task:
     @classmethod
     def from_json(cls, data: Any) -> Task:
         data = _require_object(data, "task")
-        task_id = validate_task_id(data.get("id"), "field 'id'") if "id" in data else None
-        if task_id is None:
-            raise InvalidInput("task: field 'id' is missing")
+        task_id = validate_task_id(_field(data, "id", str, "task", required=True), "field 'id'")
         what = f"task {task_id}"
         prompt = data.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise InvalidInput(f"{what}: field 'prompt' must be a non-empty string")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise InvalidInput(f"{what}: field 'prompt' is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
-        model = _optional(data, "model", str, what)
-        timeout = _optional(data, "timeout", int, what)
+        timeout = _field(data, "timeout", int, what)
         if timeout is not None and timeout <= 0:
             raise InvalidInput(f"{what}: field 'timeout' must be a positive number of seconds")
-        extra = {k: v for k, v in data.items() if k not in cls.KNOWN}
-        return cls(id=task_id, prompt=prompt, model=model or None, timeout=timeout, extra=extra)
+        return cls(
+            id=task_id,
+            prompt=prompt,
+            model=_field(data, "model", str, what) or None,
+            timeout=timeout,
+            extra={k: v for k, v in data.items() if k not in cls.KNOWN},
+        )
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id, "prompt": self.prompt}
@@ -147,49 +163,24 @@ class TaskResult:
         data = _require_object(data, "result")
         task_id = validate_task_id(data.get("task_id"), "field 'task_id'")
         what = f"result of {task_id}"
-        try:
-            status = State(data.get("status"))
-        except ValueError:
-            raise InvalidInput(f"{what}: field 'status' is {data.get('status')!r}") from None
-        if status not in RESULT_STATES:
-            raise InvalidInput(f"{what}: field 'status' is {status.value!r}, which is not a final state")
-        output = data.get("output")
-        if not isinstance(output, str):
-            raise InvalidInput(f"{what}: field 'output' must be a string")
-        completed_at = data.get("completed_at")
-        if not isinstance(completed_at, str):
-            raise InvalidInput(f"{what}: field 'completed_at' must be a string")
+        number = (int, float)
         return cls(
             task_id=task_id,
-            status=status,
-            output=output,
-            completed_at=completed_at,
-            started_at=_optional(data, "started_at", str, what),
-            duration_seconds=_optional(data, "duration_seconds", (int, float), what),
-            exit_code=_optional(data, "exit_code", int, what),
-            cost_usd=_optional(data, "cost_usd", (int, float), what),
-            num_turns=_optional(data, "num_turns", int, what),
-            session_id=_optional(data, "session_id", str, what),
-            model=_optional(data, "model", str, what),
-            error=_optional(data, "error", str, what),
+            status=_state(data, "status", what, FINISHED_STATES),
+            output=_field(data, "output", str, what, required=True),
+            completed_at=_field(data, "completed_at", str, what, required=True),
+            started_at=_field(data, "started_at", str, what),
+            duration_seconds=_field(data, "duration_seconds", number, what),
+            exit_code=_field(data, "exit_code", int, what),
+            cost_usd=_field(data, "cost_usd", number, what),
+            num_turns=_field(data, "num_turns", int, what),
+            session_id=_field(data, "session_id", str, what),
+            model=_field(data, "model", str, what),
+            error=_field(data, "error", str, what),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "status": self.status.value,
-            "output": self.output,
-            "completed_at": self.completed_at,
-            "started_at": self.started_at,
-            "duration_seconds": self.duration_seconds,
-            "exit_code": self.exit_code,
-            "cost_usd": self.cost_usd,
-            "num_turns": self.num_turns,
-            "session_id": self.session_id,
-            "model": self.model,
-            "error": self.error,
-            "format_version": FORMAT_VERSION,
-        }
+        return _document(self)
 
 
 @dataclass(frozen=True)
@@ -208,32 +199,17 @@ class TaskStatus:
         data = _require_object(data, "status")
         task_id = validate_task_id(data.get("task_id"), "field 'task_id'")
         what = f"status of {task_id}"
-        try:
-            state = State(data.get("state"))
-        except ValueError:
-            raise InvalidInput(f"{what}: field 'state' is {data.get('state')!r}") from None
-        updated_at = data.get("updated_at")
-        if not isinstance(updated_at, str):
-            raise InvalidInput(f"{what}: field 'updated_at' must be a string")
         return cls(
             task_id=task_id,
-            state=state,
-            updated_at=updated_at,
-            worker_type=_optional(data, "worker_type", str, what),
-            container=_optional(data, "container", str, what),
-            message=_optional(data, "message", str, what),
+            state=_state(data, "state", what),
+            updated_at=_field(data, "updated_at", str, what, required=True),
+            worker_type=_field(data, "worker_type", str, what),
+            container=_field(data, "container", str, what),
+            message=_field(data, "message", str, what),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "task_id": self.task_id,
-            "state": self.state.value,
-            "updated_at": self.updated_at,
-            "worker_type": self.worker_type,
-            "container": self.container,
-            "message": self.message,
-            "format_version": FORMAT_VERSION,
-        }
+        return _document(self)
 
 
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o664) -> None:
