@@ -173,10 +173,12 @@ class AgentProcess:
         Safe to call from a signal handler or a timer thread, more than once.
         """
         with self._lock:
-            if self._stopped or self._proc is None or self._proc.poll() is not None:
+            if self._stopped or (self._proc is not None and self._proc.poll() is not None):
                 return
             self._stopped = reason
             proc = self._proc
+        if proc is None:
+            return  # not started yet: run() will not start it
         self._signal_group(proc, signal.SIGTERM)
         threading.Thread(target=self._kill_later, args=(proc,), daemon=True).start()
 
@@ -198,6 +200,8 @@ class AgentProcess:
         final: Mapping[str, Any] | None = None
         last_text = ""
         with self._lock:
+            if self._stopped:
+                return AgentRun(exit_code=None, final=None, last_text="", stderr_tail="", stopped=self._stopped)
             # Its own session, so that a stop reaches the tools it started too.
             self._proc = subprocess.Popen(
                 self.argv,

@@ -78,6 +78,7 @@ class Worker:
         self.env = dict(env)
         self.secrets = [env.get(TOKEN_ENV), env.get("ANTHROPIC_API_KEY")]
         self.agent: agent.AgentProcess | None = None
+        self.finishing = False
 
     def scrub(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -93,6 +94,8 @@ class Worker:
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.say(f"received {signal.Signals(signum).name}, stopping")
+        if self.finishing:
+            return  # the result is being written; let it be
         if self.agent is not None:
             self.agent.stop("cancelled")
         else:
@@ -144,6 +147,7 @@ class Worker:
         except BaseException as exc:  # a bug must still leave a result behind
             self.say("internal error:\n" + "".join(traceback.format_exception(exc)))
             status, error = State.FAILED, f"internal error in the worker: {type(exc).__name__}: {exc}"
+        self.finishing = True
         result = self.result(status, error, run, model, started_at, time.monotonic() - t0)
         orch.write_result(result)
         self.set_state(status, error)

@@ -6,11 +6,12 @@ The not-logged-in and API-error streams in tests/fixtures were produced by the r
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 
-from orchestrator.agent import AgentRun, headless_argv, judge, render_event
+from orchestrator.agent import AgentProcess, AgentRun, headless_argv, judge, render_event
 from orchestrator.tasks import State
 
 from .helpers import FIXTURES
@@ -111,3 +112,19 @@ def test_headless_argv_puts_the_prompt_after_the_end_of_options():
     assert "--verbose" in argv and "--dangerously-skip-permissions" in argv
     assert argv[argv.index("--model") + 1] == "claude-x"
     assert "--model" not in headless_argv("p", None)
+
+
+def test_a_stop_before_the_start_keeps_the_agent_from_starting(tmp_path):
+    process = AgentProcess(
+        ["/nonexistent/claude"],
+        cwd=str(tmp_path),
+        env={},
+        timeout=None,
+        on_line=lambda line: None,
+        transcript=io.StringIO(),
+        scrub=str,
+    )
+    process.stop("cancelled")
+    run = process.run()  # would raise FileNotFoundError had it tried to start
+    assert (run.stopped, run.exit_code) == ("cancelled", None)
+    assert judge(run, None)[0] is State.CANCELLED
