@@ -11,7 +11,13 @@ import json
 
 import pytest
 
-from orchestrator.agent import AgentProcess, AgentRun, headless_argv, judge, render_event
+from orchestrator.agent import (
+    AgentProcess,
+    AgentRun,
+    headless_argv,
+    judge,
+    render_event,
+)
 from orchestrator.tasks import State
 
 from .helpers import FIXTURES
