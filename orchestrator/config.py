@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 from .errors import InvalidInput
@@ -31,10 +30,6 @@ LABEL_TASK_ID = "orchestrator.task-id"
 LABEL_WORKER_TYPE = "orchestrator.worker-type"
 
 _WORKER_TYPE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,40}")
-
-
-def env_default(name: str, fallback: str | None = None) -> str | None:
-    return os.environ.get(name) or fallback
 
 
 def worker_image(worker_type: str, prefix: str) -> str:

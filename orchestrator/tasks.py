@@ -283,9 +283,6 @@ class OrchestrationDir:
             raise InvalidInput(f"{path}: field 'id' is {task.id!r} but the file is named for {task_id!r}")
         return task
 
-    def load_result(self, task_id: str) -> TaskResult:
-        return TaskResult.from_json(read_json(self.result_path(task_id)))
-
     def write_result(self, result: TaskResult) -> None:
         write_json(self.result_path(result.task_id), result.to_json())
 

@@ -21,12 +21,12 @@ from types import FrameType
 
 from . import agent, git
 from .cli import HelpFormatter, run_command
+from .config import DEFAULT_BRANCH
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
 from .secrets import TOKEN_ENV, redact
 from .tasks import OrchestrationDir, State, TaskResult, utc_now
 
 DEFAULT_TIMEOUT = 3600
-DEFAULT_BRANCH = "main"
 
 
 class Cancelled(Exception):
