@@ -13,9 +13,7 @@ from urllib.parse import urlparse
 
 from . import config, images
 from .cli import HelpFormatter, add_placement_options, run_command
-from .config import (
-    CONTAINER_ORCHESTRATION_DIR,
-)
+from .config import CONTAINER_ORCHESTRATION_DIR
 from .docker import (
     NameConflict,
     check_daemon,

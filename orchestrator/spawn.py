@@ -16,9 +16,7 @@ from dataclasses import dataclass
 
 from . import config
 from .cli import HelpFormatter, add_placement_options, run_command
-from .config import (
-    CONTAINER_ORCHESTRATION_DIR,
-)
+from .config import CONTAINER_ORCHESTRATION_DIR
 from .docker import (
     NameConflict,
     check_daemon,
@@ -161,12 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--branch",
         default=os.environ.get("REPO_BRANCH") or config.DEFAULT_BRANCH,
-        help="branch to clone (default: $REPO_BRANCH or main)",
+        help="branch to clone (default: $REPO_BRANCH, else main)",
     )
     parser.add_argument(
         "--model",
         default=os.environ.get("ANTHROPIC_MODEL") or config.DEFAULT_MODEL,
-        help=f"model (default: $ANTHROPIC_MODEL or {config.DEFAULT_MODEL})",
+        help=f"model (default: $ANTHROPIC_MODEL, else {config.DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--token",
@@ -185,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--orchestration-dir",
         default=os.environ.get("ORCHESTRATION_DIR") or CONTAINER_ORCHESTRATION_DIR,
-        help="where the shared volume is mounted here, if it is (default: $ORCHESTRATION_DIR or /orchestration)",
+        help="where the shared volume is mounted here, if it is (default: $ORCHESTRATION_DIR, else /orchestration)",
     )
     add_placement_options(parser)
     return parser
