@@ -29,8 +29,10 @@ TERMINATE_GRACE_SECONDS = 10.0
 _SUMMARY_LIMIT = 160
 
 
-def headless_argv(prompt: str, model: str | None) -> list[str]:
-    """The command line of a headless run. Every flag here is in ``claude --help``."""
+def headless_argv(prompt: str, model: str | None, max_turns: int | None = None) -> list[str]:
+    """The command line of a headless run. Every flag here is in ``claude --help``, but
+    ``--max-turns``: the CLI accepts it without listing it (tests/test_images.py checks the
+    real binary takes it)."""
     return [
         CLAUDE,
         "--print",
@@ -41,6 +43,7 @@ def headless_argv(prompt: str, model: str | None) -> list[str]:
         # Nobody is there to answer a permission prompt; the container is the sandbox.
         "--dangerously-skip-permissions",
         *flag("--model", model),
+        *flag("--max-turns", max_turns),
         # A prompt that starts with '-' must not be read as an option.
         "--",
         prompt,

@@ -28,12 +28,13 @@ ENV_IMAGE_PREFIX = "ORCHESTRATOR_IMAGE_PREFIX"
 LABEL_ROLE = "orchestrator.role"
 LABEL_TASK_ID = "orchestrator.task-id"
 LABEL_WORKER_TYPE = "orchestrator.worker-type"
+LABEL_VOLUME = "orchestrator.volume"  # which batch a worker belongs to (its shared volume)
 
-_WORKER_TYPE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,40}")
+WORKER_TYPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,40}")
 
 
 def worker_image(worker_type: str, prefix: str) -> str:
-    if not _WORKER_TYPE.fullmatch(worker_type):
+    if not WORKER_TYPE_PATTERN.fullmatch(worker_type):
         raise InvalidInput(f"worker type {worker_type!r} is not valid: use lower-case letters, digits, '.', '_' or '-'")
     return f"{prefix}{worker_type}"
 

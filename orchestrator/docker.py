@@ -95,6 +95,32 @@ def docker(
     return proc
 
 
+def docker_stream(*args: str) -> subprocess.Popen[str]:
+    """Start ``docker ARGS`` that runs until stopped (``docker events``), its stdout a pipe of
+    lines. The one exception to ``docker()``: a stream has no timeout; its reader stops it."""
+    argv = ["docker", *args]
+    log.debug("stream %s", shlex.join(argv))
+    try:
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True
+        )
+    except FileNotFoundError:
+        raise DockerMissing("the docker command was not found; install Docker and put `docker` on PATH") from None
+
+
+def inspect_containers(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``docker inspect`` documents by container name; names that do not exist are left out."""
+    if not names:
+        return {}
+    proc = docker("container", "inspect", *names, check=False, timeout=60)
+    if proc.returncode and not any(
+        m in (proc.stderr or b"").decode("utf-8", "replace") for m in NoSuchContainer.markers
+    ):
+        raise DockerError.from_process(["docker", "container", "inspect", *names], proc)
+    found = json.loads(text(proc) or "[]")
+    return {str(doc.get("Name", "")).lstrip("/"): doc for doc in found if isinstance(doc, dict)}
+
+
 def text(proc: subprocess.CompletedProcess[bytes]) -> str:
     return (proc.stdout or b"").decode("utf-8", "replace")
 

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from . import git
+from .batch import load_views
 from .cli import run_command
 from .config import DEFAULT_BRANCH
+from .dispatcher import ensure_dispatcher
 from .docker import DaemonUnreachable, DockerMissing, check_daemon
 from .errors import UserError
 from .secrets import TOKEN_ENV, redact
-from .tasks import OrchestrationDir, write_json
+from .tasks import ACTIVE_STATES, OrchestrationDir, State, write_json
 
 SYSTEM_PROMPT = Path(__file__).with_name("system-prompt.md")
 
@@ -64,6 +66,13 @@ def preseed_claude_config(home: Path, project_dir: Path) -> None:
     write_json(settings_path, settings)
 
 
+def resume_batch(orch: OrchestrationDir, env: Mapping[str, str]) -> None:
+    """A manager started on a volume with work under way takes it over (see orch's dispatcher)."""
+    pending = [v.id for v in load_views(orch) if v.state is State.QUEUED or v.state in ACTIVE_STATES]
+    if pending and ensure_dispatcher(orch, env):
+        print(f"manager: resuming the batch: {len(pending)} task(s) queued or running", file=sys.stderr, flush=True)
+
+
 def prepare(env: Mapping[str, str]) -> Path:
     """Everything before the final exec; returns the folder to work in."""
     os.umask(0o002)  # files on the shared volume stay writable for the workers' group
@@ -73,11 +82,14 @@ def prepare(env: Mapping[str, str]) -> Path:
 
     git.configure_identity(env.get("GIT_USER_NAME"), env.get("GIT_USER_EMAIL"))
     git.prepare_ssh(home)
-    OrchestrationDir(Path(env.get("ORCHESTRATION_DIR") or "/orchestration")).ensure()
+    orch = OrchestrationDir(Path(env.get("ORCHESTRATION_DIR") or "/orchestration"))
+    orch.ensure()
     try:
         check_daemon()
     except (DaemonUnreachable, DockerMissing) as exc:
         print(f"manager: warning: workers cannot be started: {exc}", file=sys.stderr)
+    else:
+        resume_batch(orch, env)
 
     workdir = workspace
     repo_url = env.get("REPO_URL")

@@ -58,6 +58,7 @@ class WorkerSpec:
     git_user_email: str | None
     token: str
     ssh_key: bytes | None
+    attempt: int | None = None
 
     @property
     def container(self) -> str:
@@ -75,6 +76,7 @@ class WorkerSpec:
             "GIT_USER_NAME": self.git_user_name or "",
             "GIT_USER_EMAIL": self.git_user_email or "",
             "TASK_TIMEOUT": str(self.timeout) if self.timeout else "",
+            "TASK_ATTEMPT": str(self.attempt) if self.attempt else "",
         }
         return {name: value for name, value in env.items() if value}
 
@@ -86,6 +88,7 @@ class WorkerSpec:
                 config.LABEL_ROLE: "worker",
                 config.LABEL_TASK_ID: self.task_id,
                 config.LABEL_WORKER_TYPE: self.worker_type,
+                config.LABEL_VOLUME: self.volume,
             }),
             "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
             *flag("--network", self.network),
@@ -143,6 +146,47 @@ def resolve_token(token_file: str | None, env: Mapping[str, str]) -> str:
     return read_secret_file(token_file or DEFAULT_TOKEN_FILE, "token file")
 
 
+def worker_spec(
+    worker_type: str,
+    task_id: str,
+    *,
+    env: Mapping[str, str],
+    repo: str | None,
+    branch: str,
+    model: str,
+    volume: str,
+    network: str | None,
+    image_prefix: str,
+    timeout: int | None = None,
+    token_file: str | None = None,
+    ssh_key_file: str | None = None,
+    attempt: int | None = None,
+) -> WorkerSpec:
+    """The spec of a worker, with the token and key read now (spawn-worker and orch's dispatcher)."""
+    task_id = validate_task_id(task_id, "TASK_ID")
+    image = config.worker_image(worker_type, image_prefix)
+    if not repo:
+        raise UserError("no repository: pass --repo URL or set REPO_URL")
+    if timeout is not None and timeout <= 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    return WorkerSpec(
+        worker_type=worker_type,
+        task_id=task_id,
+        image=image,
+        repo_url=repo,
+        branch=branch,
+        model=model,
+        timeout=timeout,
+        volume=volume,
+        network=network,
+        git_user_name=env.get("GIT_USER_NAME"),
+        git_user_email=env.get("GIT_USER_EMAIL"),
+        token=resolve_token(token_file, env),
+        ssh_key=read_ssh_key(ssh_key_file or DEFAULT_SSH_KEY, required=ssh_key_file is not None),
+        attempt=attempt,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
@@ -193,27 +237,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def work() -> int:
-        task_id = validate_task_id(args.task_id, "TASK_ID")
-        image = config.worker_image(args.worker_type, args.image_prefix)
-        if not args.repo:
-            raise UserError("no repository: pass --repo URL or set REPO_URL")
-        if args.timeout is not None and args.timeout <= 0:
-            raise UserError("--timeout must be a positive number of seconds")
-        spec = WorkerSpec(
-            worker_type=args.worker_type,
-            task_id=task_id,
-            image=image,
-            repo_url=args.repo,
+        spec = worker_spec(
+            args.worker_type,
+            args.task_id,
+            env=os.environ,
+            repo=args.repo,
             branch=args.branch,
             model=args.model,
-            timeout=args.timeout,
             volume=args.volume,
             network=args.network,
-            git_user_name=os.environ.get("GIT_USER_NAME"),
-            git_user_email=os.environ.get("GIT_USER_EMAIL"),
-            token=resolve_token(args.token, os.environ),
-            ssh_key=read_ssh_key(args.ssh_key or DEFAULT_SSH_KEY, required=args.ssh_key is not None),
+            image_prefix=args.image_prefix,
+            timeout=args.timeout,
+            token_file=args.token,
+            ssh_key_file=args.ssh_key,
         )
+        task_id = spec.task_id
         check_daemon()
         name = spawn(spec, args.orchestration_dir)
         print(f"started {name} (image {spec.image}, task {task_id})")

@@ -2,26 +2,31 @@
 
 Layout of the orchestration folder (``/orchestration`` in the containers)::
 
-    tasks/ID.json     what a worker must do        (Task; written by the manager)
-    status/ID.json    where the task stands now    (TaskStatus; spawn-worker, then the worker)
-    results/ID.json   how it ended                 (TaskResult; the worker, once)
-    logs/ID.jsonl     the agent's raw transcript   (the worker)
+    tasks/ID.json      what a worker must do         (Task; written by the manager or orch submit)
+    status/ID.json     where the task stands now     (TaskStatus; orch, spawn-worker, then the worker)
+    results/ID.json    how its latest attempt ended  (TaskResult; written once per attempt)
+    logs/ID.jsonl      the agent's raw transcript    (the worker)
+    logs/ID.log        what the worker printed       (the worker; what `docker logs` shows)
+    attempts/ID/N.*    earlier attempts' result, transcript and log, kept by orch retry
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInput
+from . import config
+from .errors import InvalidInput, UserError
 
 FORMAT_VERSION = 1
 DEFAULT_ROOT = Path("/orchestration")
@@ -33,7 +38,9 @@ MAX_PROMPT_CHARS = 100_000
 
 
 class State(StrEnum):
-    QUEUED = "queued"
+    SUBMITTED = "submitted"  # written, not started yet
+    QUEUED = "queued"  # waiting for a free slot or for the tasks it depends on
+    BLOCKED = "blocked"  # will not run: a task it depends on did not succeed
     STARTING = "starting"
     RUNNING = "running"
     SUCCESS = "success"
@@ -43,6 +50,21 @@ class State(StrEnum):
 
 
 FINISHED_STATES = frozenset({State.SUCCESS, State.FAILED, State.TIMEOUT, State.CANCELLED})
+ACTIVE_STATES = frozenset({State.STARTING, State.RUNNING})
+# Nothing more happens to these without someone acting (orch retry, orch start).
+SETTLED_STATES = FINISHED_STATES | {State.BLOCKED}
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key under which task-9 comes before task-10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
+
+
+def parse_time(stamp: str | None) -> datetime | None:
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if stamp else None
+    except ValueError:
+        return None
 
 
 def utc_now() -> str:
@@ -103,9 +125,12 @@ class Task:
     prompt: str
     model: str | None = None
     timeout: int | None = None  # seconds the agent may run
+    worker: str | None = None  # worker type, for orch start (spawn-worker is told it)
+    depends_on: tuple[str, ...] = ()  # tasks that must succeed before this one starts
+    max_turns: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    KNOWN = ("id", "prompt", "model", "timeout")
+    KNOWN = ("id", "prompt", "model", "timeout", "worker", "depends_on", "max_turns")
 
     @classmethod
     def from_json(cls, data: Any) -> Task:
@@ -120,11 +145,25 @@ class Task:
         timeout = _field(data, "timeout", int, what)
         if timeout is not None and timeout <= 0:
             raise InvalidInput(f"{what}: field 'timeout' must be a positive number of seconds")
+        max_turns = _field(data, "max_turns", int, what)
+        if max_turns is not None and max_turns <= 0:
+            raise InvalidInput(f"{what}: field 'max_turns' must be a positive number")
+        worker = _field(data, "worker", str, what) or None
+        if worker is not None and not config.WORKER_TYPE_PATTERN.fullmatch(worker):
+            raise InvalidInput(f"{what}: field 'worker' is {worker!r}; use lower-case letters, digits, '.', '_' or '-'")
+        depends_on = _field(data, "depends_on", list, what) or []
+        for dep in depends_on:
+            validate_task_id(dep, f"{what}: field 'depends_on' has")
+        if task_id in depends_on:
+            raise InvalidInput(f"{what}: field 'depends_on' names the task itself")
         return cls(
             id=task_id,
             prompt=prompt,
             model=_field(data, "model", str, what) or None,
             timeout=timeout,
+            worker=worker,
+            depends_on=tuple(dict.fromkeys(depends_on)),
+            max_turns=max_turns,
             extra={k: v for k, v in data.items() if k not in cls.KNOWN},
         )
 
@@ -134,6 +173,12 @@ class Task:
             data["model"] = self.model
         if self.timeout is not None:
             data["timeout"] = self.timeout
+        if self.worker:
+            data["worker"] = self.worker
+        if self.depends_on:
+            data["depends_on"] = list(self.depends_on)
+        if self.max_turns is not None:
+            data["max_turns"] = self.max_turns
         return {**data, **self.extra}
 
 
@@ -153,6 +198,8 @@ class TaskResult:
     session_id: str | None = None
     model: str | None = None
     error: str | None = None  # set on every outcome but success
+    attempt: int | None = None  # 1 for the first run, 2 after one orch retry, ...
+    worker_exit_code: int | None = None  # the container's, when the worker died without writing a result
 
     @property
     def succeeded(self) -> bool:
@@ -177,6 +224,8 @@ class TaskResult:
             session_id=_field(data, "session_id", str, what),
             model=_field(data, "model", str, what),
             error=_field(data, "error", str, what),
+            attempt=_field(data, "attempt", int, what),
+            worker_exit_code=_field(data, "worker_exit_code", int, what),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -193,6 +242,9 @@ class TaskStatus:
     worker_type: str | None = None
     container: str | None = None
     message: str | None = None
+    attempt: int | None = None
+    started_at: str | None = None  # when the worker started running the current attempt
+    stop_reason: str | None = None  # "cancelled" or "timeout" once orch has asked the worker to stop
 
     @classmethod
     def from_json(cls, data: Any) -> TaskStatus:
@@ -206,6 +258,9 @@ class TaskStatus:
             worker_type=_field(data, "worker_type", str, what),
             container=_field(data, "container", str, what),
             message=_field(data, "message", str, what),
+            attempt=_field(data, "attempt", int, what),
+            started_at=_field(data, "started_at", str, what),
+            stop_reason=_field(data, "stop_reason", str, what),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -235,6 +290,32 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
     write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+class AlreadyExists(UserError):
+    """A file that is written once (a task, a result) is there already."""
+
+
+def write_json_once(path: Path, data: Mapping[str, Any]) -> None:
+    """Write a JSON document that must never replace another one (a task, a result).
+
+    The complete file is linked into place, so a reader sees all of it or nothing, and of
+    two writers racing for the same name exactly one wins.
+    """
+    content = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o664)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise AlreadyExists(f"{path} exists already; it is never overwritten") from None
+    finally:
+        os.unlink(tmp)
+
+
 def read_json(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
@@ -254,7 +335,7 @@ class OrchestrationDir:
 
     root: Path = DEFAULT_ROOT
 
-    SUBDIRS = ("tasks", "results", "status", "logs")
+    SUBDIRS = ("tasks", "results", "status", "logs", "attempts")
 
     @classmethod
     def from_env(cls) -> OrchestrationDir:
@@ -274,7 +355,34 @@ class OrchestrationDir:
         return self.root / "status" / f"{task_id}.json"
 
     def log_path(self, task_id: str) -> Path:
+        """The agent's raw stream-json transcript."""
         return self.root / "logs" / f"{task_id}.jsonl"
+
+    def worker_log_path(self, task_id: str) -> Path:
+        """What the worker printed: the same lines as ``docker logs``, kept after the container."""
+        return self.root / "logs" / f"{task_id}.log"
+
+    def attempt_dir(self, task_id: str) -> Path:
+        return self.root / "attempts" / task_id
+
+    def task_ids(self) -> list[str]:
+        """Every task on the volume, in id order (task-2 before task-10)."""
+        names = [p.stem for p in (self.root / "tasks").glob("*.json") if not p.name.startswith(".")]
+        return sorted(names, key=natural_key)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the volume's state lock: one reader-modifier-writer of the batch at a time.
+
+        flock works across containers, because they share the kernel and the volume.
+        The lock is released when the holder dies, whatever the cause.
+        """
+        with open(self.root / ".state.lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def load_task(self, task_id: str) -> Task:
         path = self.task_path(task_id)
@@ -284,11 +392,26 @@ class OrchestrationDir:
         return task
 
     def write_result(self, result: TaskResult) -> None:
-        write_json(self.result_path(result.task_id), result.to_json())
+        """Write a result; one that exists already is never replaced (AlreadyExists)."""
+        write_json_once(self.result_path(result.task_id), result.to_json())
+
+    def load_result(self, task_id: str) -> TaskResult | None:
+        path = self.result_path(task_id)
+        try:
+            return TaskResult.from_json(read_json(path))
+        except InvalidInput:
+            if path.exists():
+                raise
+            return None
 
     def load_status(self, task_id: str) -> TaskStatus | None:
         path = self.status_path(task_id)
-        return TaskStatus.from_json(read_json(path)) if path.exists() else None
+        try:
+            return TaskStatus.from_json(read_json(path))
+        except InvalidInput:
+            if path.exists():
+                raise
+            return None
 
     def update_status(
         self,
@@ -298,12 +421,19 @@ class OrchestrationDir:
         message: str | None = None,
         worker_type: str | None = None,
         container: str | None = None,
+        attempt: int | None = None,
+        started_at: str | None = None,
+        stop_reason: str | None = None,
     ) -> TaskStatus:
-        """Record a new state, keeping what the previous status knew of the worker."""
+        """Record a new state, keeping what the previous status knew of the worker.
+
+        A new attempt starts afresh: its start time and stop reason are not carried over.
+        """
         try:
             previous = self.load_status(task_id)
         except InvalidInput:
             previous = None  # a damaged status file is replaced, not fatal
+        same_attempt = previous is not None and (attempt is None or attempt == previous.attempt)
         status = TaskStatus(
             task_id=task_id,
             state=state,
@@ -311,6 +441,9 @@ class OrchestrationDir:
             worker_type=worker_type or (previous.worker_type if previous else None),
             container=container or (previous.container if previous else None),
             message=message,
+            attempt=attempt or (previous.attempt if previous else None),
+            started_at=started_at or (previous.started_at if same_attempt and previous else None),
+            stop_reason=stop_reason or (previous.stop_reason if same_attempt and previous else None),
         )
         write_json(self.status_path(task_id), status.to_json())
         return status

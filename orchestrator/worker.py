@@ -18,19 +18,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 from . import agent, git
 from .cli import HelpFormatter, run_command
 from .config import DEFAULT_BRANCH
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
 from .secrets import TOKEN_ENV, redact
-from .tasks import OrchestrationDir, State, TaskResult, utc_now
+from .tasks import AlreadyExists, OrchestrationDir, State, TaskResult, utc_now
 
 DEFAULT_TIMEOUT = 3600
 
 
-class Cancelled(Exception):
-    """The container was asked to stop (docker stop) before the agent ran."""
+class Stopped(Exception):
+    """The container was asked to stop before the agent ran (docker stop, or orch's timeout)."""
+
+    def __init__(self, state: State):
+        super().__init__(state.value)
+        self.state = state
+
+
+# docker stop sends SIGTERM: the task is cancelled. orch sends SIGUSR1 (docker kill --signal)
+# to a worker that outlived its task's timeout, so that the result says timeout instead.
+STOP_SIGNALS = {signal.SIGTERM: State.CANCELLED, signal.SIGINT: State.CANCELLED, signal.SIGUSR1: State.TIMEOUT}
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,7 @@ class WorkerConfig:
     branch: str
     model: str | None
     timeout: int | None  # set by spawn-worker --timeout; overrides the task's own
+    attempt: int | None
     worker_type: str | None
     workspace: Path
     home: Path
@@ -63,6 +74,7 @@ class WorkerConfig:
             branch=env.get("REPO_BRANCH") or DEFAULT_BRANCH,
             model=env.get("ANTHROPIC_MODEL") or None,
             timeout=timeout,
+            attempt=int(env["TASK_ATTEMPT"]) if env.get("TASK_ATTEMPT", "").isdigit() else None,
             worker_type=env.get("WORKER_TYPE") or None,
             workspace=Path(env.get("WORKSPACE") or "/workspace"),
             home=Path(env.get("HOME") or Path.home()),
@@ -79,27 +91,46 @@ class Worker:
         self.secrets = [env.get(TOKEN_ENV), env.get("ANTHROPIC_API_KEY")]
         self.agent: agent.AgentProcess | None = None
         self.finishing = False
+        self.log_file: TextIO | None = None
 
     def scrub(self, text: str) -> str:
         return redact(text, self.secrets)
 
+    def _print(self, line: str) -> None:
+        print(line, flush=True)
+        # The same lines on the volume: `orch logs` reads them after the container is gone.
+        if self.log_file is not None:
+            try:
+                self.log_file.write(line + "\n")
+                self.log_file.flush()
+            except OSError:
+                self.log_file = None  # a full volume must not stop the task; docker logs has it all
+
     def say(self, message: str) -> None:
-        print(f"[worker {self.config.task_id}] {self.scrub(message)}", flush=True)
+        self._print(f"[worker {self.config.task_id}] {self.scrub(message)}")
 
     def agent_line(self, line: str) -> None:
-        print(f"[agent] {line}", flush=True)
+        self._print(f"[agent] {line}")
 
-    def set_state(self, state: State, message: str | None = None) -> None:
-        self.config.orch.update_status(self.config.task_id, state, message=message, worker_type=self.config.worker_type)
+    def set_state(self, state: State, message: str | None = None, started_at: str | None = None) -> None:
+        self.config.orch.update_status(
+            self.config.task_id,
+            state,
+            message=message,
+            worker_type=self.config.worker_type,
+            attempt=self.config.attempt,
+            started_at=started_at,
+        )
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.say(f"received {signal.Signals(signum).name}, stopping")
+        state = STOP_SIGNALS[signal.Signals(signum)]
+        self.say(f"received {signal.Signals(signum).name}, stopping ({state.value})")
         if self.finishing:
             return  # the result is being written; let it be
         if self.agent is not None:
-            self.agent.stop("cancelled")
+            self.agent.stop(state.value)
         else:
-            raise Cancelled()
+            raise Stopped(state)
 
     def run(self) -> int:
         config = self.config
@@ -111,12 +142,13 @@ class Worker:
                 f"{orch.result_path(config.task_id)} already exists; a task runs once (give the new attempt a new id)"
             )
         started_at, t0 = utc_now(), time.monotonic()
-        signal.signal(signal.SIGTERM, self.on_signal)
-        signal.signal(signal.SIGINT, self.on_signal)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self.on_signal)
         run: agent.AgentRun | None = None
         model = config.model
         try:
-            self.set_state(State.RUNNING)
+            self.log_file = open(orch.worker_log_path(config.task_id), "w", encoding="utf-8")  # noqa: SIM115
+            self.set_state(State.RUNNING, started_at=started_at)
             task = orch.load_task(config.task_id)
             model = task.model or config.model
             timeout = config.timeout or task.timeout or DEFAULT_TIMEOUT
@@ -130,7 +162,7 @@ class Worker:
             self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
             with open(orch.log_path(config.task_id), "w", encoding="utf-8") as transcript:
                 self.agent = agent.AgentProcess(
-                    agent.headless_argv(task.prompt, model),
+                    agent.headless_argv(task.prompt, model, task.max_turns),
                     cwd=str(clone_dir),
                     env={**self.env, **({"ANTHROPIC_MODEL": model} if model else {})},
                     timeout=timeout,
@@ -140,8 +172,8 @@ class Worker:
                 )
                 run = self.agent.run()
             status, error = agent.judge(run, timeout)
-        except Cancelled:
-            status, error = State.CANCELLED, "the worker was stopped before the agent started"
+        except Stopped as stop:
+            status, error = stop.state, f"the worker was stopped ({stop.state.value}) before the agent started"
         except UserError as exc:
             status, error = State.FAILED, str(exc)
         except BaseException as exc:  # a bug must still leave a result behind
@@ -149,11 +181,20 @@ class Worker:
             status, error = State.FAILED, f"internal error in the worker: {type(exc).__name__}: {exc}"
         self.finishing = True
         result = self.result(status, error, run, model, started_at, time.monotonic() - t0)
-        orch.write_result(result)
-        self.set_state(status, error)
         if error:
             self.say(f"{status.value}: {error}")
-        self.say(f"result written to {orch.result_path(config.task_id)} (status {status.value})")
+        try:
+            orch.write_result(result)
+        except AlreadyExists:
+            # orch recorded an outcome first (a cancel before the agent ran); keep that one.
+            self.say(f"{orch.result_path(config.task_id)} was written meanwhile; this run's outcome: {status.value}")
+            return EXIT_FAILURE
+        finally:
+            if self.log_file is not None:
+                self.log_file.close()
+                self.log_file = None
+        self.set_state(status, error)
+        print(f"[worker {config.task_id}] result written to {orch.result_path(config.task_id)} (status {status.value})")
         return EXIT_OK if status is State.SUCCESS else EXIT_FAILURE
 
     def result(
@@ -183,6 +224,7 @@ class Worker:
             session_id=session if isinstance(session, str) else None,
             model=model,
             error=self.scrub(error) if error else None,
+            attempt=self.config.attempt,
         )
 
 
@@ -192,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="worker",
         description="Run one task: clone the repository, run Claude Code headless on the task's prompt, "
         "write the result to the shared volume. Configured by environment variables "
-        "(TASK_ID, REPO_URL, REPO_BRANCH, ANTHROPIC_MODEL, CLAUDE_CODE_OAUTH_TOKEN, TASK_TIMEOUT, "
+        "(TASK_ID, TASK_ATTEMPT, REPO_URL, REPO_BRANCH, ANTHROPIC_MODEL, CLAUDE_CODE_OAUTH_TOKEN, TASK_TIMEOUT, "
         "GIT_USER_NAME, GIT_USER_EMAIL, ORCHESTRATION_DIR, WORKSPACE).",
     )
     parser.add_argument("--task-id", help="the task to run (default: $TASK_ID)")

@@ -151,6 +151,8 @@ def run(test_images: None) -> Iterator[Run]:
     names = sh(
         "docker", "ps", "-aq", "--filter", f"name=worker-{run.id}-", "--filter", f"name={run.manager}"
     ).stdout.split()
+    names += sh("docker", "ps", "-aq", "--filter", f"label=orchestrator.volume={run.volume}").stdout.split()
+    names += sh("docker", "ps", "-aq", "--filter", f"name={run.manager}-").stdout.split()
     if names:
         sh("docker", "rm", "--force", *names, check=False)
     sh("docker", "volume", "rm", "--force", run.volume, check=False)
@@ -162,3 +164,52 @@ def run_py(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
         ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host", *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+@dataclass
+class Manager:
+    """A manager container left running (its command is `sleep infinity`), for `docker exec`."""
+
+    name: str
+    process: subprocess.Popen[str]
+
+    def orch(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """`orch ARGS` in the manager's shell."""
+        return sh("docker", "exec", self.name, "orch", *args, check=check, timeout=timeout)
+
+    def status(self) -> dict[str, dict]:
+        """`orch status --json`, by task id."""
+        return {task["id"]: task for task in json.loads(self.orch("status", "--json").stdout)["tasks"]}
+
+    def wait_for_state(self, task_id: str, *states: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            task = self.status()[task_id]
+            if task["state"] in states:
+                return task
+            assert time.monotonic() < deadline, f"{task_id} stayed {task['state']}, not {states}"
+            time.sleep(0.5)
+
+    def remove(self) -> None:
+        sh("docker", "rm", "--force", self.name, check=False)
+        self.process.wait(60)
+
+
+def start_manager(run: Run, repo: str, token_file: Path, *, name: str | None = None) -> Manager:
+    """run.py as a person runs it, with `-- sleep infinity` so that tests can `docker exec` into it."""
+    name = name or run.manager
+    process = subprocess.Popen(
+        ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host",
+         "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", name,
+         "--", "sleep", "infinity"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    # Ready when the entrypoint has replaced itself with the command.
+    ready = 'for f in /proc/[0-9]*/cmdline; do [ "$(tr "\\0" " " < "$f")" = "sleep infinity " ] && exit 0; done; exit 1'
+    while sh("docker", "exec", name, "sh", "-c", ready, check=False).returncode:
+        if process.poll() is not None:
+            raise AssertionError(f"the manager exited ({process.returncode}):\n{process.stdout.read()}")
+        assert time.monotonic() < deadline, "the manager did not start"
+        time.sleep(0.3)
+    return Manager(name, process)

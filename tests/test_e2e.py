@@ -96,7 +96,7 @@ def test_the_manager_prepares_its_container(run: Run, git_server: GitServer, tok
         'python3 -c \'import json,os; s=json.load(open(os.path.expanduser("~/.claude.json")));'
         ' print(s["hasCompletedOnboarding"], s["projects"]["/workspace/repo"]["hasTrustDialogAccepted"])\'; '
         "cat ~/.claude/settings.json; docker version --format '{{.Server.Version}}' >/dev/null && echo docker-ok; "
-        "command -v spawn-worker"
+        "command -v spawn-worker orch"
     )
     proc = run_py(
         "--repo", repo, "--token", str(token_file), "--ssh-key", str(ssh_key), "--volume", run.volume,
@@ -106,10 +106,10 @@ def test_the_manager_prepares_its_container(run: Run, git_server: GitServer, tok
     out = proc.stdout.splitlines()
     assert out[:3] == ["1000", "/workspace/repo", "1"]
     assert out[4] == "600 claude"
-    assert {"tasks", "results", "status", "logs"} <= set(out[5:9])
+    assert set(out[5:10]) == {"tasks", "results", "status", "logs", "attempts"}
     assert "True True" in out
     assert '"skipDangerousModePermissionPrompt": true' in proc.stdout
-    assert "docker-ok" in out and "/usr/local/bin/spawn-worker" in out
+    assert "docker-ok" in out and "/usr/local/bin/spawn-worker" in out and "/usr/local/bin/orch" in out
 
 
 def test_the_manager_command_exit_code_comes_back(run: Run, token_file):

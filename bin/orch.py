@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Shim: see orchestrator/orch.py."""
+
+import sys
+from pathlib import Path
+
+if sys.version_info < (3, 11):
+    sys.exit(f"{Path(__file__).name}: error: Python 3.11 or newer is needed (this is {sys.version.split()[0]})")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from orchestrator.orch import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""The batch as a whole: every task's true state, and the changes orch makes to it.
+
+A task's state comes from three places, in this order of authority:
+
+1. ``results/ID.json``: once written, the attempt is over and this says how it ended.
+2. The worker container: a worker that exited without writing a result died (killed,
+   out of memory, crashed), whatever its status file still says.
+3. ``status/ID.json``: everything else (submitted, queued, blocked, starting, running).
+
+``reconcile`` applies rule 2 and writes down what it finds, so that the next reader (a
+new manager, a person with ``cat``) sees the same truth. Every change goes through the
+volume's state lock.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from . import config
+from .errors import InvalidInput, UserError
+from .tasks import (
+    ACTIVE_STATES,
+    FINISHED_STATES,
+    MAX_PROMPT_CHARS,
+    AlreadyExists,
+    OrchestrationDir,
+    State,
+    Task,
+    TaskResult,
+    TaskStatus,
+    parse_time,
+    utc_now,
+    validate_task_id,
+    write_json_once,
+)
+
+# A worker that spawn has not created or started after this long never will be: its
+# spawner died (a manager stopped mid-spawn). The task goes back to the queue.
+STARTING_GRACE_SECONDS = 120
+GENERATED_ID = re.compile(r"task-(\d+)")
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """One task as orch shows it: its files, and the state they add up to."""
+
+    id: str
+    state: State
+    task: Task | None = None
+    status: TaskStatus | None = None
+    result: TaskResult | None = None
+    problem: str | None = None  # a file of the task that cannot be read
+
+    @property
+    def worker_type(self) -> str:
+        return (
+            (self.task.worker if self.task else None)
+            or (self.status.worker_type if self.status else None)
+            or config.DEFAULT_WORKER_TYPE
+        )
+
+    @property
+    def container(self) -> str:
+        return config.container_name(self.id)
+
+    @property
+    def attempt(self) -> int:
+        for source in (self.result, self.status):
+            if source is not None and source.attempt:
+                return source.attempt
+        return 1
+
+    @property
+    def started_at(self) -> str | None:
+        if self.result is not None and self.result.started_at:
+            return self.result.started_at
+        return self.status.started_at if self.status is not None else None
+
+    def duration(self, now: datetime) -> float | None:
+        if self.result is not None:
+            return self.result.duration_seconds
+        started = parse_time(self.started_at)
+        if started is None or self.state not in ACTIVE_STATES:
+            return None
+        return max(0.0, (now - started).total_seconds())
+
+    @property
+    def cost(self) -> float | None:
+        return self.result.cost_usd if self.result is not None else None
+
+    @property
+    def message(self) -> str | None:
+        if self.problem:
+            return self.problem
+        if self.result is not None:
+            return self.result.error
+        return self.status.message if self.status is not None else None
+
+    @property
+    def depends_on(self) -> tuple[str, ...]:
+        return self.task.depends_on if self.task else ()
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "worker": self.worker_type,
+            "attempt": self.attempt,
+            "depends_on": list(self.depends_on),
+            "started_at": self.started_at,
+            "duration_seconds": _round(self.duration(now)),
+            "cost_usd": self.cost,
+            "message": self.message,
+            "container": self.container,
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def load_view(orch: OrchestrationDir, task_id: str) -> TaskView:
+    try:
+        task = orch.load_task(task_id)
+        status = orch.load_status(task_id)
+        result = orch.load_result(task_id)
+    except InvalidInput as exc:
+        return TaskView(task_id, State.FAILED, problem=str(exc))
+    if result is not None:
+        state = result.status
+    elif status is not None:
+        state = status.state
+    else:
+        state = State.SUBMITTED  # a task file written by hand, not started yet
+    return TaskView(task_id, state, task, status, result)
+
+
+def load_views(orch: OrchestrationDir, ids: Iterable[str] | None = None) -> list[TaskView]:
+    return [load_view(orch, task_id) for task_id in (orch.task_ids() if ids is None else ids)]
+
+
+def select(views: list[TaskView], ids: Iterable[str]) -> list[TaskView]:
+    """The views of ``ids``, in the order given; an unknown id is an error."""
+    by_id = {view.id: view for view in views}
+    missing = [task_id for task_id in ids if task_id not in by_id]
+    if missing:
+        raise UserError(f"no such task: {', '.join(missing)} (see `orch status`)")
+    return [by_id[task_id] for task_id in dict.fromkeys(ids)]
+
+
+class Engine(Protocol):
+    def containers(self, names: list[str]) -> dict[str, Mapping[str, Any]]: ...
+
+    def remove(self, name: str) -> None: ...
+
+
+def _age_seconds(stamp: str | None, now: datetime) -> float:
+    when = parse_time(stamp)
+    return (now - when).total_seconds() if when else float("inf")
+
+
+def death_notice(container: str, state: Mapping[str, Any]) -> str:
+    """Why a worker container ended, in words."""
+    code = state.get("ExitCode")
+    if state.get("OOMKilled"):
+        return f"the worker container {container} was killed: out of memory (exit code {code})"
+    detail = " (killed by SIGKILL)" if code == 137 else " (killed by SIGTERM)" if code == 143 else ""
+    error = f": {state['Error']}" if state.get("Error") else ""
+    return f"the worker container {container} exited with code {code}{detail} without writing a result{error}"
+
+
+def record_outcome(
+    orch: OrchestrationDir,
+    view: TaskView,
+    state: State,
+    error: str,
+    *,
+    worker_exit_code: int | None = None,
+) -> TaskView:
+    """Write the result of an attempt that the worker could not write itself."""
+    now = datetime.now(timezone.utc)
+    result = TaskResult(
+        task_id=view.id,
+        status=state,
+        output="",
+        completed_at=utc_now(),
+        started_at=view.started_at,
+        duration_seconds=_round(view.duration(now)),
+        error=error,
+        attempt=view.attempt,
+        worker_exit_code=worker_exit_code,
+    )
+    try:
+        orch.write_result(result)
+    except AlreadyExists:
+        return load_view(orch, view.id)  # the worker got there first; its word stands
+    orch.update_status(view.id, state, message=error)
+    return load_view(orch, view.id)
+
+
+def reconcile(orch: OrchestrationDir, views: list[TaskView], engine: Engine) -> list[TaskView]:
+    """Check the tasks that should have a worker against the engine; hold the state lock."""
+    active = [view for view in views if view.state in ACTIVE_STATES and view.result is None]
+    if not active:
+        return views
+    containers = engine.containers([view.container for view in active])
+    now = datetime.now(timezone.utc)
+    updated: dict[str, TaskView] = {}
+    for view in active:
+        info = containers.get(view.container)
+        age = _age_seconds(view.status.updated_at if view.status else None, now)
+        if info is None:
+            if view.state is State.STARTING:
+                if age > STARTING_GRACE_SECONDS:
+                    orch.update_status(view.id, State.QUEUED, message="its worker was never created; queued again")
+                    updated[view.id] = load_view(orch, view.id)
+                continue
+            updated[view.id] = record_outcome(
+                orch, view, _stopped_state(view), f"the worker container {view.container} is gone and left no result"
+            )
+            continue
+        state = info.get("State") or {}
+        status = state.get("Status")
+        if status == "created" and age > STARTING_GRACE_SECONDS:
+            engine.remove(view.container)
+            orch.update_status(view.id, State.QUEUED, message="its worker was created but never started; queued again")
+            updated[view.id] = load_view(orch, view.id)
+        elif status in ("exited", "dead"):
+            fresh = load_view(orch, view.id)  # it may have written its result as it exited
+            if fresh.result is not None:
+                updated[view.id] = fresh
+                continue
+            code = state.get("ExitCode")
+            updated[view.id] = record_outcome(
+                orch,
+                view,
+                _stopped_state(view),
+                death_notice(view.container, state),
+                worker_exit_code=code if isinstance(code, int) else None,
+            )
+    return [updated.get(view.id, view) for view in views]
+
+
+def _stopped_state(view: TaskView) -> State:
+    """What a worker that died without a result amounts to: what orch asked for, else a failure."""
+    reason = view.status.stop_reason if view.status else None
+    return {"cancelled": State.CANCELLED, "timeout": State.TIMEOUT}.get(reason or "", State.FAILED)
+
+
+# --- Changes orch makes. Each runs under the state lock.
+
+
+def next_task_id(orch: OrchestrationDir) -> str:
+    numbers = [int(m.group(1)) for name in orch.task_ids() if (m := GENERATED_ID.fullmatch(name))]
+    return f"task-{max(numbers, default=0) + 1:03d}"
+
+
+def submit(
+    orch: OrchestrationDir,
+    *,
+    prompt: str,
+    task_id: str | None,
+    worker: str,
+    depends_on: Iterable[str],
+    timeout: int | None,
+    max_turns: int | None,
+    model: str | None,
+) -> Task:
+    """Write a new task (never over an existing one) and mark it submitted."""
+    if task_id is not None:
+        validate_task_id(task_id, "--id")
+    config.worker_image(worker, "")  # validates the type
+    if not prompt.strip():
+        raise InvalidInput("the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidInput(f"the prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    if timeout is not None and timeout <= 0:
+        raise InvalidInput("--timeout must be a positive number of seconds")
+    if max_turns is not None and max_turns <= 0:
+        raise InvalidInput("--max-turns must be a positive number")
+    deps = list(dict.fromkeys(depends_on))
+    for dep in deps:
+        validate_task_id(dep, "--depends-on")
+    known = set(orch.task_ids())
+    unknown = [dep for dep in deps if dep not in known]
+    if unknown:
+        raise InvalidInput(f"--depends-on names {', '.join(unknown)}, which does not exist")
+    task = Task(
+        id=task_id or next_task_id(orch),
+        prompt=prompt,
+        model=model,
+        timeout=timeout,
+        worker=worker,
+        depends_on=tuple(deps),
+        max_turns=max_turns,
+    )
+    if task.id in deps:
+        raise InvalidInput("--depends-on names the task itself")
+    try:
+        write_json_once(orch.task_path(task.id), task.to_json())
+    except AlreadyExists:
+        raise InvalidInput(f"task {task.id} exists already; pick another --id") from None
+    orch.update_status(task.id, State.SUBMITTED, worker_type=worker, attempt=1)
+    return task
+
+
+def queue(orch: OrchestrationDir, views: list[TaskView]) -> list[str]:
+    """Hand submitted tasks to the dispatcher. Queued, starting or running ones are left as they are."""
+    queued = []
+    for view in views:
+        if view.problem:
+            raise UserError(f"task {view.id} cannot be started: {view.problem}")
+        if view.state is State.SUBMITTED:
+            orch.update_status(view.id, State.QUEUED, worker_type=view.worker_type, attempt=view.attempt)
+            queued.append(view.id)
+        elif view.state in FINISHED_STATES or view.state is State.BLOCKED:
+            raise UserError(f"task {view.id} is {view.state.value}; use `orch retry {view.id}` to run it again")
+    return queued
+
+
+def cancel_unstarted(orch: OrchestrationDir, view: TaskView) -> TaskView:
+    return record_outcome(orch, view, State.CANCELLED, "cancelled before its worker started")
+
+
+def archive_attempt(orch: OrchestrationDir, view: TaskView) -> int:
+    """Move the finished attempt's result, transcript and log under attempts/ID/; returns its number."""
+    number = view.attempt
+    folder = orch.attempt_dir(view.id)
+    folder.mkdir(parents=True, exist_ok=True)
+    moves = [
+        (orch.result_path(view.id), folder / f"{number}.json"),
+        (orch.log_path(view.id), folder / f"{number}.jsonl"),
+        (orch.worker_log_path(view.id), folder / f"{number}.log"),
+    ]
+    for source, target in moves:
+        if source.exists() and target.exists():
+            raise UserError(f"{target} exists already; attempt {number} of {view.id} was archived before")
+    # The result moves last: until then the attempt still counts as finished, and a retry
+    # cut short is simply run again.
+    for source, target in reversed(moves):
+        if source.exists():
+            os.replace(source, target)
+    return number
+
+
+def attempt_files(orch: OrchestrationDir, task_id: str) -> list[int]:
+    folder = orch.attempt_dir(task_id)
+    return sorted(int(p.stem) for p in folder.glob("*.json") if p.stem.isdigit()) if folder.is_dir() else []

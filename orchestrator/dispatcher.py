@@ -1,0 +1,365 @@
+"""The dispatcher: starts queued tasks as worker slots free up, until no work is left.
+
+It runs in the background of the manager container (``orch dispatch``), one per volume:
+it holds ``.dispatcher.lock`` on the volume for as long as it lives. ``orch start``,
+``orch wait``, ``orch status`` and the manager's entrypoint start one when tasks are
+queued or running and none holds the lock, so a new manager on the same volume picks up
+where a stopped one left off. It exits when nothing is queued, starting or running.
+
+It sleeps between rounds: ``docker events`` wakes it when a worker starts or dies, and
+a round every few seconds catches tasks queued meanwhile.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+from . import config
+from .batch import TaskView, load_view, load_views, reconcile, record_outcome
+from .docker import (
+    DockerError,
+    DockerMissing,
+    docker,
+    docker_stream,
+    inspect_containers,
+    remove_container,
+)
+from .errors import UserError
+from .secrets import TOKEN_ENV, redact
+from .spawn import spawn, worker_spec
+from .tasks import (
+    ACTIVE_STATES,
+    FINISHED_STATES,
+    OrchestrationDir,
+    State,
+    parse_time,
+    read_json,
+    write_json,
+)
+from .worker import DEFAULT_TIMEOUT
+
+DEFAULT_MAX_WORKERS = 4
+ENV_MAX_WORKERS = "ORCHESTRATOR_MAX_WORKERS"
+ROUND_SECONDS = 2.0  # between rounds when no engine event comes
+ENGINE_CHECK_SECONDS = 15.0  # the engine is asked at least this often, events or not
+# A worker stops its own agent at the task's timeout; orch steps in only when the worker
+# itself is stuck (a clone that hangs): after this grace it is told to stop, then stopped.
+TIMEOUT_GRACE_SECONDS = 60
+STOP_AFTER_SECONDS = 30
+
+DISPATCHER_LOCK = ".dispatcher.lock"
+SETTINGS_FILE = "dispatcher.json"
+LOG_FILE = "dispatcher.log"
+
+
+# --- Settings: the limit lives on the volume, so that `orch start --max-workers` reaches a
+# dispatcher that is already running, and a new manager keeps it.
+
+
+def max_workers(orch: OrchestrationDir, env: Mapping[str, str]) -> int:
+    try:
+        value = read_json(orch.root / SETTINGS_FILE).get("max_workers")
+        if isinstance(value, int) and value > 0:
+            return value
+    except (UserError, AttributeError):
+        pass
+    return env_max_workers(env)
+
+
+def env_max_workers(env: Mapping[str, str]) -> int:
+    text = env.get(ENV_MAX_WORKERS, "")
+    if text:
+        if not text.isdigit() or int(text) <= 0:
+            raise UserError(f"{ENV_MAX_WORKERS} must be a positive whole number, not {text!r}")
+        return int(text)
+    return DEFAULT_MAX_WORKERS
+
+
+def set_max_workers(orch: OrchestrationDir, value: int) -> None:
+    write_json(orch.root / SETTINGS_FILE, {"max_workers": value})
+
+
+# --- One dispatcher at a time.
+
+
+def _try_lock(orch: OrchestrationDir) -> IO[bytes] | None:
+    handle = open(orch.root / DISPATCHER_LOCK, "a+b")  # noqa: SIM115 (held for the dispatcher's life)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def dispatcher_running(orch: OrchestrationDir) -> bool:
+    handle = _try_lock(orch)
+    if handle is None:
+        return True
+    handle.close()
+    return False
+
+
+def ensure_dispatcher(orch: OrchestrationDir, env: Mapping[str, str]) -> bool:
+    """Start a dispatcher in the background unless one runs; True when one was started."""
+    if dispatcher_running(orch):
+        return False
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    child_env = {
+        **env,
+        "ORCHESTRATION_DIR": str(orch.root),
+        "PYTHONPATH": os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p),
+    }
+    with open(orch.root / "logs" / LOG_FILE, "ab") as log:
+        # Its own session: it outlives the orch command that started it, and Ctrl-C there.
+        subprocess.Popen(
+            [sys.executable, "-P", "-m", "orchestrator.orch", "dispatch"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            cwd=str(orch.root),
+            start_new_session=True,
+        )
+    return True
+
+
+# --- Waking up.
+
+
+class EngineEvents:
+    """Wakes a sleeping loop when a worker container starts or dies.
+
+    Without events (the stream ended, no docker) ``wait`` is a plain sleep.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> EngineEvents:
+        try:
+            self._proc = docker_stream(
+                "events", "--filter", "type=container", "--filter", f"label={config.LABEL_ROLE}=worker",
+                "--format", "{{.Action}}",
+            )  # fmt: skip
+        except DockerMissing:
+            return self
+        threading.Thread(target=self._read, args=(self._proc,), daemon=True).start()
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() in ("start", "die", "destroy", "oom"):
+                self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until an event or ``timeout``; True when an event came."""
+        woke = self._event.wait(timeout)
+        self._event.clear()
+        return woke
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+    def __enter__(self) -> EngineEvents:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DockerEngine:
+    """The engine as reconcile and the dispatcher need it."""
+
+    def containers(self, names: list[str]) -> dict[str, Mapping[str, Any]]:
+        return inspect_containers(names)
+
+    def remove(self, name: str) -> None:
+        remove_container(name)
+
+    def signal(self, name: str, signal: str) -> None:
+        docker("kill", "--signal", signal, name, check=False, timeout=30)
+
+    def stop(self, name: str, grace: int = 10) -> None:
+        docker("stop", "--time", str(grace), name, check=False, timeout=grace + 60)
+
+
+# --- The loop.
+
+Spawner = Callable[[TaskView], None]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        orch: OrchestrationDir,
+        env: Mapping[str, str],
+        engine: DockerEngine | None = None,
+        spawner: Spawner | None = None,
+        out: IO[str] | None = None,
+    ):
+        self.orch = orch
+        self.env = dict(env)
+        self.engine = engine or DockerEngine()
+        self.spawner = spawner or self.spawn_worker
+        self.out = out or sys.stdout
+        self.waiting_messages: dict[str, str] = {}
+
+    def say(self, message: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.out.write(f"{stamp} dispatcher[{os.getpid()}]: {redact(message, [self.env.get(TOKEN_ENV)])}\n")
+        self.out.flush()
+
+    def run(self) -> int:
+        lock = _try_lock(self.orch)
+        if lock is None:
+            self.say("another dispatcher is running on this volume; leaving the work to it")
+            return 0
+        self.say(f"started (up to {max_workers(self.orch, self.env)} workers)")
+        try:
+            with EngineEvents() as events:
+                check_engine, last_check = True, 0.0
+                while True:
+                    if check_engine or time.monotonic() - last_check > ENGINE_CHECK_SECONDS:
+                        check_engine, last_check = True, time.monotonic()
+                    to_start = self.round(check_engine, lock)
+                    if to_start is None:
+                        lock = None  # released by round(), under the state lock
+                        self.say("no task is queued or running; exiting")
+                        return 0
+                    for view in to_start:
+                        self.start(view)
+                    check_engine = events.wait(ROUND_SECONDS) or bool(to_start)
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def round(self, check_engine: bool, lock: IO[bytes]) -> list[TaskView] | None:
+        """One look at the batch; returns the tasks to start now, or None when all is done."""
+        with self.orch.locked():
+            views = load_views(self.orch)
+            if check_engine:
+                views = reconcile(self.orch, views, self.engine)
+            views = self.block_dependents(views)
+            self.enforce_timeouts(views)
+            active = [v for v in views if v.state in ACTIVE_STATES]
+            queued = [v for v in views if v.state is State.QUEUED]
+            if not active and not queued:
+                # Released before the state lock: an `orch start` that queues after this
+                # finds no dispatcher and starts a new one.
+                lock.close()
+                return None
+            by_id = {v.id: v for v in views}
+            ready = [v for v in queued if self.ready(v, by_id)]
+            slots = max(0, max_workers(self.orch, self.env) - len(active))
+            to_start = ready[:slots]
+            for view in to_start:
+                self.orch.update_status(view.id, State.STARTING, message="its worker is being started")
+            return [load_view(self.orch, view.id) for view in to_start]
+
+    def ready(self, view: TaskView, by_id: Mapping[str, TaskView]) -> bool:
+        pending = [dep for dep in view.depends_on if by_id[dep].state is not State.SUCCESS]
+        if not pending:
+            return True
+        message = "waiting for " + ", ".join(f"{dep} ({by_id[dep].state.value})" for dep in pending)
+        if self.waiting_messages.get(view.id) != message:
+            self.waiting_messages[view.id] = message
+            self.orch.update_status(view.id, State.QUEUED, message=message)
+        return False
+
+    def block_dependents(self, views: list[TaskView]) -> list[TaskView]:
+        """Queued tasks that depend on a task that did not succeed will not run: blocked."""
+        by_id = {v.id: v for v in views}
+        changed = True
+        while changed:  # a chain blocks link by link
+            changed = False
+            for view in list(by_id.values()):
+                if view.state is not State.QUEUED:
+                    continue
+                reason = self.block_reason(view, by_id)
+                if reason:
+                    self.orch.update_status(view.id, State.BLOCKED, message=reason)
+                    self.say(f"{view.id} blocked: {reason}")
+                    by_id[view.id] = load_view(self.orch, view.id)
+                    changed = True
+        return [by_id[v.id] for v in views]
+
+    @staticmethod
+    def block_reason(view: TaskView, by_id: Mapping[str, TaskView]) -> str | None:
+        for dep in view.depends_on:
+            other = by_id.get(dep)
+            if other is None:
+                return f"it depends on {dep}, which does not exist"
+            if other.state in FINISHED_STATES and other.state is not State.SUCCESS:
+                return f"{dep} ended {other.state.value}"
+            if other.state is State.BLOCKED:
+                return f"{dep} is blocked"
+        return None
+
+    def enforce_timeouts(self, views: list[TaskView]) -> None:
+        now = datetime.now(timezone.utc)
+        for view in views:
+            if view.state is not State.RUNNING or view.status is None:
+                continue
+            started = parse_time(view.started_at)
+            if started is None:
+                continue
+            limit = (view.task.timeout if view.task and view.task.timeout else DEFAULT_TIMEOUT) + TIMEOUT_GRACE_SECONDS
+            over = (now - started).total_seconds() - limit
+            if over < 0:
+                continue
+            if view.status.stop_reason != "timeout":
+                self.say(f"{view.id} is past its timeout; telling its worker to stop")
+                self.orch.update_status(
+                    view.id, State.RUNNING, message="past its timeout; being stopped", stop_reason="timeout"
+                )
+                self.engine.signal(view.container, "SIGUSR1")
+            elif over > STOP_AFTER_SECONDS:
+                self.say(f"{view.id} did not stop after its timeout; stopping its container")
+                self.engine.stop(view.container)
+
+    def start(self, view: TaskView) -> None:
+        try:
+            self.spawner(view)
+            self.say(f"started {view.container} for {view.id} (attempt {view.attempt})")
+        except UserError as exc:
+            self.say(f"could not start a worker for {view.id}: {exc}")
+            with self.orch.locked():
+                record_outcome(
+                    self.orch, load_view(self.orch, view.id), State.FAILED, f"its worker could not be started: {exc}"
+                )
+
+    def spawn_worker(self, view: TaskView) -> None:
+        env = self.env
+        spec = worker_spec(
+            view.worker_type,
+            view.id,
+            env=env,
+            repo=env.get("REPO_URL"),
+            branch=env.get("REPO_BRANCH") or config.DEFAULT_BRANCH,
+            model=env.get("ANTHROPIC_MODEL") or config.DEFAULT_MODEL,
+            volume=env.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
+            network=env.get(config.ENV_NETWORK) or None,
+            image_prefix=env.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX,
+            attempt=view.attempt,
+        )
+        try:
+            spawn(spec, str(self.orch.root))
+        except DockerError as exc:
+            raise UserError(str(exc)) from None

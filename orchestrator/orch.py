@@ -1,0 +1,653 @@
+"""orch: run a batch of tasks from the manager's shell.
+
+    orch submit --prompt "..."        write a task (task-001, task-002, ...)
+    orch start --all                  queue them; the dispatcher starts workers as slots free
+    orch wait --all                   block until they are done (exit 0 when all succeeded)
+    orch status / result / logs       see where things stand
+    orch cancel / retry / cleanup     act on them
+
+Everything lives on the shared volume, so a new manager on the same volume carries on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import batch, config
+from .batch import TaskView, load_view, load_views, reconcile, select
+from .cli import HelpFormatter, run_command
+from .dispatcher import (
+    ENGINE_CHECK_SECONDS,
+    ENV_MAX_WORKERS,
+    ROUND_SECONDS,
+    Dispatcher,
+    DockerEngine,
+    EngineEvents,
+    ensure_dispatcher,
+    env_max_workers,
+    max_workers,
+    set_max_workers,
+)
+from .docker import docker, text
+from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
+from .tasks import (
+    ACTIVE_STATES,
+    SETTLED_STATES,
+    OrchestrationDir,
+    State,
+    TaskResult,
+    read_json,
+)
+
+STOP_GRACE_SECONDS = 30  # what a cancelled worker gets to write its result
+FOLLOW_SECONDS = 0.5
+
+
+def volume_dir(args: argparse.Namespace) -> OrchestrationDir:
+    orch = OrchestrationDir(Path(args.orchestration_dir))
+    if not (orch.root / "tasks").is_dir():
+        raise UserError(
+            f"{orch.root / 'tasks'} does not exist: orch runs where the shared volume is mounted, in the "
+            f"manager container (from the host: `docker exec -it claude-manager orch {args.command}`)"
+        )
+    return orch
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def current_views(orch: OrchestrationDir, engine: DockerEngine | None = None) -> list[TaskView]:
+    """Every task, reconciled with the engine, and a dispatcher running when work waits for one."""
+    with orch.locked():
+        views = load_views(orch)
+        if engine is not None:
+            views = reconcile(orch, views, engine)
+    if any(v.state is State.QUEUED or v.state in ACTIVE_STATES for v in views):
+        ensure_dispatcher(orch, os.environ)
+    return views
+
+
+# --- Formatting.
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"${value:.2f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _clock(stamp: str | None) -> str:
+    return stamp[11:19] if stamp and len(stamp) >= 19 else "-"
+
+
+def _shorten(value: str | None, limit: int = 70) -> str:
+    value = " ".join((value or "").split())
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def summary(views: Sequence[TaskView]) -> str:
+    counts = Counter(v.state.value for v in views)
+    order = [s.value for s in State]
+    parts = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
+    total = sum(v.cost or 0.0 for v in views)
+    return f"{len(views)} task{'s' if len(views) != 1 else ''}: {parts or 'none'} · total cost {_money(total)}"
+
+
+def status_table(views: Sequence[TaskView]) -> str:
+    at = now()
+    rows = [("ID", "STATE", "WORKER", "STARTED", "DURATION", "COST", "BRANCH", "NOTE")]
+    for v in views:
+        note = v.message if v.state is not State.SUCCESS else ""
+        if v.attempt > 1:
+            note = f"attempt {v.attempt}" + (f"; {note}" if note else "")
+        rows.append(
+            (v.id, v.state.value, v.worker_type, _clock(v.started_at), _duration(v.duration(at)), _money(v.cost),
+             "-", _shorten(note))
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines) + "\n" + summary(views)
+
+
+def status_json(views: Sequence[TaskView]) -> str:
+    at = now()
+    data = {
+        "tasks": [v.to_json(at) for v in views],
+        "counts": dict(Counter(v.state.value for v in views)),
+        "total_cost_usd": round(sum(v.cost or 0.0 for v in views), 6),
+    }
+    return json.dumps(data, indent=2)
+
+
+# --- Commands.
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    if args.prompt is not None:
+        prompt = args.prompt
+    elif args.file is not None:
+        try:
+            prompt = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --file {args.file}: {exc.strerror}") from None
+    elif not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    else:
+        raise InvalidInput("no prompt: give --prompt TEXT, --file FILE, or the prompt on stdin")
+    with orch.locked():
+        task = batch.submit(
+            orch,
+            prompt=prompt,
+            task_id=args.id,
+            worker=args.worker,
+            depends_on=args.depends_on,
+            timeout=args.timeout,
+            max_turns=args.max_turns,
+            model=args.model,
+        )
+        if args.start:
+            batch.queue(orch, [load_view(orch, task.id)])
+    if args.start:
+        ensure_dispatcher(orch, os.environ)
+    print(task.id)
+    return EXIT_OK
+
+
+def with_submitted_dependencies(views: list[TaskView], chosen: list[TaskView]) -> list[TaskView]:
+    """The chosen tasks and, before them, the submitted tasks they depend on (so the chain can run)."""
+    by_id = {v.id: v for v in views}
+    ordered: dict[str, TaskView] = {}
+
+    def add(view: TaskView) -> None:
+        if view.id in ordered:
+            return
+        ordered[view.id] = view  # first, so that a cycle in hand-written files ends
+        for dep in view.depends_on:
+            other = by_id.get(dep)
+            if other is not None and other.state is State.SUBMITTED:
+                add(other)
+
+    for view in chosen:
+        add(view)
+    return list(ordered.values())
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    if not args.ids and not args.all and args.max_workers is None:
+        raise InvalidInput("name the tasks to start, or --all")
+    if args.ids and args.all:
+        raise InvalidInput("give task ids or --all, not both")
+    if args.max_workers is not None and args.max_workers <= 0:
+        raise InvalidInput("--max-workers must be a positive number")
+    with orch.locked():
+        views = load_views(orch)
+        if args.all:
+            chosen = [v for v in views if v.state is State.SUBMITTED]
+        else:
+            chosen = with_submitted_dependencies(views, select(views, args.ids))
+        queued = batch.queue(orch, chosen)
+        if args.max_workers is not None:
+            set_max_workers(orch, args.max_workers)
+    limit = max_workers(orch, os.environ)
+    if queued:
+        print(f"queued {len(queued)} task{'s' if len(queued) != 1 else ''}: {' '.join(queued)}")
+    elif args.ids or args.all:
+        print("nothing to start: no submitted task among those")
+    started = ensure_dispatcher(orch, os.environ)
+    print(f"up to {limit} workers at once; the dispatcher is {'started' if started else 'running'}")
+    print("  watch:  orch status --watch      wait:  orch wait --all")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    engine = DockerEngine()
+    tty = sys.stdout.isatty()
+    last = ""
+    with EngineEvents() if args.watch else _NoEvents() as events:
+        while True:
+            views = current_views(orch, engine)
+            if args.ids:
+                views = select(views, args.ids)
+            shown = status_json(views) if args.json else status_table(views)
+            if not args.watch:
+                print(shown)
+                return EXIT_OK
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J" + shown + "\n(watching; Ctrl-C to stop)\n")
+                sys.stdout.flush()
+            elif _without_times(shown) != _without_times(last):
+                print(shown + "\n", flush=True)
+            last = shown
+            if all(v.state in SETTLED_STATES or v.state is State.SUBMITTED for v in views):
+                return EXIT_OK
+            events.wait(ROUND_SECONDS)
+
+
+def _without_times(table: str) -> str:
+    """A table without what changes every second, to print it again only when a state changes."""
+    return "\n".join(line.split("  ")[0] + " " + line.split()[1] if line.split() else "" for line in table.splitlines())
+
+
+class _NoEvents:
+    def __enter__(self) -> _NoEvents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def wait(self, timeout: float) -> bool:
+        time.sleep(timeout)
+        return False
+
+
+def progress_line(views: Sequence[TaskView], elapsed: float) -> str:
+    counts = Counter(v.state for v in views)
+    done = sum(counts[s] for s in SETTLED_STATES)
+    failed = done - counts[State.SUCCESS]
+    running = counts[State.RUNNING] + counts[State.STARTING]
+    cost = sum(v.cost or 0.0 for v in views)
+    return (
+        f"{done}/{len(views)} done ({counts[State.SUCCESS]} ok, {failed} not) · {running} running · "
+        f"{counts[State.QUEUED]} queued · {_money(cost)} · {_duration(elapsed)}"
+    )
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    if args.ids and args.all:
+        raise InvalidInput("give task ids or --all, not both")
+    if args.timeout is not None and args.timeout <= 0:
+        raise InvalidInput("--timeout must be a positive number of seconds")
+    engine = DockerEngine()
+    tty = sys.stderr.isatty()
+    t0 = time.monotonic()
+    with EngineEvents() as events:
+        check_engine, last_check = True, time.monotonic()
+        while True:
+            views = current_views(orch, engine if check_engine else None)
+            if check_engine:
+                last_check = time.monotonic()
+            views = select(views, args.ids) if args.ids else views
+            never = [v.id for v in views if v.state is State.SUBMITTED]
+            if never:
+                raise UserError(f"not started: {' '.join(never)}; start with `orch start {' '.join(never)}`")
+            if not views:
+                raise UserError("there are no tasks to wait for")
+            if tty:
+                sys.stderr.write("\r\x1b[K" + progress_line(views, time.monotonic() - t0))
+                sys.stderr.flush()
+            if all(v.state in SETTLED_STATES for v in views):
+                break
+            if args.timeout is not None and time.monotonic() - t0 > args.timeout:
+                if tty:
+                    sys.stderr.write("\n")
+                waiting = [v.id for v in views if v.state not in SETTLED_STATES]
+                print(f"orch wait: still not done after {args.timeout} s: {' '.join(waiting)}", file=sys.stderr)
+                return EXIT_FAILURE
+            woke = events.wait(ROUND_SECONDS)
+            check_engine = woke or time.monotonic() - last_check > ENGINE_CHECK_SECONDS
+    if tty:
+        sys.stderr.write("\n")
+    for v in views:
+        note = "" if v.state is State.SUCCESS else f"  {_shorten(v.message, 100)}"
+        print(f"{v.id}  {v.state.value}  {_money(v.cost)}  {_duration(v.duration(now()))}{note}")
+    print(summary(views))
+    return EXIT_OK if all(v.state is State.SUCCESS for v in views) else EXIT_FAILURE
+
+
+def _load_attempt_result(orch: OrchestrationDir, task_id: str, attempt: int | None) -> TaskResult | None:
+    if attempt is None:
+        return orch.load_result(task_id)
+    path = orch.attempt_dir(task_id) / f"{attempt}.json"
+    if not path.exists():
+        view = load_view(orch, task_id)
+        if view.attempt == attempt:
+            return view.result
+        raise UserError(f"task {task_id} has no attempt {attempt}")
+    return TaskResult.from_json(read_json(path))
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    view = select(load_views(orch), [args.id])[0]
+    result = _load_attempt_result(orch, args.id, args.attempt)
+    if result is None:
+        raise UserError(f"task {args.id} has no result yet ({view.state.value})")
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    facts = [
+        f"started {result.started_at}" if result.started_at else None,
+        f"took {_duration(result.duration_seconds)}" if result.duration_seconds is not None else None,
+        f"cost {_money(result.cost_usd)}" if result.cost_usd is not None else None,
+        f"{result.num_turns} turns" if result.num_turns is not None else None,
+        f"model {result.model}" if result.model else None,
+    ]
+    print(f"{result.task_id}: {result.status.value} (attempt {result.attempt or 1})")
+    print("  " + ", ".join(f for f in facts if f))
+    if result.error:
+        print(f"  error: {result.error}")
+    earlier = [n for n in batch.attempt_files(orch, args.id) if n != result.attempt]
+    if earlier and args.attempt is None:
+        print(f"  earlier attempts: {', '.join(map(str, earlier))} (orch result {args.id} --attempt N)")
+    print("output:")
+    print(result.output or "(none)")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    view = select(load_views(orch), [args.id])[0]
+    suffix = "jsonl" if args.raw else "log"
+    if args.attempt is not None and args.attempt != view.attempt:
+        path = orch.attempt_dir(args.id) / f"{args.attempt}.{suffix}"
+        if not path.exists():
+            raise UserError(f"task {args.id} has no log for attempt {args.attempt}")
+        return _print_file(path, follow=False, orch=orch, task_id=args.id)
+    path = orch.log_path(args.id) if args.raw else orch.worker_log_path(args.id)
+    if path.exists() or args.follow:
+        return _print_file(path, follow=args.follow, orch=orch, task_id=args.id)
+    # Workers from before the log was kept on the volume: ask the engine.
+    proc = docker("logs", view.container, check=False, timeout=60)
+    if proc.returncode:
+        raise UserError(f"task {args.id} has no log yet ({view.state.value})")
+    sys.stdout.write(text(proc))
+    return EXIT_OK
+
+
+def _print_file(path: Path, *, follow: bool, orch: OrchestrationDir, task_id: str) -> int:
+    out = sys.stdout.buffer
+    position = 0
+    while True:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(position)
+                chunk = handle.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            out.write(chunk)
+            out.flush()
+            position += len(chunk)
+        if not follow:
+            return EXIT_OK
+        view = load_view(orch, task_id)
+        if view.state in SETTLED_STATES and not chunk:
+            return EXIT_OK
+        time.sleep(FOLLOW_SECONDS)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    engine = DockerEngine()
+    failures = 0
+    for task_id in dict.fromkeys(args.ids):
+        with orch.locked():
+            view = select(load_views(orch), [task_id])[0]
+            if view.state in SETTLED_STATES:
+                print(f"{task_id}: already {view.state.value}; nothing to cancel", file=sys.stderr)
+                failures += 1
+                continue
+            if view.state not in ACTIVE_STATES:
+                view = batch.cancel_unstarted(orch, view)
+                print(f"{task_id}: {view.state.value}")
+                continue
+            orch.update_status(task_id, view.state, message="cancel requested", stop_reason="cancelled")
+        # The worker gets SIGTERM: it stops the agent and writes a cancelled result with what it has.
+        engine.stop(view.container, grace=STOP_GRACE_SECONDS)
+        with orch.locked():
+            view = load_view(orch, task_id)
+            if view.result is None:
+                info = engine.containers([view.container]).get(view.container)
+                if info is not None and (info.get("State") or {}).get("Status") == "created":
+                    engine.remove(view.container)  # created, never started: nothing to keep
+                    info = None
+                if info is None:
+                    view = batch.record_outcome(orch, view, State.CANCELLED, "cancelled before its worker started")
+                else:
+                    view = reconcile(orch, [view], engine)[0]
+        print(f"{task_id}: {view.state.value}")
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    engine = DockerEngine()
+    with orch.locked():
+        views = select(reconcile(orch, load_views(orch), engine), args.ids)
+        for view in views:
+            if view.state is State.SUCCESS:
+                raise UserError(f"task {view.id} succeeded; submit a new task to do more")
+            if view.state not in SETTLED_STATES:
+                raise UserError(f"task {view.id} is {view.state.value}; cancel it first (`orch cancel {view.id}`)")
+        for view in views:
+            if view.state is State.BLOCKED:
+                orch.update_status(view.id, State.QUEUED, message="queued again")
+                print(f"{view.id}: queued again")
+                continue
+            number = batch.archive_attempt(orch, view)
+            engine.remove(view.container)  # its name is needed for the new worker; its log is on the volume
+            orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=f"attempt {number + 1}")
+            print(f"{view.id}: attempt {number + 1} queued (attempt {number} kept in {orch.attempt_dir(view.id)})")
+        # Blocked tasks get another look: those whose dependencies can now succeed will run.
+        for other in load_views(orch):
+            if other.state is State.BLOCKED:
+                orch.update_status(other.id, State.QUEUED, message="queued again")
+    ensure_dispatcher(orch, os.environ)
+    return EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    engine = DockerEngine()
+    with orch.locked():
+        # Whatever a dead worker's container says is written down before the container goes.
+        views = {v.id: v for v in reconcile(orch, load_views(orch), engine)}
+        proc = docker(
+            "ps", "--all", "--filter", f"label={config.LABEL_ROLE}=worker",
+            "--filter", f"label={config.LABEL_VOLUME}={args.volume}", "--format", "{{json .}}",
+            timeout=60,
+        )  # fmt: skip
+        removed = []
+        for line in text(proc).splitlines():
+            info = json.loads(line)
+            name, state = info.get("Names", ""), info.get("State", "")
+            task_id = name.removeprefix("worker-")
+            view = views.get(task_id)
+            if state == "running" or (view is not None and view.state not in SETTLED_STATES):
+                continue
+            engine.remove(name)
+            removed.append(name)
+    print(f"removed {len(removed)} finished worker container{'s' if len(removed) != 1 else ''}" +
+          (f": {' '.join(removed)}" if removed else ""))  # fmt: skip
+    print("results, logs and branches are kept")
+    return EXIT_OK
+
+
+def cmd_dispatch(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    return Dispatcher(orch, os.environ).run()
+
+
+# --- The command line.
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--orchestration-dir",
+        default=os.environ.get("ORCHESTRATION_DIR") or config.CONTAINER_ORCHESTRATION_DIR,
+        help="where the shared volume is mounted (default: $ORCHESTRATION_DIR, else /orchestration)",
+    )
+    common.add_argument("--debug", action="store_true", help="print the docker commands run, and tracebacks")
+
+    parser = argparse.ArgumentParser(
+        prog="orch",
+        formatter_class=HelpFormatter,
+        description="Run a batch of tasks: submit them, start them under a limit of parallel workers, "
+        "watch, wait, read results and logs, cancel, retry, clean up. State lives on the shared volume.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary_text: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, parents=[common], help=summary_text, description=description, formatter_class=HelpFormatter
+        )
+
+    p = command(
+        "submit",
+        "create a task",
+        "Create a task from --prompt, --file or stdin and print its id. Ids are task-001, task-002, ... "
+        "unless --id is given. An existing task is never overwritten.",
+    )
+    p.add_argument("--prompt", help="the task's prompt")
+    p.add_argument("--file", metavar="FILE", help="read the prompt from FILE ('-' for stdin)")
+    p.add_argument("--id", help="the task id (default: the next task-NNN)")
+    p.add_argument(
+        "--worker",
+        metavar="TYPE",
+        default=config.DEFAULT_WORKER_TYPE,
+        help=f"worker type; the image is <prefix>TYPE (default: {config.DEFAULT_WORKER_TYPE})",
+    )
+    p.add_argument(
+        "--depends-on",
+        metavar="ID",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="tasks that must succeed before this one starts",
+    )
+    p.add_argument("--timeout", type=int, metavar="SECONDS", help="how long the agent may run (default: 3600)")
+    p.add_argument("--max-turns", type=int, metavar="N", help="stop the agent after N turns")
+    p.add_argument("--model", help="model for this task (default: the manager's)")
+    p.add_argument("--start", action="store_true", help="queue the task right away (as orch start ID)")
+    p.set_defaults(func=cmd_submit)
+
+    p = command(
+        "start",
+        "queue tasks; the dispatcher starts them",
+        "Queue submitted tasks (and the submitted tasks they depend on). A dispatcher in the background "
+        "starts them as worker slots free up, each once the tasks it depends on have succeeded; a task "
+        "whose dependency did not succeed is blocked.",
+    )
+    p.add_argument("ids", nargs="*", metavar="ID", help="tasks to start")
+    p.add_argument("--all", action="store_true", help="start every submitted task")
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        metavar="N",
+        help=f"how many workers may run at once, from now on (default: ${ENV_MAX_WORKERS}, else "
+        f"{env_max_workers({})}; kept on the volume)",
+    )
+    p.set_defaults(func=cmd_start)
+
+    p = command(
+        "status",
+        "show every task's state",
+        "One row per task, checked against the engine: a worker that died without a result is shown "
+        "(and recorded) as failed, with its exit code.",
+    )
+    p.add_argument("ids", nargs="*", metavar="ID", help="only these tasks")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--watch", action="store_true", help="keep showing it until no task is queued or running")
+    p.set_defaults(func=cmd_status)
+
+    p = command(
+        "wait",
+        "wait until tasks finish",
+        "Block until the tasks (default: all) have finished or are blocked. Exit 0 when all succeeded, "
+        "1 otherwise (also on --timeout).",
+    )
+    p.add_argument("ids", nargs="*", metavar="ID", help="tasks to wait for (default: all)")
+    p.add_argument("--all", action="store_true", help="wait for every task")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
+    p.set_defaults(func=cmd_wait)
+
+    p = command("result", "show a task's result", "Show how a task ended: status, error, cost, output.")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="print the result file")
+    p.add_argument("--attempt", type=int, metavar="N", help="an earlier attempt's result")
+    p.set_defaults(func=cmd_result)
+
+    p = command(
+        "logs",
+        "show a task's log",
+        "Show what the task's worker printed (the same as docker logs), kept on the volume after the "
+        "container is removed.",
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing until the task finishes")
+    p.add_argument("--raw", action="store_true", help="the agent's raw stream-json transcript instead")
+    p.add_argument("--attempt", type=int, metavar="N", help="an earlier attempt's log")
+    p.set_defaults(func=cmd_logs)
+
+    p = command(
+        "cancel",
+        "stop tasks",
+        "Stop the tasks' workers (or take them off the queue) and record them as cancelled. What a worker "
+        "produced is kept: its container, log and transcript.",
+    )
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_cancel)
+
+    p = command(
+        "retry",
+        "run finished tasks again",
+        "Queue a new attempt of failed, timed-out, cancelled or blocked tasks. The earlier attempt's "
+        "result, transcript and log are kept under attempts/ID/; its container is removed.",
+    )
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_retry)
+
+    p = command(
+        "cleanup",
+        "remove finished worker containers",
+        "Remove the worker containers of finished tasks. Results, logs and branches are never removed.",
+    )
+    p.add_argument(
+        "--volume",
+        default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
+        help=f"the shared volume whose workers to remove (default: ${config.ENV_VOLUME}, else {config.DEFAULT_VOLUME})",
+    )
+    p.set_defaults(func=cmd_cleanup)
+
+    p = command(
+        "dispatch",
+        "run the dispatcher in the foreground",
+        "Run the dispatcher here instead of in the background (orch start does that). It exits when no "
+        "task is queued or running.",
+    )
+    p.set_defaults(func=cmd_dispatch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(f"orch {args.command}", lambda: args.func(args), debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""orch on the real engine: a manager left running, orch commands run in its shell as the
+Manager agent (or a person) runs them, stand-in agents in the workers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from .engine import GitServer, Manager, Run, sh, start_manager
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def manager(run: Run, git_server: GitServer, token_file) -> Manager:
+    manager = start_manager(run, git_server.repo(f"orch-{run.id}"), token_file)
+    yield manager
+    manager.remove()
+
+
+def running_workers(run: Run) -> list[str]:
+    proc = sh("docker", "ps", "--filter", f"label=orchestrator.volume={run.volume}", "--filter", "status=running",
+              "--format", "{{.Names}}")  # fmt: skip
+    return proc.stdout.split()
+
+
+def submit(manager: Manager, prompt: str, *args: str) -> str:
+    return manager.orch("submit", "--prompt", prompt, *args).stdout.strip()
+
+
+def test_twelve_tasks_run_at_most_three_at_a_time(run: Run, manager: Manager):
+    ids = [submit(manager, f"Note {n}.\n@sleep 3\n@write notes/{n}.txt {n}\n@say wrote note {n}") for n in range(12)]
+    assert ids == [f"task-{n:03d}" for n in range(1, 13)]
+    assert "queued 12 tasks" in manager.orch("start", "--all", "--max-workers", "3").stdout
+
+    most = 0
+    while True:
+        most = max(most, len(running_workers(run)))
+        states = [task["state"] for task in manager.status().values()]
+        if all(state in ("success", "failed", "timeout", "cancelled", "blocked") for state in states):
+            break
+        time.sleep(0.2)
+    assert most == 3, f"at most {most} workers ran at once"
+
+    waited = manager.orch("wait", "--all")
+    assert "12 tasks: 12 success" in waited.stdout
+    status = manager.status()
+    assert all(task["state"] == "success" and task["cost_usd"] > 0 for task in status.values())
+    assert json.loads(manager.orch("result", "task-012", "--json").stdout)["output"] == "wrote note 11"
+    table = manager.orch("status").stdout
+    assert table.splitlines()[0].split() == ["ID", "STATE", "WORKER", "STARTED", "DURATION", "COST", "BRANCH", "NOTE"]
+    assert "task-007  success  flutter" in table and "12 success" in table.splitlines()[-1]
+
+
+def test_a_chain_runs_in_order_and_a_failure_blocks_its_dependents(run: Run, manager: Manager):
+    first = submit(manager, "@sleep 1\n@say one", "--id", run.task_id("one"))
+    second = submit(manager, "@say two", "--id", run.task_id("two"), "--depends-on", first)
+    third = submit(manager, "@say three", "--id", run.task_id("three"), "--depends-on", second)
+    broken = submit(manager, "@api-error Overloaded", "--id", run.task_id("broken"))
+    after = submit(manager, "@say never", "--id", run.task_id("after"), "--depends-on", broken)
+    last = submit(manager, "@say never", "--id", run.task_id("last"), "--depends-on", after, first)
+
+    # Starting the end of the chain starts what it depends on.
+    manager.orch("start", third, last)
+    waited = manager.orch("wait", "--all", check=False)
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+
+    status = manager.status()
+    assert [status[t]["state"] for t in (first, second, third)] == ["success"] * 3
+    results = [json.loads(manager.orch("result", t, "--json").stdout) for t in (first, second, third)]
+    for before, later in zip(results, results[1:], strict=False):
+        assert later["started_at"] >= before["completed_at"]
+    assert status[broken]["state"] == "failed"
+    assert status[after]["state"] == "blocked" and status[after]["message"] == f"{broken} ended failed"
+    assert status[last]["state"] == "blocked" and status[last]["message"] == f"{after} is blocked"
+    # A blocked task never had a worker.
+    assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{after}").stdout == ""
+    assert "blocked" in manager.orch("result", after, check=False).stderr
+
+
+def test_cancel_timeout_and_retry(run: Run, manager: Manager):
+    slow = submit(manager, "@say starting\n@sleep 300", "--id", run.task_id("slow"), "--start")
+    idle = submit(manager, "@say never", "--id", run.task_id("idle"))
+    hangs = submit(manager, "@sleep 300", "--id", run.task_id("hangs"), "--timeout", "3", "--start")
+    flaky = submit(manager, "@if-env TASK_ATTEMPT=1 @api-error Overloaded\n@say fine now",
+                   "--id", run.task_id("flaky"), "--start")  # fmt: skip
+    turns = submit(manager, "@say a\n@say b\n@say c", "--id", run.task_id("turns"), "--max-turns", "1", "--start")
+
+    manager.wait_for_state(slow, "running")
+    deadline = time.monotonic() + 60
+    while "starting" not in manager.orch("logs", slow).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert manager.orch("cancel", slow, idle).stdout.split() == [f"{slow}:", "cancelled", f"{idle}:", "cancelled"]
+    cancelled = json.loads(manager.orch("result", slow, "--json").stdout)
+    assert cancelled["status"] == "cancelled" and cancelled["exit_code"] is not None
+    # What it produced is kept: its container and its log.
+    assert sh("docker", "inspect", "--format", "{{.State.Status}}", f"worker-{slow}").stdout.strip() == "exited"
+    assert "[agent]   starting" in manager.orch("logs", slow).stdout
+    assert json.loads(manager.orch("result", idle, "--json").stdout)["error"] == "cancelled before its worker started"
+    assert manager.orch("cancel", slow, check=False).returncode == 1
+
+    manager.orch("wait", hangs, flaky, turns, check=False)
+    timed_out = json.loads(manager.orch("result", hangs, "--json").stdout)
+    assert timed_out["status"] == "timeout" and "within 3 s" in timed_out["error"]
+    assert manager.status()[turns]["state"] == "failed"
+    assert "max" in json.loads(manager.orch("result", turns, "--json").stdout)["error"]
+
+    first = json.loads(manager.orch("result", flaky, "--json").stdout)
+    assert first["status"] == "failed" and first["attempt"] == 1
+    assert "attempt 2 queued" in manager.orch("retry", flaky).stdout
+    assert manager.orch("wait", flaky).returncode == 0
+    second = json.loads(manager.orch("result", flaky, "--json").stdout)
+    assert second["status"] == "success" and second["attempt"] == 2 and second["output"] == "fine now"
+    # The first attempt is kept, result and log.
+    assert json.loads(manager.orch("result", flaky, "--attempt", "1", "--json").stdout) == first
+    assert "API Error: Overloaded" in manager.orch("logs", flaky, "--attempt", "1").stdout
+    assert "earlier attempts: 1" in manager.orch("result", flaky).stdout
+    assert manager.orch("retry", flaky, check=False).returncode == 1  # it succeeded
+
+
+def test_a_killed_worker_is_reported_failed_and_its_log_outlives_cleanup(run: Run, manager: Manager):
+    task = submit(manager, "@say working\n@sleep 300", "--id", run.task_id("killed"), "--start")
+    manager.wait_for_state(task, "running")
+    sh("docker", "kill", f"worker-{task}")
+
+    status = manager.wait_for_state(task, "failed", timeout=30)
+    assert "exited with code 137" in status["message"] and "SIGKILL" in status["message"]
+    result = json.loads(manager.orch("result", task, "--json").stdout)
+    assert result["status"] == "failed" and result["worker_exit_code"] == 137
+
+    cleaned = manager.orch("cleanup").stdout
+    assert f"worker-{task}" in cleaned
+    assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{task}").stdout == ""
+    logs = manager.orch("logs", task).stdout
+    assert "cloning" in logs and "[agent]   working" in logs
+    assert '"type": "result"' not in manager.orch("logs", task, "--raw").stdout  # it never finished
+    assert manager.orch("result", task).returncode == 0
+
+
+def test_a_new_manager_finishes_the_batch_of_one_that_was_removed(
+    run: Run, manager: Manager, git_server: GitServer, token_file
+):
+    ids = [submit(manager, f"@sleep 2\n@say done {n}", "--id", run.task_id(f"r{n}")) for n in range(6)]
+    manager.orch("start", "--all", "--max-workers", "2")
+    manager.wait_for_state(ids[0], "success", timeout=120)
+    manager.remove()  # its dispatcher dies with it; the workers it started go on
+
+    second = start_manager(run, git_server.repo(f"orch2-{run.id}"), token_file, name=f"{run.manager}-2")
+    try:
+        waited = second.orch("wait", "--all")
+        assert "6 tasks: 6 success" in waited.stdout
+        assert all(task["state"] == "success" for task in second.status().values())
+    finally:
+        second.remove()
+    assert "resuming the batch" in second.process.stdout.read()
