@@ -277,7 +277,7 @@ class Dispatcher:
         pending = [dep for dep in view.depends_on if by_id[dep].state is not State.SUCCESS]
         if not pending:
             return True
-        message = "waiting for " + ", ".join(f"{dep} ({by_id[dep].state.value})" for dep in pending)
+        message = "waiting for " + ", ".join(pending)
         if self.waiting_messages.get(view.id) != message:
             self.waiting_messages[view.id] = message
             self.orch.update_status(view.id, State.QUEUED, message=message)

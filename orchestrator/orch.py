@@ -311,9 +311,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
             check_engine = woke or time.monotonic() - last_check > ENGINE_CHECK_SECONDS
     if tty:
         sys.stderr.write("\n")
+    width = max(len(v.id) for v in views)
     for v in views:
         note = "" if v.state is State.SUCCESS else f"  {_shorten(v.message, 100)}"
-        print(f"{v.id}  {v.state.value}  {_money(v.cost)}  {_duration(v.duration(now()))}{note}")
+        print(f"{v.id.ljust(width)}  {v.state.value.ljust(9)}  {_money(v.cost)}  {_duration(v.duration(now()))}{note}")
     print(summary(views))
     return EXIT_OK if all(v.state is State.SUCCESS for v in views) else EXIT_FAILURE
 
@@ -343,7 +344,7 @@ def cmd_result(args: argparse.Namespace) -> int:
         f"started {result.started_at}" if result.started_at else None,
         f"took {_duration(result.duration_seconds)}" if result.duration_seconds is not None else None,
         f"cost {_money(result.cost_usd)}" if result.cost_usd is not None else None,
-        f"{result.num_turns} turns" if result.num_turns is not None else None,
+        f"{result.num_turns} turn{'s' if result.num_turns != 1 else ''}" if result.num_turns is not None else None,
         f"model {result.model}" if result.model else None,
     ]
     print(f"{result.task_id}: {result.status.value} (attempt {result.attempt or 1})")

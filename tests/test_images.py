@@ -35,6 +35,18 @@ def test_every_flag_the_orchestrator_passes_is_in_the_real_help(test_images, ima
     assert '"stream-json"' in help_text
 
 
+def test_the_real_claude_takes_max_turns_though_its_help_does_not_list_it(test_images):
+    # The worker passes --max-turns for tasks that set it. An unknown option is refused before
+    # anything else; without a login the CLI gets as far as "Not logged in".
+    argv = headless_argv("hi", None, max_turns=2)
+    assert "--max-turns" in argv and "--max-turns" not in in_image(WORKER_BASE_IMAGE, "claude", "--help")
+    proc = sh("docker", "run", "--rm", "--entrypoint", "claude", WORKER_BASE_IMAGE, *argv[1:], check=False)
+    assert "unknown option" not in proc.stderr and "Not logged in" in proc.stdout
+    typo = sh("docker", "run", "--rm", "--entrypoint", "claude", WORKER_BASE_IMAGE, "--max-turnz", "2", "-p", "hi",
+              check=False)  # fmt: skip
+    assert "unknown option '--max-turnz'" in typo.stderr
+
+
 def test_the_stand_in_answers_version_and_help_with_the_real_binary(test_images):
     assert in_image(WORKER_IMAGE, "claude", "--version") == in_image(WORKER_BASE_IMAGE, "claude", "--version")
 
@@ -48,6 +60,7 @@ def test_images_run_as_a_non_root_user_with_tini(test_images, image):
 
 def test_the_manager_has_its_commands_and_the_docker_cli(test_images):
     assert in_image(MANAGER_IMAGE, "spawn-worker", "--help").startswith("usage: spawn-worker")
+    assert in_image(MANAGER_IMAGE, "orch", "--help").startswith("usage: orch")
     # The path of the original design's manual recipe still works.
     assert in_image(MANAGER_IMAGE, "/opt/orchestrator/lib/spawn-worker.sh", "--help").startswith("usage: spawn-worker")
     assert in_image(MANAGER_IMAGE, "docker", "--version").startswith("Docker version")

@@ -106,6 +106,19 @@ def test_success_edits_the_clone_and_writes_a_full_result(box: Box):
     assert "[agent] finished: success, 3 turns" in out
     transcript = (box.orch / "logs" / "task-001.jsonl").read_text().splitlines()
     assert json.loads(transcript[0])["subtype"] == "init" and json.loads(transcript[-1])["type"] == "result"
+    # The same lines stay on the volume for `orch logs`, up to the result.
+    kept = (box.orch / "logs" / "task-001.log").read_text()
+    assert "[agent] finished: success, 3 turns" in kept and kept in out
+    assert box.status()["started_at"] == result["started_at"]
+
+
+def test_the_attempt_and_max_turns_reach_the_result_and_the_agent(box: Box):
+    box.task("@say one\n@say two\n@say three", max_turns=2)
+    code, out = box.run(TASK_ATTEMPT="3")
+    assert code == 1, out
+    result = box.result()
+    assert result["status"] == "failed" and "error_max_turns" in result["error"]
+    assert result["attempt"] == 3 and box.status()["attempt"] == 3
 
 
 @pytest.mark.parametrize(
@@ -146,6 +159,20 @@ def test_docker_stop_cancels_the_agent_and_still_writes_a_result(box: Box):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, out
     assert box.result()["status"] == "cancelled"
+
+
+def test_sigusr1_from_orch_ends_the_task_as_timed_out(box: Box):
+    box.task("@sleep 60")
+    proc = box.start()
+    transcript = box.orch / "logs" / "task-001.jsonl"
+    deadline = time.monotonic() + 60
+    while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
+        assert time.monotonic() < deadline, "the agent never started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert box.result()["status"] == "timeout"
 
 
 @pytest.mark.parametrize(

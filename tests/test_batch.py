@@ -1,0 +1,277 @@
+"""The batch's rules without an engine: submitting, the dispatcher's choices, and what a
+dead worker amounts to. A fake engine stands in for Docker; tests/test_orch.py runs the
+same code on the real one."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator import batch
+from orchestrator.batch import TaskView, load_view, load_views, reconcile
+from orchestrator.dispatcher import Dispatcher, _try_lock, set_max_workers
+from orchestrator.errors import InvalidInput, UserError
+from orchestrator.tasks import OrchestrationDir, State, TaskResult, utc_now
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.state: dict[str, dict[str, Any]] = {}
+        self.removed: list[str] = []
+        self.signals: list[tuple[str, str]] = []
+        self.stopped: list[str] = []
+
+    def containers(self, names: list[str]) -> dict[str, Mapping[str, Any]]:
+        return {name: {"State": self.state[name]} for name in names if name in self.state}
+
+    def remove(self, name: str) -> None:
+        self.removed.append(name)
+        self.state.pop(name, None)
+
+    def signal(self, name: str, signal: str) -> None:
+        self.signals.append((name, signal))
+
+    def stop(self, name: str, grace: int = 10) -> None:
+        self.stopped.append(name)
+
+
+@pytest.fixture
+def orch(tmp_path: Path) -> OrchestrationDir:
+    orch = OrchestrationDir(tmp_path / "orchestration")
+    orch.ensure()
+    return orch
+
+
+def submit(orch: OrchestrationDir, prompt: str = "do it", **options: Any) -> str:
+    fields = {"task_id": None, "worker": "flutter", "depends_on": (), "timeout": None, "max_turns": None, "model": None}
+    with orch.locked():
+        return batch.submit(orch, prompt=prompt, **{**fields, **options}).id
+
+
+def finish(orch: OrchestrationDir, task_id: str, state: State) -> None:
+    orch.write_result(TaskResult(task_id, state, "", utc_now(), error=None if state is State.SUCCESS else "no"))
+    orch.update_status(task_id, state)
+
+
+def state(orch: OrchestrationDir, task_id: str) -> State:
+    return load_view(orch, task_id).state
+
+
+def test_submit_numbers_tasks_and_never_overwrites_one(orch):
+    assert [submit(orch), submit(orch)] == ["task-001", "task-002"]
+    assert submit(orch, task_id="login-form") == "login-form"
+    assert submit(orch) == "task-003"
+    before = orch.task_path("task-001").read_text()
+    with pytest.raises(InvalidInput, match="task-001 exists already"):
+        submit(orch, "another prompt", task_id="task-001")
+    assert orch.task_path("task-001").read_text() == before
+    assert state(orch, "task-001") is State.SUBMITTED
+
+
+def test_submit_writes_the_original_design_s_fields_and_the_new_ones(orch):
+    submit(orch, "p", timeout=60, max_turns=5, model="m", task_id="a")
+    submit(orch, "q", depends_on=["a"], task_id="b", worker="web")
+    data = json.loads(orch.task_path("b").read_text())
+    assert data == {"id": "b", "prompt": "q", "worker": "web", "depends_on": ["a"]}
+    assert json.loads(orch.task_path("a").read_text())["max_turns"] == 5
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"task_id": "bad id"}, "--id"),
+        ({"depends_on": ["nope"]}, "--depends-on names nope, which does not exist"),
+        ({"timeout": 0}, "--timeout"),
+        ({"max_turns": -1}, "--max-turns"),
+        ({"worker": "Bad Type"}, "worker type"),
+    ],
+)
+def test_submit_refuses_bad_input_naming_it(orch, options, named):
+    with pytest.raises(InvalidInput, match=named):
+        submit(orch, **options)
+    assert orch.task_ids() == []
+
+
+def test_a_task_file_with_a_bad_dependency_is_refused_naming_the_field(orch):
+    orch.task_path("x").write_text(json.dumps({"id": "x", "prompt": "p", "depends_on": ["x"]}))
+    view = load_view(orch, "x")
+    assert view.problem and "depends_on" in view.problem
+
+
+def dispatcher(orch: OrchestrationDir, engine: FakeEngine, started: list[str], limit: int = 2) -> Dispatcher:
+    set_max_workers(orch, limit)
+
+    def spawner(view: TaskView) -> None:
+        started.append(view.id)
+        engine.state[view.container] = {"Status": "running", "Running": True}
+        orch.update_status(view.id, State.RUNNING, started_at=utc_now())
+
+    return Dispatcher(orch, {}, engine=engine, spawner=spawner, out=io.StringIO())
+
+
+def one_round(d: Dispatcher) -> list[TaskView] | None:
+    lock = _try_lock(d.orch)
+    assert lock is not None
+    try:
+        to_start = d.round(check_engine=True, lock=lock)
+        for view in to_start or []:
+            d.start(view)
+        return to_start
+    finally:
+        lock.close()
+
+
+def queue_all(orch: OrchestrationDir) -> None:
+    with orch.locked():
+        batch.queue(orch, load_views(orch))
+
+
+def test_the_dispatcher_keeps_to_the_limit_and_starts_the_next_as_one_finishes(orch):
+    for _ in range(5):
+        submit(orch)
+    queue_all(orch)
+    engine, started = FakeEngine(), []
+    d = dispatcher(orch, engine, started, limit=2)
+    one_round(d)
+    assert started == ["task-001", "task-002"]
+    one_round(d)
+    assert started == ["task-001", "task-002"]  # no free slot
+    finish(orch, "task-001", State.SUCCESS)
+    one_round(d)
+    assert started == ["task-001", "task-002", "task-003"]
+    assert [state(orch, t) for t in ("task-004", "task-005")] == [State.QUEUED, State.QUEUED]
+
+
+def test_a_dependency_chain_waits_and_a_failure_blocks_it_link_by_link(orch):
+    a = submit(orch)
+    b = submit(orch, depends_on=[a])
+    c = submit(orch, depends_on=[b])
+    queue_all(orch)
+    engine, started = FakeEngine(), []
+    d = dispatcher(orch, engine, started, limit=4)
+    one_round(d)
+    assert started == [a]
+    assert load_view(orch, b).message == f"waiting for {a}"
+    finish(orch, a, State.FAILED)
+    assert one_round(d) is None  # nothing left to run: the dispatcher would exit
+    assert (state(orch, b), load_view(orch, b).message) == (State.BLOCKED, f"{a} ended failed")
+    assert (state(orch, c), load_view(orch, c).message) == (State.BLOCKED, f"{b} is blocked")
+    assert started == [a]
+
+
+def test_a_spawn_that_fails_gives_a_failed_result_with_the_reason(orch):
+    task = submit(orch)
+    queue_all(orch)
+
+    def spawner(view: TaskView) -> None:
+        raise UserError("image claude-flutter not found")
+
+    Dispatcher(orch, {}, engine=FakeEngine(), spawner=spawner, out=io.StringIO()).start(load_view(orch, task))
+    result = orch.load_result(task)
+    assert result.status is State.FAILED and "image claude-flutter not found" in result.error
+
+
+def test_a_worker_stuck_past_its_timeout_is_told_then_made_to_stop(orch):
+    task = submit(orch, timeout=10)
+    queue_all(orch)
+    engine = FakeEngine()
+    orch.update_status(task, State.RUNNING, started_at="2000-01-01T00:00:00Z")
+    engine.state[f"worker-{task}"] = {"Status": "running", "Running": True}
+    d = Dispatcher(orch, {}, engine=engine, spawner=lambda v: None, out=io.StringIO())
+    one_round(d)
+    assert engine.signals == [(f"worker-{task}", "SIGUSR1")] and engine.stopped == []
+    one_round(d)
+    assert engine.stopped == [f"worker-{task}"]
+    # It dies without a result: the result says timeout, as orch asked.
+    engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 143}
+    with orch.locked():
+        reconcile(orch, load_views(orch), engine)
+    assert orch.load_result(task).status is State.TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("container", "stop_reason", "expected", "says"),
+    [
+        ({"Status": "exited", "ExitCode": 137}, None, State.FAILED, "exited with code 137 (killed by SIGKILL)"),
+        ({"Status": "exited", "ExitCode": 137, "OOMKilled": True}, None, State.FAILED, "out of memory"),
+        ({"Status": "exited", "ExitCode": 2}, None, State.FAILED, "exited with code 2 without writing a result"),
+        (None, None, State.FAILED, "is gone and left no result"),
+        ({"Status": "exited", "ExitCode": 143}, "cancelled", State.CANCELLED, "code 143"),
+    ],
+)
+def test_a_worker_that_died_without_a_result_is_recorded(orch, container, stop_reason, expected, says):
+    task = submit(orch)
+    orch.update_status(task, State.RUNNING, started_at=utc_now(), stop_reason=stop_reason)
+    engine = FakeEngine()
+    if container:
+        engine.state[f"worker-{task}"] = container
+    with orch.locked():
+        (view,) = reconcile(orch, load_views(orch), engine)
+    assert view.state is expected and says in view.message
+    result = orch.load_result(task)
+    assert result.status is expected and says in result.error
+    assert result.worker_exit_code == (container or {}).get("ExitCode")
+    assert orch.load_status(task).state is expected
+
+
+def test_reconcile_leaves_live_and_finished_workers_alone(orch):
+    running, done, starting = submit(orch), submit(orch), submit(orch)
+    orch.update_status(running, State.RUNNING)
+    orch.update_status(starting, State.STARTING)  # spawn under way: no container yet
+    finish(orch, done, State.SUCCESS)
+    engine = FakeEngine()
+    engine.state[f"worker-{running}"] = {"Status": "running", "Running": True}
+    engine.state[f"worker-{done}"] = {"Status": "exited", "ExitCode": 0}
+    with orch.locked():
+        views = reconcile(orch, load_views(orch), engine)
+    assert [v.state for v in views] == [State.RUNNING, State.SUCCESS, State.STARTING]
+    assert orch.load_result(running) is None
+
+
+def test_archiving_an_attempt_keeps_its_result_transcript_and_log(orch):
+    task = submit(orch)
+    finish(orch, task, State.FAILED)
+    orch.log_path(task).write_text("{}\n")
+    orch.worker_log_path(task).write_text("[worker] failed\n")
+    number = batch.archive_attempt(orch, load_view(orch, task))
+    assert number == 1 and batch.attempt_files(orch, task) == [1]
+    folder = orch.attempt_dir(task)
+    assert json.loads((folder / "1.json").read_text())["status"] == "failed"
+    assert (folder / "1.log").read_text() == "[worker] failed\n" and (folder / "1.jsonl").exists()
+    assert orch.load_result(task) is None and not orch.worker_log_path(task).exists()
+
+
+def test_orch_outside_the_manager_says_where_it_runs(tmp_path, capsys):
+    from orchestrator.orch import main
+
+    assert main(["status", "--orchestration-dir", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("orch status: error: ") and "docker exec -it claude-manager orch status" in err
+
+
+def test_orch_submit_and_status_from_the_command_line(orch, capsys, monkeypatch):
+    from orchestrator.orch import main
+
+    where = ["--orchestration-dir", str(orch.root)]
+    monkeypatch.setattr("sys.stdin", io.StringIO("A prompt from stdin\n"))
+    assert main(["submit", *where]) == 0
+    assert main(["submit", "--prompt", "p", "--id", "two", "--depends-on", "task-001", "--max-turns", "3", *where]) == 0
+    assert capsys.readouterr().out == "task-001\ntwo\n"
+    assert json.loads(orch.task_path("task-001").read_text())["prompt"] == "A prompt from stdin\n"
+    assert main(["submit", "--prompt", "p", "--id", "two", *where]) == 2
+    assert "task two exists already" in capsys.readouterr().err
+    assert main(["status", "--json", *where]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(t["id"], t["state"], t["depends_on"]) for t in data["tasks"]] == [
+        ("task-001", "submitted", []),
+        ("two", "submitted", ["task-001"]),
+    ]
+    assert data["counts"] == {"submitted": 2}
+    assert main(["wait", "two", *where]) == 1
+    assert "not started: two" in capsys.readouterr().err
