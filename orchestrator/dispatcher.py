@@ -35,7 +35,7 @@ from .docker import (
 )
 from .errors import UserError
 from .secrets import TOKEN_ENV, redact
-from .spawn import spawn, worker_spec
+from .spawn import WorkerExists, spawn, worker_spec
 from .tasks import (
     ACTIVE_STATES,
     FINISHED_STATES,
@@ -338,12 +338,21 @@ class Dispatcher:
         try:
             self.spawner(view)
             self.say(f"started {view.container} for {view.id} (attempt {view.attempt})")
+        except WorkerExists as exc:
+            if exc.status not in ("running", "created"):
+                self.fail_to_start(view, exc)
+            else:
+                # Someone started it by hand (spawn-worker) meanwhile: that worker's result will count.
+                self.say(f"{view.id} has a worker already, not started by the dispatcher: {exc}")
         except UserError as exc:
-            self.say(f"could not start a worker for {view.id}: {exc}")
-            with self.orch.locked():
-                record_outcome(
-                    self.orch, load_view(self.orch, view.id), State.FAILED, f"its worker could not be started: {exc}"
-                )
+            self.fail_to_start(view, exc)
+
+    def fail_to_start(self, view: TaskView, exc: UserError) -> None:
+        self.say(f"could not start a worker for {view.id}: {exc}")
+        with self.orch.locked():
+            record_outcome(
+                self.orch, load_view(self.orch, view.id), State.FAILED, f"its worker could not be started: {exc}"
+            )
 
     def spawn_worker(self, view: TaskView) -> None:
         env = self.env

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -263,6 +263,10 @@ class _NoEvents:
         return False
 
 
+def unstarted_dependencies(view: TaskView, by_id: Mapping[str, TaskView]) -> list[str]:
+    return [dep for dep in view.depends_on if dep in by_id and by_id[dep].state is State.SUBMITTED]
+
+
 def progress_line(views: Sequence[TaskView], elapsed: float) -> str:
     counts = Counter(v.state for v in views)
     done = sum(counts[s] for s in SETTLED_STATES)
@@ -290,10 +294,18 @@ def cmd_wait(args: argparse.Namespace) -> int:
             views = current_views(orch, engine if check_engine else None)
             if check_engine:
                 last_check = time.monotonic()
+            by_id = {v.id: v for v in views}
             views = select(views, args.ids) if args.ids else views
             never = [v.id for v in views if v.state is State.SUBMITTED]
             if never:
                 raise UserError(f"not started: {' '.join(never)}; start with `orch start {' '.join(never)}`")
+            stuck = [v for v in views if v.state is State.QUEUED and unstarted_dependencies(v, by_id)]
+            if stuck:
+                needed = sorted({dep for v in stuck for dep in unstarted_dependencies(v, by_id)})
+                raise UserError(
+                    f"{' '.join(v.id for v in stuck)} wait{'s' if len(stuck) == 1 else ''} for "
+                    f"{' '.join(needed)}, never started; start with `orch start {' '.join(needed)}`"
+                )
             if not views:
                 raise UserError("there are no tasks to wait for")
             if tty:

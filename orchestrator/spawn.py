@@ -41,6 +41,14 @@ from .tasks import State, validate_task_id
 from .volume import volume_for
 
 
+class WorkerExists(UserError):
+    """The task has a worker container already; ``status`` is Docker's state of it."""
+
+    def __init__(self, message: str, status: str | None):
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything needed to start one worker, secrets included (never printed)."""
@@ -103,15 +111,17 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
     if existing is not None:
         state = existing.get("State") or {}
         if state.get("Running"):
-            raise UserError(f"task {spec.task_id} already has a running worker ({spec.container})")
+            raise WorkerExists(f"task {spec.task_id} already has a running worker ({spec.container})", "running")
         if state.get("Status") == "created":
-            raise UserError(
+            raise WorkerExists(
                 f"{spec.container} exists but was never started (a spawn that failed, or one under way); "
-                f"remove it with `docker rm {spec.container}` to run the task"
+                f"remove it with `docker rm {spec.container}` to run the task",
+                "created",
             )
-        raise UserError(
+        raise WorkerExists(
             f"{spec.container} exists (exited with code {state.get('ExitCode')}); "
-            f"see `docker logs {spec.container}`, then `docker rm {spec.container}` to run the task again"
+            f"see `docker logs {spec.container}`, then `docker rm {spec.container}` to run the task again",
+            state.get("Status"),
         )
     if not image_exists(spec.image):
         raise UserError(
@@ -123,7 +133,7 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
     try:
         docker(*spec.create_argv(), env=spec.environment(), timeout=120)
     except NameConflict:
-        raise UserError(f"task {spec.task_id} already has a worker ({spec.container})") from None
+        raise WorkerExists(f"task {spec.task_id} already has a worker ({spec.container})", "created") from None
     try:
         volume.claim(spec.task_id, spec.worker_type, spec.container)
         if spec.ssh_key:

@@ -275,3 +275,28 @@ def test_orch_submit_and_status_from_the_command_line(orch, capsys, monkeypatch)
     assert data["counts"] == {"submitted": 2}
     assert main(["wait", "two", *where]) == 1
     assert "not started: two" in capsys.readouterr().err
+
+
+def test_wait_names_a_dependency_nobody_started(orch, capsys):
+    from orchestrator.orch import main
+
+    first = submit(orch)
+    second = submit(orch, depends_on=[first])
+    with orch.locked():
+        batch.queue(orch, [load_view(orch, second)])
+    assert main(["wait", second, "--orchestration-dir", str(orch.root)]) == 1
+    assert f"{second} waits for {first}, never started" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("status", "recorded"), [("running", False), ("created", False), ("exited", True)])
+def test_a_worker_started_by_hand_meanwhile_is_not_failed(orch, status, recorded):
+    from orchestrator.spawn import WorkerExists
+
+    task = submit(orch)
+    queue_all(orch)
+
+    def spawner(view: TaskView) -> None:
+        raise WorkerExists("worker exists", status)
+
+    Dispatcher(orch, {}, engine=FakeEngine(), spawner=spawner, out=io.StringIO()).start(load_view(orch, task))
+    assert (orch.load_result(task) is not None) is recorded

@@ -30,7 +30,7 @@ def submit(manager: Manager, prompt: str, *args: str) -> str:
     return manager.orch("submit", "--prompt", prompt, *args).stdout.strip()
 
 
-def test_twelve_tasks_run_at_most_three_at_a_time(run: Run, manager: Manager):
+def test_twelve_tasks_run_at_most_three_at_a_time(run: Run, manager: Manager, token: str):
     ids = [submit(manager, f"Note {n}.\n@sleep 3\n@write notes/{n}.txt {n}\n@say wrote note {n}") for n in range(12)]
     assert ids == [f"task-{n:03d}" for n in range(1, 13)]
     assert "queued 12 tasks" in manager.orch("start", "--all", "--max-workers", "3").stdout
@@ -52,6 +52,9 @@ def test_twelve_tasks_run_at_most_three_at_a_time(run: Run, manager: Manager):
     table = manager.orch("status").stdout
     assert table.splitlines()[0].split() == ["ID", "STATE", "WORKER", "STARTED", "DURATION", "COST", "BRANCH", "NOTE"]
     assert "task-007  success  flutter" in table and "12 success" in table.splitlines()[-1]
+    # The dispatcher had the token in its environment; it never wrote it anywhere.
+    assert "started worker-task-012 for task-012" in run.read("logs/dispatcher.log")
+    assert run.volume_contains(token) == []
 
 
 def test_a_chain_runs_in_order_and_a_failure_blocks_its_dependents(run: Run, manager: Manager):
