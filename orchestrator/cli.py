@@ -10,7 +10,7 @@ import textwrap
 from collections.abc import Callable
 
 from . import config
-from .errors import EXIT_INTERRUPTED, UserError
+from .errors import EXIT_INTERRUPTED, InvalidInput, UserError
 
 log = logging.getLogger("orchestrator")
 
@@ -47,6 +47,36 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
         help=f"image name prefix (default: ${config.ENV_IMAGE_PREFIX}, else {config.DEFAULT_IMAGE_PREFIX})",
     )
     parser.add_argument("--debug", action="store_true", help="print the docker commands run, and tracebacks")
+
+
+def add_git_access_options(parser: argparse.ArgumentParser) -> None:
+    """How git reaches the repository: the options run.py and spawn-worker share."""
+    parser.add_argument(
+        "--ssh-key", metavar="FILE", help="private key for git over SSH (default: ~/.ssh/id_ed25519, if it exists)"
+    )
+    parser.add_argument(
+        "--known-hosts",
+        metavar="FILE",
+        help="known_hosts file: only its host keys are trusted (default: ~/.ssh/known_hosts_pinned if it "
+        "exists, else a host key is accepted on first use)",
+    )
+    parser.add_argument(
+        "--git-token",
+        metavar="FILE",
+        help="file holding a token for HTTPS remotes, given to git by a credential helper (default: $GIT_TOKEN)",
+    )
+    parser.add_argument(
+        "--branch-prefix",
+        default=os.environ.get(config.ENV_BRANCH_PREFIX) or config.DEFAULT_BRANCH_PREFIX,
+        help=f"task branches are PREFIX + task id (default: ${config.ENV_BRANCH_PREFIX}, else "
+        f"{config.DEFAULT_BRANCH_PREFIX})",
+    )
+
+
+def check_branch_prefix(prefix: str) -> str:
+    if not config.BRANCH_PREFIX_PATTERN.fullmatch(prefix) or ".." in prefix or "//" in prefix:
+        raise InvalidInput(f"--branch-prefix {prefix!r} is not usable in a branch name")
+    return prefix
 
 
 def run_command(prog: str, func: Callable[[], int], *, debug: bool = False) -> int:

@@ -24,6 +24,9 @@ CONTAINER_ORCHESTRATION_DIR = "/orchestration"
 ENV_VOLUME = "ORCHESTRATOR_VOLUME"
 ENV_NETWORK = "ORCHESTRATOR_NETWORK"
 ENV_IMAGE_PREFIX = "ORCHESTRATOR_IMAGE_PREFIX"
+ENV_BRANCH_PREFIX = "ORCHESTRATOR_BRANCH_PREFIX"  # task branches are PREFIX + task id (orchestrator/task-001)
+DEFAULT_BRANCH_PREFIX = "orchestrator/"
+BRANCH_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,60}")
 
 LABEL_ROLE = "orchestrator.role"
 LABEL_TASK_ID = "orchestrator.task-id"

@@ -22,7 +22,7 @@ from .config import DEFAULT_BRANCH
 from .dispatcher import ensure_dispatcher
 from .docker import DaemonUnreachable, DockerMissing, check_daemon
 from .errors import UserError
-from .secrets import TOKEN_ENV, redact
+from .secrets import GIT_TOKEN_ENV, TOKEN_ENV, redact
 from .tasks import ACTIVE_STATES, OrchestrationDir, State, write_json
 
 SYSTEM_PROMPT = Path(__file__).with_name("system-prompt.md")
@@ -78,9 +78,10 @@ def prepare(env: Mapping[str, str]) -> Path:
     os.umask(0o002)  # files on the shared volume stay writable for the workers' group
     home = Path(env.get("HOME") or Path.home())
     workspace = Path(env.get("WORKSPACE") or "/workspace")
-    scrub = lambda text: redact(text, [env.get(TOKEN_ENV)])  # noqa: E731
+    scrub = lambda text: redact(text, [env.get(TOKEN_ENV), env.get(GIT_TOKEN_ENV)])  # noqa: E731
 
     git.configure_identity(env.get("GIT_USER_NAME"), env.get("GIT_USER_EMAIL"))
+    git.configure_credentials(env)
     git.prepare_ssh(home)
     orch = OrchestrationDir(Path(env.get("ORCHESTRATION_DIR") or "/orchestration"))
     orch.ensure()

@@ -6,16 +6,21 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .errors import UserError
+from .secrets import GIT_TOKEN_ENV, PINNED_KNOWN_HOSTS_NAME
 
 log = logging.getLogger("orchestrator.git")
 
 CLONE_TIMEOUT = 900.0
 DEFAULT_USER_NAME = "Claude Orchestrator"
 DEFAULT_USER_EMAIL = "orchestrator@localhost"
+
+PUSH_TIMEOUT = 600.0
+GIT_TOKEN_USER_ENV = "GIT_TOKEN_USER"  # the user name that goes with it
+DEFAULT_GIT_TOKEN_USER = "x-access-token"  # what GitHub expects; GitLab takes "oauth2"
 
 SSH_CONFIG = """\
 # Written by the orchestrator. Host keys are accepted on first use and checked afterwards.
@@ -25,6 +30,21 @@ Host *
     StrictHostKeyChecking accept-new
     UserKnownHostsFile ~/.ssh/known_hosts
 """
+
+SSH_CONFIG_PINNED = """\
+# Written by the orchestrator. Only the host keys in known_hosts_pinned (given by the user) are trusted.
+Host *
+    IdentityFile ~/.ssh/id_ed25519
+    IdentitiesOnly yes
+    StrictHostKeyChecking yes
+    UserKnownHostsFile ~/.ssh/known_hosts_pinned
+"""
+
+# Reads the token from the environment when git asks: it is never in a URL, a file or argv.
+CREDENTIAL_HELPER = (
+    '!f() { test "$1" = get || exit 0; '
+    f'echo "username=${{{GIT_TOKEN_USER_ENV}:-{DEFAULT_GIT_TOKEN_USER}}}"; echo "password=${{{GIT_TOKEN_ENV}}}"; }}; f'
+)
 
 
 class GitError(UserError):
@@ -62,12 +82,68 @@ def prepare_ssh(home: Path) -> None:
     os.chmod(ssh_dir, 0o700)
     config = ssh_dir / "config"
     if not config.exists():
-        config.write_text(SSH_CONFIG, encoding="utf-8")
+        pinned = (ssh_dir / PINNED_KNOWN_HOSTS_NAME).exists()
+        config.write_text(SSH_CONFIG_PINNED if pinned else SSH_CONFIG, encoding="utf-8")
         os.chmod(config, 0o600)
+
+
+def configure_credentials(env: Mapping[str, str]) -> None:
+    """Let git answer HTTPS password prompts with $GIT_TOKEN, when there is one."""
+    if env.get(GIT_TOKEN_ENV):
+        git("config", "--global", "credential.helper", CREDENTIAL_HELPER)
 
 
 def clone(url: str, branch: str, dest: Path, scrub: Callable[[str], str]) -> None:
     git("clone", "--branch", branch, "--", url, str(dest), timeout=CLONE_TIMEOUT, scrub=scrub)
+
+
+def task_branch(prefix: str, task_id: str, attempt: int | None) -> str:
+    """orchestrator/task-001; a retry pushes a branch of its own (never over the earlier one)."""
+    name = f"{prefix}{task_id}"
+    return name if not attempt or attempt == 1 else f"{name}-attempt-{attempt}"
+
+
+def head(repo: Path) -> str:
+    return git("rev-parse", "HEAD", cwd=repo).strip()
+
+
+def commit_all(repo: Path, message: str) -> bool:
+    """Commit every change in the working tree, new files included; False when there is none."""
+    if not git("status", "--porcelain", cwd=repo).strip():
+        return False
+    git("add", "--all", cwd=repo)
+    git("commit", "--quiet", "--no-verify", "--message", message, cwd=repo)
+    return True
+
+
+def count_commits(repo: Path, base: str, tip: str) -> int:
+    return int(git("rev-list", "--count", f"{base}..{tip}", cwd=repo).strip() or 0)
+
+
+def changed_files(repo: Path, base: str, tip: str) -> list[dict[str, object]]:
+    """Files changed between two commits, with added and deleted line counts (None for binary files)."""
+    changes: list[dict[str, object]] = []
+    for line in git("diff", "--numstat", "-z", "--no-renames", base, tip, cwd=repo).split("\0"):
+        if not line.strip():
+            continue
+        added, deleted, path = line.split("\t", 2)
+        changes.append({
+            "path": path,
+            "added": int(added) if added.isdigit() else None,
+            "deleted": int(deleted) if deleted.isdigit() else None,
+        })  # fmt: skip
+    return changes
+
+
+def push(repo: Path, branch: str, scrub: Callable[[str], str]) -> None:
+    """Push the local branch to origin under the same name. Never forced."""
+    git("push", "--quiet", "origin", f"refs/heads/{branch}:refs/heads/{branch}", cwd=repo, timeout=PUSH_TIMEOUT,
+        scrub=scrub)  # fmt: skip
+
+
+def bundle(repo: Path, dest: Path, branch: str, base: str) -> None:
+    """Save the branch's commits since ``base`` in a file (``git fetch FILE BRANCH`` gets them back)."""
+    git("bundle", "create", "--quiet", str(dest), f"refs/heads/{branch}", f"^{base}", cwd=repo, timeout=PUSH_TIMEOUT)
 
 
 def host_config(key: str) -> str | None:

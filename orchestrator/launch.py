@@ -12,7 +12,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from . import config, images
-from .cli import HelpFormatter, add_placement_options, run_command
+from .cli import (
+    HelpFormatter,
+    add_git_access_options,
+    add_placement_options,
+    check_branch_prefix,
+    run_command,
+)
 from .config import CONTAINER_ORCHESTRATION_DIR
 from .docker import (
     NameConflict,
@@ -26,14 +32,7 @@ from .docker import (
 )
 from .errors import UserError
 from .git import DEFAULT_USER_EMAIL, DEFAULT_USER_NAME, host_config
-from .secrets import (
-    DEFAULT_SSH_KEY,
-    DEFAULT_TOKEN_FILE,
-    TOKEN_ENV,
-    give_ssh_key,
-    read_secret_file,
-    read_ssh_key,
-)
+from .secrets import DEFAULT_TOKEN_FILE, TOKEN_ENV, GitAccess, read_secret_file
 
 DEFAULT_NAME = "claude-manager"
 ENV_CA_CERTS = "ORCHESTRATOR_CA_CERTS"
@@ -69,7 +68,8 @@ class ManagerSpec:
     git_user_name: str
     git_user_email: str
     token: str
-    ssh_key: bytes | None
+    access: GitAccess
+    branch_prefix: str
     command: tuple[str, ...]
     tty: bool
 
@@ -85,6 +85,8 @@ class ManagerSpec:
             config.ENV_VOLUME: self.volume,
             config.ENV_NETWORK: self.network or "",
             config.ENV_IMAGE_PREFIX: self.image_prefix,
+            config.ENV_BRANCH_PREFIX: self.branch_prefix,
+            **self.access.environment(),
         }
         return {name: value for name, value in env.items() if value}
 
@@ -131,8 +133,7 @@ def start_manager(spec: ManagerSpec) -> int:
             f"or pick another --name"
         ) from None
     try:
-        if spec.ssh_key:
-            give_ssh_key(spec.name, spec.ssh_key)
+        spec.access.give(spec.name)
     except BaseException:
         remove_container(spec.name)
         raise
@@ -165,9 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TOKEN_FILE,
         help=f"file holding the Claude token (default: {DEFAULT_TOKEN_FILE})",
     )
-    parser.add_argument(
-        "--ssh-key", metavar="FILE", help=f"private key for git over SSH (default: {DEFAULT_SSH_KEY}, if it exists)"
-    )
+    add_git_access_options(parser)
     parser.add_argument(
         "--model",
         default=config.DEFAULT_MODEL,
@@ -200,7 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         token = read_secret_file(args.token, "token file")
-        ssh_key = read_ssh_key(args.ssh_key or DEFAULT_SSH_KEY, required=args.ssh_key is not None)
+        access = GitAccess.read(
+            ssh_key=args.ssh_key, known_hosts=args.known_hosts, token_file=args.git_token, env=os.environ
+        )
+        branch_prefix = check_branch_prefix(args.branch_prefix)
         ca_certs = ca_cert_paths(args)
         socket = docker_socket()
         check_daemon()
@@ -219,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             git_user_name=os.environ.get("GIT_USER_NAME") or host_config("user.name") or DEFAULT_USER_NAME,
             git_user_email=os.environ.get("GIT_USER_EMAIL") or host_config("user.email") or DEFAULT_USER_EMAIL,
             token=token,
-            ssh_key=ssh_key,
+            access=access,
+            branch_prefix=branch_prefix,
             command=tuple(command),
             tty=sys.stdin.isatty(),
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import CONTAINER_GID, CONTAINER_HOME, CONTAINER_UID
@@ -14,6 +15,10 @@ from .errors import UserError
 TOKEN_ENV = "CLAUDE_CODE_OAUTH_TOKEN"
 DEFAULT_TOKEN_FILE = "~/.claude-token"
 DEFAULT_SSH_KEY = "~/.ssh/id_ed25519"
+# Where run.py puts the user's known_hosts in the manager, so that spawn-worker passes it on.
+PINNED_KNOWN_HOSTS_NAME = "known_hosts_pinned"
+PINNED_KNOWN_HOSTS = f"~/.ssh/{PINNED_KNOWN_HOSTS_NAME}"
+GIT_TOKEN_ENV = "GIT_TOKEN"  # a token for HTTPS remotes, in the containers' environment only
 REDACTED = "[REDACTED]"
 
 # Credentials in an HTTP(S) URL (https://x-access-token:ghp_...@github.com/...). The user
@@ -57,12 +62,52 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
 
 
-def give_ssh_key(container: str, key: bytes) -> None:
-    """Put the key where ssh looks for it (~/.ssh/id_ed25519) in a created container.
+def read_known_hosts(path: str | os.PathLike[str], *, required: bool) -> bytes | None:
+    resolved = Path(path).expanduser()
+    if not required and not resolved.exists():
+        return None
+    text = read_secret_file(resolved, "known_hosts file")  # not secret, but the same checks apply
+    return (text + "\n").encode("utf-8")
 
-    It travels through the Docker API, so this works from the host and from inside the
-    manager alike; and the file belongs to the container's user, whoever owns it here.
-    """
-    copy_files(
-        container, CONTAINER_HOME, [FileToCopy(".ssh/id_ed25519", key, 0o600)], uid=CONTAINER_UID, gid=CONTAINER_GID
-    )
+
+@dataclass(frozen=True)
+class GitAccess:
+    """What git needs to reach the repository. None of it goes on a command line."""
+
+    ssh_key: bytes | None = None
+    known_hosts: bytes | None = None  # given: only these host keys are trusted (else: first use)
+    token: str | None = None  # for HTTPS remotes, handed to git by a credential helper
+
+    @classmethod
+    def read(
+        cls,
+        *,
+        ssh_key: str | None,
+        known_hosts: str | None,
+        token_file: str | None,
+        env: Mapping[str, str],
+    ) -> GitAccess:
+        """From the options given, else the defaults: ~/.ssh/id_ed25519 and ~/.ssh/known_hosts_pinned
+        when they exist, and $GIT_TOKEN (which run.py sets in the manager)."""
+        return cls(
+            ssh_key=read_ssh_key(ssh_key or DEFAULT_SSH_KEY, required=ssh_key is not None),
+            known_hosts=read_known_hosts(known_hosts or PINNED_KNOWN_HOSTS, required=known_hosts is not None),
+            token=read_secret_file(token_file, "git token file") if token_file else env.get(GIT_TOKEN_ENV) or None,
+        )
+
+    def environment(self) -> dict[str, str]:
+        return {GIT_TOKEN_ENV: self.token} if self.token else {}
+
+    def give(self, container: str) -> None:
+        """Put the key and the known hosts where ssh looks for them in a created container.
+
+        They travel through the Docker API, so this works from the host and from inside the
+        manager alike; and the files belong to the container's user, whoever owns them here.
+        """
+        files = []
+        if self.ssh_key:
+            files.append(FileToCopy(".ssh/id_ed25519", self.ssh_key, 0o600))
+        if self.known_hosts:
+            files.append(FileToCopy(f".ssh/{PINNED_KNOWN_HOSTS_NAME}", self.known_hosts, 0o644))
+        if files:
+            copy_files(container, CONTAINER_HOME, files, uid=CONTAINER_UID, gid=CONTAINER_GID)

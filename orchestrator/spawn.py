@@ -15,7 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from . import config
-from .cli import HelpFormatter, add_placement_options, run_command
+from .cli import (
+    HelpFormatter,
+    add_git_access_options,
+    add_placement_options,
+    check_branch_prefix,
+    run_command,
+)
 from .config import CONTAINER_ORCHESTRATION_DIR
 from .docker import (
     NameConflict,
@@ -29,14 +35,7 @@ from .docker import (
     remove_container,
 )
 from .errors import UserError
-from .secrets import (
-    DEFAULT_SSH_KEY,
-    DEFAULT_TOKEN_FILE,
-    TOKEN_ENV,
-    give_ssh_key,
-    read_secret_file,
-    read_ssh_key,
-)
+from .secrets import DEFAULT_TOKEN_FILE, TOKEN_ENV, GitAccess, read_secret_file
 from .tasks import State, validate_task_id
 from .volume import volume_for
 
@@ -65,8 +64,9 @@ class WorkerSpec:
     git_user_name: str | None
     git_user_email: str | None
     token: str
-    ssh_key: bytes | None
+    access: GitAccess
     attempt: int | None = None
+    branch_prefix: str = config.DEFAULT_BRANCH_PREFIX
 
     @property
     def container(self) -> str:
@@ -85,6 +85,8 @@ class WorkerSpec:
             "GIT_USER_EMAIL": self.git_user_email or "",
             "TASK_TIMEOUT": str(self.timeout) if self.timeout else "",
             "TASK_ATTEMPT": str(self.attempt) if self.attempt else "",
+            config.ENV_BRANCH_PREFIX: self.branch_prefix,
+            **self.access.environment(),
         }
         return {name: value for name, value in env.items() if value}
 
@@ -136,8 +138,7 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
         raise WorkerExists(f"task {spec.task_id} already has a worker ({spec.container})", "created") from None
     try:
         volume.claim(spec.task_id, spec.worker_type, spec.container)
-        if spec.ssh_key:
-            give_ssh_key(spec.container, spec.ssh_key)
+        spec.access.give(spec.container)
     except BaseException:
         remove_container(spec.container)
         raise
@@ -170,6 +171,9 @@ def worker_spec(
     timeout: int | None = None,
     token_file: str | None = None,
     ssh_key_file: str | None = None,
+    known_hosts_file: str | None = None,
+    git_token_file: str | None = None,
+    branch_prefix: str | None = None,
     attempt: int | None = None,
 ) -> WorkerSpec:
     """The spec of a worker, with the token and key read now (spawn-worker and orch's dispatcher)."""
@@ -192,8 +196,11 @@ def worker_spec(
         git_user_name=env.get("GIT_USER_NAME"),
         git_user_email=env.get("GIT_USER_EMAIL"),
         token=resolve_token(token_file, env),
-        ssh_key=read_ssh_key(ssh_key_file or DEFAULT_SSH_KEY, required=ssh_key_file is not None),
+        access=GitAccess.read(ssh_key=ssh_key_file, known_hosts=known_hosts_file, token_file=git_token_file, env=env),
         attempt=attempt,
+        branch_prefix=check_branch_prefix(
+            branch_prefix or env.get(config.ENV_BRANCH_PREFIX) or config.DEFAULT_BRANCH_PREFIX
+        ),
     )
 
 
@@ -225,9 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help=f"file holding the Claude token (default: ${TOKEN_ENV}, else {DEFAULT_TOKEN_FILE})",
     )
-    parser.add_argument(
-        "--ssh-key", metavar="FILE", help=f"private key for git over SSH (default: {DEFAULT_SSH_KEY} if it exists)"
-    )
+    add_git_access_options(parser)
     parser.add_argument(
         "--timeout",
         type=int,
@@ -260,6 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout=args.timeout,
             token_file=args.token,
             ssh_key_file=args.ssh_key,
+            known_hosts_file=args.known_hosts,
+            git_token_file=args.git_token,
+            branch_prefix=args.branch_prefix,
         )
         task_id = spec.task_id
         check_daemon()

@@ -200,6 +200,14 @@ class TaskResult:
     error: str | None = None  # set on every outcome but success
     attempt: int | None = None  # 1 for the first run, 2 after one orch retry, ...
     worker_exit_code: int | None = None  # the container's, when the worker died without writing a result
+    # What came back to the repository (none of it when the clone never happened).
+    branch: str | None = None  # the task's branch, when it has commits
+    base_commit: str | None = None  # where the branch was cut from REPO_BRANCH
+    head_commit: str | None = None
+    commits: int | None = None  # commits on the branch since base_commit
+    files_changed: tuple[Mapping[str, Any], ...] = ()  # {"path", "added", "deleted"}; counts null for binary files
+    pushed: bool | None = None  # the branch is on origin
+    bundle: str | None = None  # when the push failed: the commits, saved on the volume
 
     @property
     def succeeded(self) -> bool:
@@ -226,10 +234,27 @@ class TaskResult:
             error=_field(data, "error", str, what),
             attempt=_field(data, "attempt", int, what),
             worker_exit_code=_field(data, "worker_exit_code", int, what),
+            branch=_field(data, "branch", str, what),
+            base_commit=_field(data, "base_commit", str, what),
+            head_commit=_field(data, "head_commit", str, what),
+            commits=_field(data, "commits", int, what),
+            files_changed=tuple(_file_changes(data, what)),
+            pushed=_field(data, "pushed", bool, what),
+            bundle=_field(data, "bundle", str, what),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return _document(self)
+        data = _document(self)
+        data["files_changed"] = [dict(change) for change in self.files_changed]
+        return data
+
+
+def _file_changes(data: Mapping[str, Any], what: str) -> list[Mapping[str, Any]]:
+    changes = _field(data, "files_changed", list, what) or []
+    for change in changes:
+        if not isinstance(change, Mapping) or not isinstance(change.get("path"), str):
+            raise InvalidInput(f"{what}: field 'files_changed' holds an entry without a 'path'")
+    return changes
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from . import agent, git
+from . import agent, delivery, git
 from .cli import HelpFormatter, run_command
-from .config import DEFAULT_BRANCH
+from .config import DEFAULT_BRANCH, DEFAULT_BRANCH_PREFIX, ENV_BRANCH_PREFIX
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
 from .secrets import TOKEN_ENV, redact
-from .tasks import AlreadyExists, OrchestrationDir, State, TaskResult, utc_now
+from .tasks import AlreadyExists, OrchestrationDir, State, Task, TaskResult, utc_now
 
 DEFAULT_TIMEOUT = 3600
 
@@ -57,6 +57,7 @@ class WorkerConfig:
     orch: OrchestrationDir
     git_user_name: str | None
     git_user_email: str | None
+    branch_prefix: str = DEFAULT_BRANCH_PREFIX
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], task_id: str | None = None) -> WorkerConfig:
@@ -81,6 +82,7 @@ class WorkerConfig:
             orch=OrchestrationDir(Path(env.get("ORCHESTRATION_DIR") or "/orchestration")),
             git_user_name=env.get("GIT_USER_NAME") or None,
             git_user_email=env.get("GIT_USER_EMAIL") or None,
+            branch_prefix=env.get(ENV_BRANCH_PREFIX) or DEFAULT_BRANCH_PREFIX,
         )
 
 
@@ -88,10 +90,11 @@ class Worker:
     def __init__(self, config: WorkerConfig, env: Mapping[str, str]):
         self.config = config
         self.env = dict(env)
-        self.secrets = [env.get(TOKEN_ENV), env.get("ANTHROPIC_API_KEY")]
+        self.secrets = [env.get(TOKEN_ENV), env.get("ANTHROPIC_API_KEY"), env.get(git.GIT_TOKEN_ENV)]
         self.agent: agent.AgentProcess | None = None
         self.finishing = False
         self.log_file: TextIO | None = None
+        self.checkout: delivery.Checkout | None = None
 
     def scrub(self, text: str) -> str:
         return redact(text, self.secrets)
@@ -145,6 +148,7 @@ class Worker:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.on_signal)
         run: agent.AgentRun | None = None
+        task: Task | None = None
         model = config.model
         try:
             self.log_file = open(orch.worker_log_path(config.task_id), "w", encoding="utf-8")  # noqa: SIM115
@@ -155,16 +159,19 @@ class Worker:
             if not config.repo_url:
                 raise UserError("no repository: REPO_URL is not set")
             git.configure_identity(config.git_user_name, config.git_user_email)
+            git.configure_credentials(self.env)
             git.prepare_ssh(config.home)
             clone_dir = config.workspace / "repo"
             self.say(f"cloning {config.repo_url} (branch {config.branch})")
             git.clone(config.repo_url, config.branch, clone_dir, scrub=self.scrub)
+            branch = git.task_branch(config.branch_prefix, config.task_id, config.attempt)
+            self.checkout = delivery.start_branch(clone_dir, branch)
             self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
             with open(orch.log_path(config.task_id), "w", encoding="utf-8") as transcript:
                 self.agent = agent.AgentProcess(
                     agent.headless_argv(task.prompt, model, task.max_turns),
                     cwd=str(clone_dir),
-                    env={**self.env, **({"ANTHROPIC_MODEL": model} if model else {})},
+                    env=self.agent_env(model),
                     timeout=timeout,
                     on_line=self.agent_line,
                     transcript=transcript,
@@ -180,7 +187,12 @@ class Worker:
             self.say("internal error:\n" + "".join(traceback.format_exception(exc)))
             status, error = State.FAILED, f"internal error in the worker: {type(exc).__name__}: {exc}"
         self.finishing = True
-        result = self.result(status, error, run, model, started_at, time.monotonic() - t0)
+        handed_back = self.hand_back(task) if self.checkout is not None and task is not None else None
+        if handed_back is not None and handed_back.error:
+            # Work that did not reach origin is a failure even when the agent succeeded.
+            error = f"{error}; also, {handed_back.error}" if error else handed_back.error
+            status = State.FAILED if status is State.SUCCESS else status
+        result = self.result(status, error, run, model, started_at, time.monotonic() - t0, handed_back)
         if error:
             self.say(f"{status.value}: {error}")
         try:
@@ -197,6 +209,29 @@ class Worker:
         print(f"[worker {config.task_id}] result written to {orch.result_path(config.task_id)} (status {status.value})")
         return EXIT_OK if status is State.SUCCESS else EXIT_FAILURE
 
+    def agent_env(self, model: str | None) -> dict[str, str]:
+        # The worker pushes, not the agent: the git token stays out of the agent's reach.
+        env = {name: value for name, value in self.env.items() if name != git.GIT_TOKEN_ENV}
+        return {**env, **({"ANTHROPIC_MODEL": model} if model else {})}
+
+    def hand_back(self, task: Task) -> delivery.Delivery | None:
+        """Commit and push the agent's work, whatever the outcome: nothing it did is lost."""
+        assert self.checkout is not None
+        config = self.config
+        bundle = config.orch.root / "bundles" / f"{config.task_id}-attempt-{config.attempt or 1}.bundle"
+        try:
+            return delivery.deliver(
+                self.checkout,
+                delivery.commit_message(task, config.attempt),
+                bundle,
+                scrub=self.scrub,
+                say=self.say,
+            )
+        except UserError as exc:
+            # A commit that failed: the work stays in the clone, in the kept container.
+            base = self.checkout.base
+            return delivery.Delivery(base, base, 0, error=f"its work could not be committed: {exc}")
+
     def result(
         self,
         status: State,
@@ -205,6 +240,7 @@ class Worker:
         model: str | None,
         started_at: str,
         duration: float,
+        handed_back: delivery.Delivery | None = None,
     ) -> TaskResult:
         final = run.final if run and run.final else {}
         output = final.get("result") if isinstance(final.get("result"), str) else (run.last_text if run else "")
@@ -225,7 +261,20 @@ class Worker:
             model=model,
             error=self.scrub(error) if error else None,
             attempt=self.config.attempt,
+            **(self.delivery_fields(handed_back) if handed_back else {}),
         )
+
+    @staticmethod
+    def delivery_fields(handed_back: delivery.Delivery) -> dict[str, object]:
+        return {
+            "branch": handed_back.branch,
+            "base_commit": handed_back.base_commit,
+            "head_commit": handed_back.head_commit,
+            "commits": handed_back.commits,
+            "files_changed": tuple(handed_back.files_changed),
+            "pushed": handed_back.pushed,
+            "bundle": handed_back.bundle,
+        }
 
 
 def build_parser() -> argparse.ArgumentParser:

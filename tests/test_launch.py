@@ -21,7 +21,8 @@ MIIBszCCAVmgAwIBAgIUJ0example0000000000000000000wCgYIKoZIzj0EAwIw
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_socket: Path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name in ("ORCHESTRATOR_CA_CERTS", "ORCHESTRATOR_VOLUME", "ORCHESTRATOR_NETWORK", "ORCHESTRATOR_IMAGE_PREFIX"):
+    for name in ("ORCHESTRATOR_CA_CERTS", "ORCHESTRATOR_VOLUME", "ORCHESTRATOR_NETWORK", "ORCHESTRATOR_IMAGE_PREFIX",
+                 "ORCHESTRATOR_BRANCH_PREFIX", "GIT_TOKEN"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GIT_USER_NAME", "Ada")
     monkeypatch.setenv("GIT_USER_EMAIL", "ada@example.org")
@@ -56,6 +57,7 @@ def test_starts_the_manager_with_socket_volume_and_environment(
         "GIT_USER_EMAIL": "ada@example.org",
         "ORCHESTRATOR_VOLUME": "orchestration-volume",
         "ORCHESTRATOR_IMAGE_PREFIX": "claude-",
+        "ORCHESTRATOR_BRANCH_PREFIX": "orchestrator/",
     }
     assert token not in repr(fake_docker.argvs())
     assert fake_docker.find("start", "--attach", "--interactive", "claude-manager")

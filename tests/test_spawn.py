@@ -28,6 +28,8 @@ def orch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str) -> Path:
         "ORCHESTRATOR_NETWORK",
         "ORCHESTRATOR_VOLUME",
         "ORCHESTRATOR_IMAGE_PREFIX",
+        "ORCHESTRATOR_BRANCH_PREFIX",
+        "GIT_TOKEN",
     ):
         monkeypatch.delenv(name, raising=False)
     return root
@@ -54,6 +56,7 @@ def test_starts_a_labelled_worker_with_everything_it_needs(fake_docker: FakeDock
         "REPO_BRANCH": "main",
         "ANTHROPIC_MODEL": "claude-opus-4-5-20251101",
         "CLAUDE_CODE_OAUTH_TOKEN": token,
+        "ORCHESTRATOR_BRANCH_PREFIX": "orchestrator/",
     }
     # Values travel through the environment: no NAME=value on the command line.
     assert not [a for a in argv if "=" in a and a.split("=")[0] in create["env"]]
@@ -208,3 +211,27 @@ def test_a_start_that_fails_is_recorded_and_cleaned_up(fake_docker: FakeDocker, 
     assert fake_docker.find("rm", "--force", "worker-task-001")
     status = json.loads((orch / "status" / "task-001.json").read_text())
     assert status["state"] == "failed" and "did not start" in status["message"]
+
+
+def test_git_access_reaches_the_worker_off_the_command_line(
+    fake_docker: FakeDocker, orch: Path, ssh_key: Path, tmp_path: Path
+):
+    git_token = tmp_path / "git-token"
+    git_token.write_text("ghp_exampleGitToken123\n")
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("[git.example]:22 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIexample\n")
+    assert run("flutter", "task-001", "--ssh-key", str(ssh_key), "--known-hosts", str(known_hosts),
+               "--git-token", str(git_token), "--branch-prefix", "ai/") == 0  # fmt: skip
+    create = fake_docker.find("create")[0]
+    assert create["env"]["GIT_TOKEN"] == "ghp_exampleGitToken123"
+    assert create["env"]["ORCHESTRATOR_BRANCH_PREFIX"] == "ai/"
+    assert not any("ghp_exampleGitToken123" in arg for argv in fake_docker.argvs() for arg in argv)
+    members = {m["name"]: m for m in fake_docker.find("cp", "-")[0]["tar"]}
+    assert members[".ssh/known_hosts_pinned"]["data"] == known_hosts.read_text()
+    assert members[".ssh/known_hosts_pinned"]["mode"] == 0o644
+
+
+def test_a_bad_branch_prefix_is_refused(fake_docker: FakeDocker, orch: Path, capsys):
+    assert run("flutter", "task-001", "--branch-prefix", "bad..prefix/") == 2
+    assert "--branch-prefix 'bad..prefix/'" in capsys.readouterr().err
+    assert not fake_docker.find("create")

@@ -224,3 +224,94 @@ def test_the_token_never_reaches_output_logs_or_files(box: Box, token: str):
     assert token not in out
     assert token not in box.everything_written()
     assert "token is [REDACTED]" in out
+
+
+def remote_git(box: Box, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(box.root / "remote"), *args], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+def test_the_work_is_committed_on_the_task_branch_and_pushed(box: Box):
+    box.task("Add notes.\n@write notes/a.txt one\\ntwo\n@run git rm -q README.md\n@say done")
+    code, out = box.run(GIT_USER_NAME="Ann Author", GIT_USER_EMAIL="ann@example.com")
+    assert code == 0, out
+    result = box.result()
+    base = remote_git(box, "rev-parse", "main").strip()
+    assert result["branch"] == "orchestrator/task-001" and result["pushed"] is True and result["bundle"] is None
+    assert result["base_commit"] == base and result["commits"] == 1
+    assert result["head_commit"] == remote_git(box, "rev-parse", "orchestrator/task-001").strip()
+    assert sorted(result["files_changed"], key=lambda c: c["path"]) == [
+        {"path": "README.md", "added": 0, "deleted": 1},
+        {"path": "notes/a.txt", "added": 2, "deleted": 0},
+    ]
+    log = remote_git(box, "log", "-1", "--format=%an <%ae>%n%s", "orchestrator/task-001").splitlines()
+    assert log == ["Ann Author <ann@example.com>", "task-001: Add notes."]
+    assert remote_git(box, "rev-parse", "main").strip() == base  # only the task's branch moved
+
+
+def test_a_retry_pushes_a_branch_of_its_own_and_a_prefix_can_be_set(box: Box):
+    box.task("@write x.txt x")
+    code, out = box.run(TASK_ATTEMPT="2", ORCHESTRATOR_BRANCH_PREFIX="ai/")
+    assert code == 0, out
+    assert box.result()["branch"] == "ai/task-001-attempt-2"
+    assert "ai/task-001-attempt-2" in remote_git(box, "branch", "--list")
+
+
+def test_nothing_changed_means_no_branch(box: Box):
+    box.task("@say nothing to do")
+    code, out = box.run()
+    assert code == 0, out
+    result = box.result()
+    assert result["commits"] == 0 and result["branch"] is None and result["pushed"] is False
+    assert "orchestrator/" not in remote_git(box, "branch", "--list")
+
+
+def test_a_refused_push_fails_the_task_and_keeps_the_work_in_a_bundle(box: Box, tmp_path: Path):
+    hook = box.root / "remote" / ".git" / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'push refused by the test server' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    box.task("@write notes/kept.txt precious work")
+    code, out = box.run()
+    assert code == 1, out
+    result = box.result()
+    assert result["status"] == "failed" and result["pushed"] is False
+    assert "the push of orchestrator/task-001 failed" in result["error"]
+    assert "push refused by the test server" in result["error"]
+    bundle = box.orch / "bundles" / "task-001-attempt-1.bundle"
+    assert result["bundle"] == str(bundle) and str(bundle) in result["error"]
+    # The bundle gives the work back.
+    restored = tmp_path / "restored"
+    subprocess.run(["git", "clone", "-q", str(box.root / "remote"), str(restored)], check=True)
+    subprocess.run(["git", "-C", str(restored), "fetch", "-q", str(bundle), "orchestrator/task-001:saved"], check=True)
+    shown = subprocess.run(["git", "-C", str(restored), "show", "saved:notes/kept.txt"], capture_output=True, text=True)
+    assert shown.stdout == "precious work"
+
+
+def test_a_cancelled_agent_s_work_is_still_handed_back(box: Box):
+    box.task("@write notes/partial.txt half done\n@sleep 60")
+    proc = box.start()
+    transcript = box.orch / "logs" / "task-001.jsonl"
+    deadline = time.monotonic() + 60
+    while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
+        assert time.monotonic() < deadline, "the agent never started"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    result = box.result()
+    assert result["status"] == "cancelled" and result["pushed"] is True, out
+    assert remote_git(box, "show", "orchestrator/task-001:notes/partial.txt") == "half done"
+
+
+def test_the_git_token_reaches_git_through_the_helper_and_not_the_agent(box: Box):
+    secret = "ghp_" + "s3cr3tT0ken" * 2
+    box.task('@run echo "agent sees [$GIT_TOKEN]"; git config --global credential.helper')
+    code, out = box.run(GIT_TOKEN=secret)
+    assert code == 0, out
+    assert "agent sees []" in out
+    assert secret not in out and secret not in (box.root / "home" / ".gitconfig").read_text()
+    # The helper answers git with the token from the worker's environment.
+    helper = subprocess.run(
+        ["git", "credential", "fill"], input="protocol=https\nhost=example.com\n\n", capture_output=True, text=True,
+        env={**os.environ, "HOME": str(box.root / "home"), "GIT_TOKEN": secret},
+    )  # fmt: skip
+    assert f"password={secret}" in helper.stdout and "username=x-access-token" in helper.stdout
