@@ -117,6 +117,8 @@ class TaskView:
             "cost_usd": self.cost,
             "message": self.message,
             "container": self.container,
+            "branch": self.result.branch if self.result else None,
+            "pushed": self.result.pushed if self.result else None,
         }
 
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import batch, config
+from . import batch, config, merge
 from .batch import TaskView, load_view, load_views, reconcile, select
 from .cli import HelpFormatter, run_command
 from .dispatcher import (
@@ -38,12 +38,14 @@ from .dispatcher import (
 )
 from .docker import docker, text
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
+from .secrets import GIT_TOKEN_ENV, TOKEN_ENV, redact
 from .tasks import (
     ACTIVE_STATES,
     SETTLED_STATES,
     OrchestrationDir,
     State,
     TaskResult,
+    natural_key,
     read_json,
 )
 
@@ -103,6 +105,13 @@ def _shorten(value: str | None, limit: int = 70) -> str:
     return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
+def _branch(view: TaskView) -> str:
+    result = view.result
+    if result is None or not result.branch:
+        return "-"
+    return result.branch if result.pushed else f"{result.branch} (not pushed)"
+
+
 def summary(views: Sequence[TaskView]) -> str:
     counts = Counter(v.state.value for v in views)
     order = [s.value for s in State]
@@ -120,7 +129,7 @@ def status_table(views: Sequence[TaskView]) -> str:
             note = f"attempt {v.attempt}" + (f"; {note}" if note else "")
         rows.append(
             (v.id, v.state.value, v.worker_type, _clock(v.started_at), _duration(v.duration(at)), _money(v.cost),
-             "-", _shorten(note))
+             _branch(v), _shorten(note))
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = [
@@ -500,6 +509,60 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    orch = volume_dir(args)
+    if args.ids and args.all:
+        raise InvalidInput("give task ids or --all, not both")
+    if not args.ids and not args.all:
+        raise InvalidInput("name the tasks to merge, or --all")
+    views = load_views(orch)
+    selected = select(views, args.ids) if args.ids else views
+    to_merge, left_out = merge.choose(selected, explicit=bool(args.ids))
+    into = args.into or f"{args.branch_prefix}{merge.INTEGRATION_BRANCH}"
+    report = None
+    if to_merge:
+        env = os.environ
+        report = merge.merge_branches(
+            Path(args.repo_dir),
+            to_merge,
+            into=into,
+            base_branch=env.get("REPO_BRANCH") or config.DEFAULT_BRANCH,
+            push=args.push,
+            scrub=lambda text: redact(text, [env.get(TOKEN_ENV), env.get(GIT_TOKEN_ENV)]),
+        )
+    outcomes = sorted([*(report.outcomes if report else []), *left_out], key=lambda o: natural_key(o.task_id))
+    ok = (report.ok if report is not None else not args.ids) and not (args.ids and left_out)
+    if args.json:
+        print(json.dumps({
+            "into": into, "started_from": report.start if report else None, "ok": ok,
+            "pushed": report.pushed if report else False, "push_error": report.push_error if report else None,
+            "tasks": [o.to_json() for o in outcomes],
+        }, indent=2))  # fmt: skip
+        return EXIT_OK if ok else EXIT_FAILURE
+    if report is not None:
+        print(f"merging into {into} (from {report.start})")
+    width = max((len(o.task_id) for o in outcomes), default=0)
+    for o in outcomes:
+        detail = o.message or (f"{o.branch}, {len(o.files)} file(s)" if o.state == "merged" else o.branch or "")
+        print(f"  {o.task_id.ljust(width)}  {o.state.ljust(14)}  {detail}")
+    if report is None:
+        if args.ids:
+            raise UserError("nothing to merge")
+        print("nothing to merge: no task that succeeded has a pushed branch")
+        return EXIT_OK
+    conflict = next((o for o in report.outcomes if o.state == "conflict"), None)
+    if conflict is not None:
+        print(f"conflict: {conflict.message}; the merge of {conflict.task_id} was undone and its branch "
+              f"{conflict.branch} is untouched. Resolve it by hand, or merge it into a branch of its own.")  # fmt: skip
+    if report.push_error:
+        print(f"not pushed: {report.push_error}")
+    elif report.pushed:
+        print(f"pushed {into} to origin")
+    else:
+        print(f"{into} is in {args.repo_dir}; `orch merge --all --push` (or git push) publishes it")
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
 def cmd_dispatch(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     return Dispatcher(orch, os.environ).run()
@@ -646,6 +709,36 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the shared volume whose workers to remove (default: ${config.ENV_VOLUME}, else {config.DEFAULT_VOLUME})",
     )
     p.set_defaults(func=cmd_cleanup)
+
+    p = command(
+        "merge",
+        "merge task branches into an integration branch",
+        "In the manager's clone: fetch the tasks' branches and merge them one by one (in id order) into "
+        "an integration branch, starting from its last state, else from origin's. On a conflict it stops, "
+        "undoes that merge and reports the task and the files. The working tree is not touched; nothing is "
+        "force-pushed or deleted. --all takes the tasks that succeeded.",
+    )
+    p.add_argument("ids", nargs="*", metavar="ID", help="tasks to merge, in this order")
+    p.add_argument("--all", action="store_true", help="every task that succeeded with a pushed branch")
+    p.add_argument(
+        "--into",
+        metavar="BRANCH",
+        help=f"the integration branch (default: the branch prefix + {merge.INTEGRATION_BRANCH}, "
+        f"{config.DEFAULT_BRANCH_PREFIX}{merge.INTEGRATION_BRANCH})",
+    )
+    p.add_argument("--push", action="store_true", help="push the integration branch to origin (never forced)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--repo-dir",
+        default=str(Path(os.environ.get("WORKSPACE") or "/workspace") / "repo"),
+        help="the manager's clone (default: /workspace/repo)",
+    )
+    p.add_argument(
+        "--branch-prefix",
+        default=os.environ.get(config.ENV_BRANCH_PREFIX) or config.DEFAULT_BRANCH_PREFIX,
+        help=argparse.SUPPRESS,
+    )
+    p.set_defaults(func=cmd_merge)
 
     p = command(
         "dispatch",

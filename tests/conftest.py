@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from .engine import engine, git_server, run, test_images  # noqa: E402,F401  (end-to-end fixtures)
 from .helpers import TESTS, FakeDocker  # noqa: E402
+from .http_git import http_git_server  # noqa: E402,F401  (a git server over HTTP that wants a token)
 from .ssh_git import ssh_git_server  # noqa: E402,F401  (the SSH git server)
 
 

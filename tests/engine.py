@@ -195,12 +195,12 @@ class Manager:
         self.process.wait(60)
 
 
-def start_manager(run: Run, repo: str, token_file: Path, *, name: str | None = None) -> Manager:
+def start_manager(run: Run, repo: str, token_file: Path, *options: str, name: str | None = None) -> Manager:
     """run.py as a person runs it, with `-- sleep infinity` so that tests can `docker exec` into it."""
     name = name or run.manager
     process = subprocess.Popen(
         ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host",
-         "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", name,
+         "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", name, *options,
          "--", "sleep", "infinity"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

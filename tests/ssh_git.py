@@ -68,8 +68,20 @@ class SshGitServer:
     def show(self, name: str, ref: str, path: str) -> str:
         return self.git(name, "show", f"{ref}:{path}")
 
+    def authorize(self, private_key: Path) -> None:
+        public = private_key.with_suffix(".pub").read_text().strip()
+        sh("docker", "exec", self.container, "sh", "-c", 'printf "%s\\n" "$1" >> /etc/ssh/authorized_keys/git', "sh",
+           public)  # fmt: skip
 
-def _keygen(path: Path) -> Path:
+    def revoke(self, private_key: Path) -> None:
+        """Take the key off the server; sshd reads the file at each login, so the next one fails."""
+        public = private_key.with_suffix(".pub").read_text().strip()
+        sh("docker", "exec", self.container, "sh", "-c",
+           'grep -vxF "$1" /etc/ssh/authorized_keys/git > /tmp/keys; cat /tmp/keys > /etc/ssh/authorized_keys/git',
+           "sh", public)  # fmt: skip
+
+
+def keygen(path: Path) -> Path:
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"orchestrator-test-{path.name}", "-f", str(path))
     return path
 
@@ -95,7 +107,7 @@ def ssh_git_server(engine: None, tmp_path_factory: pytest.TempPathFactory) -> It
     certs = [images.read_ca_cert(p) for p in os.environ.get("ORCHESTRATOR_CA_CERTS", "").split(os.pathsep) if p]
     images.build_image(GITSERVER_IMAGE, TESTS / "gitserver", ca_certs=certs)
     base = tmp_path_factory.mktemp("ssh-git")
-    key, wrong_key = _keygen(base / "id_authorized"), _keygen(base / "id_wrong")
+    key, wrong_key = keygen(base / "id_authorized"), keygen(base / "id_wrong")
     container, port = f"{PREFIX}gitserver-{uuid.uuid4().hex[:8]}", _free_port()
     # A public key is no secret, so it may go on the command line.
     sh("docker", "run", "--detach", "--name", container, "--network", "host", "--env", f"SSH_PORT={port}",

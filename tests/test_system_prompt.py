@@ -20,7 +20,8 @@ def shell_blocks() -> list[str]:
 def test_the_prompt_shows_the_whole_cycle():
     text = "\n".join(shell_blocks())
     for command in ("orch submit", "--depends-on", "orch start --all --max-workers", "orch status", "orch cancel",
-                    "orch retry", "orch wait --all", "orch result", "orch logs", "orch cleanup"):  # fmt: skip
+                    "orch retry", "orch wait --all", "orch result", "orch logs", "orch merge --all --push",
+                    "orch cleanup"):  # fmt: skip
         assert command in text
 
 
@@ -41,6 +42,7 @@ def test_the_prompt_s_commands_work_as_written(run: Run, git_server: GitServer, 
         assert "2 tasks: 2 success" in out  # orch wait
         assert "task-001: success (attempt 1)" in out  # orch result
         assert "[agent] finished: success" in out  # orch logs
+        assert "nothing to merge: no task that succeeded has a pushed branch" in out  # they changed nothing
         assert "removed 2 finished worker containers" in out
         for task_id in ("task-001", "task-002"):
             assert run.result(task_id)["status"] == "success"

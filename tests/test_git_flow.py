@@ -1,0 +1,175 @@
+"""Work comes back, end to end: workers push their task branches over SSH to a git server of
+the tests' own, the manager merges them, and a push that fails keeps the work in a bundle.
+
+The server (tests/ssh_git.py) listens on 127.0.0.1; the manager and the workers reach it
+through the host network, with the test's key and its host key pinned (--known-hosts).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from .engine import PREFIX, Manager, Run, sh, start_manager
+from .helpers import ROOT
+from .http_git import HttpGitServer
+from .ssh_git import SshGitServer, keygen
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def repo_name(run: Run) -> str:
+    return f"app-{run.id}"
+
+
+@pytest.fixture
+def manager(run: Run, ssh_git_server: SshGitServer, repo_name: str, token_file) -> Manager:
+    url = ssh_git_server.repo(repo_name)
+    manager = start_manager(run, url, token_file, "--ssh-key", str(ssh_git_server.key),
+                            "--known-hosts", str(ssh_git_server.known_hosts))  # fmt: skip
+    yield manager
+    manager.remove()
+
+
+def submit(manager: Manager, task_id: str, prompt: str) -> str:
+    return manager.orch("submit", "--id", task_id, "--prompt", prompt).stdout.strip()
+
+
+def result(manager: Manager, task_id: str) -> dict:
+    return json.loads(manager.orch("result", task_id, "--json").stdout)
+
+
+def manager_git(manager: Manager, *args: str) -> str:
+    return sh("docker", "exec", manager.name, "git", "-C", "/workspace/repo", *args).stdout
+
+
+def test_three_workers_push_three_branches_and_the_manager_merges_them(
+    run: Run, manager: Manager, ssh_git_server: SshGitServer, repo_name: str
+):
+    ids = [run.task_id(f"n{n}") for n in (1, 2, 3)]
+    for n, task_id in enumerate(ids, 1):
+        submit(manager, task_id, f"Add note {n}.\n@write notes/{n}.txt note {n}\\nsecond line\n@say added note {n}")
+    manager.orch("start", "--all")
+    assert manager.orch("wait", "--all").returncode == 0
+
+    branches = ssh_git_server.branches(repo_name)
+    main = branches["main"]
+    for n, task_id in enumerate(ids, 1):
+        done = result(manager, task_id)
+        branch = f"orchestrator/{task_id}"
+        assert done["status"] == "success" and done["branch"] == branch and done["pushed"] is True
+        assert done["base_commit"] == main and done["head_commit"] == branches[branch] and done["commits"] == 1
+        assert done["files_changed"] == [{"path": f"notes/{n}.txt", "added": 2, "deleted": 0}]
+        assert ssh_git_server.show(repo_name, branch, f"notes/{n}.txt") == f"note {n}\nsecond line"
+        author = ssh_git_server.git(repo_name, "log", "-1", "--format=%s", branch).strip()
+        assert author == f"{task_id}: Add note {n}."
+    assert f"orchestrator/{ids[0]}" in manager.orch("status").stdout  # the BRANCH column
+
+    merged = manager.orch("merge", "--all", "--push")
+    assert "pushed orchestrator/integration to origin" in merged.stdout
+    assert merged.stdout.count("merged") == 3
+    for n in (1, 2, 3):
+        assert ssh_git_server.show(repo_name, "orchestrator/integration", f"notes/{n}.txt").startswith(f"note {n}")
+    assert ssh_git_server.branches(repo_name)["main"] == main  # main itself is never touched
+    assert manager_git(manager, "status", "--porcelain") == ""
+
+
+def test_two_workers_on_the_same_line_give_one_merge_and_a_conflict_report(
+    run: Run, manager: Manager, ssh_git_server: SshGitServer, repo_name: str
+):
+    first, second = run.task_id("title-a"), run.task_id("title-b")
+    submit(manager, first, "Retitle.\n@write README.md # App by A")
+    submit(manager, second, "Retitle.\n@write README.md # App by B")
+    manager.orch("start", "--all")
+    assert manager.orch("wait", "--all").returncode == 0
+    before = ssh_git_server.branches(repo_name)
+
+    merged = manager.orch("merge", "--all", "--push", check=False)
+    assert merged.returncode == 1, merged.stdout + merged.stderr
+    assert f"{first}  merged" in merged.stdout
+    assert f"{second}  conflict" in merged.stdout and f"{second} conflicts with what was merged before it, in: " \
+        "README.md" in merged.stdout  # fmt: skip
+    report = json.loads(manager.orch("merge", second, "--json", check=False).stdout)
+    assert report["tasks"] == [{
+        "task_id": second, "state": "conflict", "branch": f"orchestrator/{second}", "commit": None,
+        "files": ["README.md"], "message": f"{second} conflicts with what was merged before it, in: README.md",
+    }]  # fmt: skip
+
+    after = ssh_git_server.branches(repo_name)
+    for task_id in (first, second):  # both branches intact on the server
+        assert after[f"orchestrator/{task_id}"] == before[f"orchestrator/{task_id}"]
+    assert ssh_git_server.show(repo_name, f"orchestrator/{second}", "README.md") == "# App by B"
+    assert ssh_git_server.show(repo_name, "orchestrator/integration", "README.md") == "# App by A"
+    # The manager's clone is left clean: no merge under way, no leftover worktree.
+    assert manager_git(manager, "status", "--porcelain") == ""
+    assert manager_git(manager, "worktree", "list").count("\n") == 1
+
+
+def test_a_rejected_key_fails_the_task_naming_the_error_and_keeps_the_work_in_a_bundle(
+    run: Run, manager: Manager, ssh_git_server: SshGitServer, repo_name: str, token_file, tmp_path
+):
+    # A key of its own, accepted for the clone and taken off the server before the push.
+    key = keygen(tmp_path / "id_revoked")
+    ssh_git_server.authorize(key)
+    task_id = run.task_id("revoked")
+    submit(manager, task_id, "Write the precious file.\n@write notes/precious.txt precious work\n@sleep 4\n@say done")
+    spawn = subprocess.run(
+        ["python3", str(ROOT / "bin" / "spawn-worker.py"), "flutter", task_id, "--repo", ssh_git_server.url(repo_name),
+         "--token", str(token_file), "--ssh-key", str(key), "--known-hosts", str(ssh_git_server.known_hosts),
+         "--volume", run.volume, "--image-prefix", PREFIX, "--network", "host"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert spawn.returncode == 0, spawn.stderr
+    deadline = time.monotonic() + 120
+    while "-> Bash sleep 4" not in manager.orch("logs", task_id).stdout:
+        assert time.monotonic() < deadline, "the agent never got to its sleep"
+        time.sleep(0.3)
+    ssh_git_server.revoke(key)
+
+    assert manager.orch("wait", task_id, check=False).returncode == 1
+    failed = result(manager, task_id)
+    assert failed["status"] == "failed" and failed["pushed"] is False
+    assert f"the push of orchestrator/{task_id} failed" in failed["error"]
+    assert "Permission denied (publickey)" in failed["error"]
+    bundle = f"/orchestration/bundles/{task_id}-attempt-1.bundle"
+    assert failed["bundle"] == bundle and bundle in failed["error"]
+    assert f"orchestrator/{task_id}" not in ssh_git_server.branches(repo_name)
+    # The work is in the bundle: fetch it into the manager's clone and read the file.
+    sh("docker", "exec", manager.name, "git", "-C", "/workspace/repo", "fetch", "--quiet", bundle,
+       f"orchestrator/{task_id}:recovered")  # fmt: skip
+    assert manager_git(manager, "show", "recovered:notes/precious.txt") == "precious work"
+    assert "(not pushed)" in manager.orch("status", task_id).stdout
+    assert "its branch was not pushed; its work is in " + bundle in manager.orch("merge", task_id, check=False).stdout
+
+
+def test_over_https_the_token_reaches_git_only_through_the_credential_helper(
+    run: Run, http_git_server: HttpGitServer, token_file, tmp_path
+):
+    git_token = tmp_path / "git-token"
+    git_token.write_text(http_git_server.token + "\n")
+    url = http_git_server.repo(f"web-{run.id}")
+    manager = start_manager(run, url, token_file, "--git-token", str(git_token))
+    try:
+        task_id = run.task_id("web")
+        submit(manager, task_id, "Add a page.\n@write web/index.html <h1>hi</h1>\n@run env | grep -c GIT_TOKEN || true")
+        manager.orch("start", task_id)
+        assert manager.orch("wait", task_id).returncode == 0
+        done = result(manager, task_id)
+        assert done["pushed"] is True and done["branch"] == f"orchestrator/{task_id}"
+        assert http_git_server.show(f"web-{run.id}", done["branch"], "web/index.html") == "<h1>hi</h1>"
+        logs = manager.orch("logs", task_id).stdout
+        assert "[agent] <- 0" in logs  # the agent's environment has no GIT_TOKEN
+        # The token is in no URL, no file of the volume, no log, no git configuration.
+        secret = http_git_server.token
+        assert run.volume_contains(secret) == []
+        assert secret not in logs and secret not in sh("docker", "logs", f"worker-{task_id}").stdout
+        config = sh("docker", "exec", manager.name, "sh", "-c", "cat ~/.gitconfig; git -C /workspace/repo remote -v")
+        assert secret not in config.stdout and f"origin\t{url} (push)" in config.stdout
+        args = sh("docker", "inspect", "--format", "{{json .Args}} {{json .Config.Cmd}}", f"worker-{task_id}").stdout
+        assert secret not in args
+    finally:
+        manager.remove()
