@@ -46,10 +46,28 @@ def commit_message(task: Task, attempt: int | None) -> str:
     return f"{title}\n\nWork of task {task.id} (attempt {attempt or 1}), committed by its worker.\n"
 
 
-def start_branch(repo: Path, branch: str) -> Checkout:
+def start_branch(repo: Path, wanted: str, say: Callable[[str], None]) -> Checkout:
+    """Check out the task's branch, under a name origin does not have yet (see free_name)."""
     base = git.head(repo)
+    branch = free_name(repo, wanted)
+    if branch != wanted:
+        say(f"origin has a branch {wanted} already (from an earlier batch?); this task's branch is {branch}")
     git.git("checkout", "--quiet", "-b", branch, cwd=repo)
     return Checkout(repo, branch, base)
+
+
+def free_name(repo: Path, wanted: str) -> str:
+    """``wanted``, or ``wanted-2``, ``wanted-3``... when origin has it: a push must never need force.
+
+    The clone has just fetched every branch of origin, so its remote-tracking refs say what is taken.
+    """
+    listing = git.git("for-each-ref", "--format=%(refname:lstrip=3)", "refs/remotes/origin/", cwd=repo)
+    taken = set(listing.split())
+    name, number = wanted, 1
+    while name in taken:
+        number += 1
+        name = f"{wanted}-{number}"
+    return name
 
 
 def deliver(

@@ -27,6 +27,7 @@ SSH_CONFIG = """\
 Host *
     IdentityFile ~/.ssh/id_ed25519
     IdentitiesOnly yes
+    BatchMode yes
     StrictHostKeyChecking accept-new
     UserKnownHostsFile ~/.ssh/known_hosts
 """
@@ -36,6 +37,7 @@ SSH_CONFIG_PINNED = """\
 Host *
     IdentityFile ~/.ssh/id_ed25519
     IdentitiesOnly yes
+    BatchMode yes
     StrictHostKeyChecking yes
     UserKnownHostsFile ~/.ssh/known_hosts_pinned
 """
@@ -60,8 +62,12 @@ def git(
     """Run ``git ARGS``; a failure raises GitError with git's own message, scrubbed of secrets."""
     argv = ["git", *args]
     log.debug("run %s", scrub(shlex.join(argv)))
+    # Nobody is there to type a password: git fails at once instead of waiting for one.
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env
+        )
     except subprocess.TimeoutExpired:
         raise GitError(f"`{scrub(shlex.join(argv))}` did not finish within {timeout:.0f} s") from None
     if proc.returncode:

@@ -165,7 +165,7 @@ class Worker:
             self.say(f"cloning {config.repo_url} (branch {config.branch})")
             git.clone(config.repo_url, config.branch, clone_dir, scrub=self.scrub)
             branch = git.task_branch(config.branch_prefix, config.task_id, config.attempt)
-            self.checkout = delivery.start_branch(clone_dir, branch)
+            self.checkout = delivery.start_branch(clone_dir, branch, self.say)
             self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
             with open(orch.log_path(config.task_id), "w", encoding="utf-8") as transcript:
                 self.agent = agent.AgentProcess(

@@ -300,3 +300,36 @@ def test_a_worker_started_by_hand_meanwhile_is_not_failed(orch, status, recorded
 
     Dispatcher(orch, {}, engine=FakeEngine(), spawner=spawner, out=io.StringIO()).start(load_view(orch, task))
     assert (orch.load_result(task) is not None) is recorded
+
+
+def test_logs_follow_until_the_task_has_finished(orch, capsys):
+    import threading
+
+    from orchestrator.orch import main
+
+    task = submit(orch)
+    orch.update_status(task, State.RUNNING, started_at=utc_now())
+    orch.worker_log_path(task).write_text("[worker task-001] cloning\n")
+
+    def worker() -> None:
+        with open(orch.worker_log_path(task), "a") as log:
+            log.write("[agent] finished: success\n")
+        finish(orch, task, State.SUCCESS)
+
+    timer = threading.Timer(1.0, worker)
+    timer.start()
+    try:
+        assert main(["logs", task, "-f", "--orchestration-dir", str(orch.root)]) == 0
+    finally:
+        timer.join()
+    assert capsys.readouterr().out == "[worker task-001] cloning\n[agent] finished: success\n"
+
+
+def test_status_watch_ends_when_nothing_is_queued_or_running(orch, capsys):
+    from orchestrator.orch import main
+
+    task = submit(orch)
+    finish(orch, task, State.FAILED)
+    assert main(["status", "--watch", "--orchestration-dir", str(orch.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{task}  failed" in out and "1 task: 1 failed" in out

@@ -315,3 +315,16 @@ def test_the_git_token_reaches_git_through_the_helper_and_not_the_agent(box: Box
         env={**os.environ, "HOME": str(box.root / "home"), "GIT_TOKEN": secret},
     )  # fmt: skip
     assert f"password={secret}" in helper.stdout and "username=x-access-token" in helper.stdout
+
+
+def test_a_branch_name_origin_has_already_is_not_reused(box: Box):
+    for name in ("orchestrator/task-001", "orchestrator/task-001-2"):
+        remote_git(box, "branch", name, "main")
+    box.task("@write x.txt x")
+    code, out = box.run()
+    assert code == 0, out
+    assert box.result()["branch"] == "orchestrator/task-001-3" and box.result()["pushed"] is True
+    assert "origin has a branch orchestrator/task-001 already" in out
+    # The earlier branches are untouched.
+    main = remote_git(box, "rev-parse", "main")
+    assert remote_git(box, "rev-parse", "orchestrator/task-001") == main
