@@ -254,6 +254,63 @@ def _stopped_state(view: TaskView) -> State:
     return {"cancelled": State.CANCELLED, "timeout": State.TIMEOUT}.get(reason or "", State.FAILED)
 
 
+# --- Dependencies.
+
+
+def unstarted_dependencies(view: TaskView, by_id: Mapping[str, TaskView]) -> list[str]:
+    """The tasks, this one depends on directly or not, that were submitted but never started:
+    until someone starts them, this one cannot run."""
+    found: list[str] = []
+    seen: set[str] = set()
+    todo = list(view.depends_on)
+    while todo:
+        dep = todo.pop(0)
+        other = by_id.get(dep)
+        if dep in seen or other is None:
+            continue
+        seen.add(dep)
+        if other.state is State.SUBMITTED:
+            found.append(dep)
+        todo.extend(other.depends_on)
+    return found
+
+
+def dependency_cycle(view: TaskView, by_id: Mapping[str, TaskView]) -> list[str] | None:
+    """A chain of dependencies that leads back to the task (possible in hand-written files)."""
+    stack: list[tuple[str, list[str]]] = [(dep, [view.id, dep]) for dep in view.depends_on]
+    seen: set[str] = set()
+    while stack:
+        task_id, path = stack.pop()
+        if task_id == view.id:
+            return path
+        if task_id in seen or task_id not in by_id:
+            continue
+        seen.add(task_id)
+        stack.extend((dep, [*path, dep]) for dep in by_id[task_id].depends_on)
+    return None
+
+
+def needs_dispatcher(views: Iterable[TaskView]) -> bool:
+    """Work a dispatcher can move on: a worker under way, or a queued task that does not wait
+    for a task nobody started."""
+    views = list(views)
+    by_id = {v.id: v for v in views}
+    return any(
+        v.state in ACTIVE_STATES or (v.state is State.QUEUED and not unstarted_dependencies(v, by_id)) for v in views
+    )
+
+
+def work_is_safe(result: TaskResult | None) -> bool:
+    """Whether nothing of the attempt lives only in its container: its commits were pushed or
+    bundled, or there were none, or the agent never ran."""
+    if result is None:
+        return False
+    if result.pushed or result.bundle or result.commits == 0:
+        return True
+    # No hand-back recorded: a worker that died or was killed may have left work in its clone.
+    return result.base_commit is None and result.exit_code is None and result.worker_exit_code is None
+
+
 # --- Changes orch makes. Each runs under the state lock.
 
 

@@ -44,3 +44,20 @@ def worker_image(worker_type: str, prefix: str) -> str:
 
 def container_name(task_id: str) -> str:
     return f"worker-{task_id}"
+
+
+_KEPT_ATTEMPT = re.compile(r"worker-(?P<task>.+)-attempt-(?P<n>\d+)")
+
+
+def container_task_id(name: str) -> str | None:
+    """The task of a worker container: worker-ID, or worker-ID-attempt-N kept by orch retry."""
+    kept = _KEPT_ATTEMPT.fullmatch(name)
+    if kept:
+        return kept.group("task")
+    return name.removeprefix("worker-") if name.startswith("worker-") else None
+
+
+def container_attempt(name: str) -> int | None:
+    """N for a container kept by orch retry (worker-ID-attempt-N), else None."""
+    kept = _KEPT_ATTEMPT.fullmatch(name)
+    return int(kept.group("n")) if kept else None

@@ -19,12 +19,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any
 
 from . import config
-from .batch import TaskView, load_view, load_views, reconcile, record_outcome
+from .batch import (
+    TaskView,
+    dependency_cycle,
+    load_view,
+    load_views,
+    needs_dispatcher,
+    reconcile,
+    record_outcome,
+    unstarted_dependencies,
+)
 from .docker import (
     DockerError,
     DockerMissing,
@@ -34,6 +43,7 @@ from .docker import (
     remove_container,
 )
 from .errors import UserError
+from .git import CLONE_TIMEOUT
 from .secrets import TOKEN_ENV, redact
 from .spawn import WorkerExists, spawn, worker_spec
 from .tasks import (
@@ -52,9 +62,10 @@ ENV_MAX_WORKERS = "ORCHESTRATOR_MAX_WORKERS"
 ROUND_SECONDS = 2.0  # between rounds when no engine event comes
 ENGINE_CHECK_SECONDS = 15.0  # the engine is asked at least this often, events or not
 # A worker stops its own agent at the task's timeout; orch steps in only when the worker
-# itself is stuck (a clone that hangs): after this grace it is told to stop, then stopped.
-TIMEOUT_GRACE_SECONDS = 60
-STOP_AFTER_SECONDS = 30
+# itself is stuck: after this grace it is told to stop, then stopped, with time to push.
+TIMEOUT_GRACE_SECONDS = 120
+STOP_AFTER_SECONDS = 120
+STOP_GRACE_SECONDS = 60  # what a stopped worker gets to commit, push and write its result
 
 DISPATCHER_LOCK = ".dispatcher.lock"
 SETTINGS_FILE = "dispatcher.json"
@@ -185,19 +196,47 @@ class EngineEvents:
 
 
 class DockerEngine:
-    """The engine as reconcile and the dispatcher need it."""
+    """The engine as reconcile and the dispatcher need it, limited to this volume's workers.
+
+    Worker names carry only the task id, so a batch on another volume may have a worker of
+    the same name: it is left alone, as if it did not exist.
+    """
+
+    def __init__(self, volume: str):
+        self.volume = volume
+
+    @classmethod
+    def for_env(cls, env: Mapping[str, str]) -> DockerEngine:
+        return cls(env.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME)
+
+    def ours(self, info: Mapping[str, Any]) -> bool:
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        return labels.get(config.LABEL_VOLUME, self.volume) == self.volume
 
     def containers(self, names: list[str]) -> dict[str, Mapping[str, Any]]:
-        return inspect_containers(names)
+        return {name: info for name, info in inspect_containers(names).items() if self.ours(info)}
+
+    def _is_ours(self, name: str) -> bool:
+        return name in self.containers([name])
 
     def remove(self, name: str) -> None:
-        remove_container(name)
+        if self._is_ours(name):
+            remove_container(name)
+
+    def rename(self, name: str, new_name: str) -> bool:
+        """Keep a container under another name; False when there is none of ours to keep."""
+        if not self._is_ours(name):
+            return False
+        docker("rename", name, new_name, timeout=30)
+        return True
 
     def signal(self, name: str, signal: str) -> None:
-        docker("kill", "--signal", signal, name, check=False, timeout=30)
+        if self._is_ours(name):
+            docker("kill", "--signal", signal, name, check=False, timeout=30)
 
     def stop(self, name: str, grace: int = 10) -> None:
-        docker("stop", "--time", str(grace), name, check=False, timeout=grace + 60)
+        if self._is_ours(name):
+            docker("stop", "--time", str(grace), name, check=False, timeout=grace + 60)
 
 
 # --- The loop.
@@ -216,7 +255,7 @@ class Dispatcher:
     ):
         self.orch = orch
         self.env = dict(env)
-        self.engine = engine or DockerEngine()
+        self.engine = engine or DockerEngine.for_env(env)
         self.spawner = spawner or self.spawn_worker
         self.out = out or sys.stdout
         self.waiting_messages: dict[str, str] = {}
@@ -238,10 +277,16 @@ class Dispatcher:
                 while True:
                     if check_engine or time.monotonic() - last_check > ENGINE_CHECK_SECONDS:
                         check_engine, last_check = True, time.monotonic()
-                    to_start = self.round(check_engine, lock)
+                    try:
+                        to_start = self.round(check_engine, lock)
+                    except (UserError, OSError) as exc:
+                        # The engine restarting, a slow inspect: the queue must not die of it.
+                        self.say(f"this round failed, trying again: {exc}")
+                        events.wait(ROUND_SECONDS * 5)
+                        continue
                     if to_start is None:
                         lock = None  # released by round(), under the state lock
-                        self.say("no task is queued or running; exiting")
+                        self.say("no task is queued (that can run) or running; exiting")
                         return 0
                     for view in to_start:
                         self.start(view)
@@ -260,7 +305,7 @@ class Dispatcher:
             self.enforce_timeouts(views)
             active = [v for v in views if v.state in ACTIVE_STATES]
             queued = [v for v in views if v.state is State.QUEUED]
-            if not active and not queued:
+            if not needs_dispatcher(views):
                 # Released before the state lock: an `orch start` that queues after this
                 # finds no dispatcher and starts a new one.
                 lock.close()
@@ -278,6 +323,9 @@ class Dispatcher:
         if not pending:
             return True
         message = "waiting for " + ", ".join(pending)
+        unstarted = unstarted_dependencies(view, by_id)
+        if unstarted:
+            message += f" (never started: {', '.join(unstarted)}; `orch start` them)"
         if self.waiting_messages.get(view.id) != message:
             self.waiting_messages[view.id] = message
             self.orch.update_status(view.id, State.QUEUED, message=message)
@@ -302,6 +350,9 @@ class Dispatcher:
 
     @staticmethod
     def block_reason(view: TaskView, by_id: Mapping[str, TaskView]) -> str | None:
+        cycle = dependency_cycle(view, by_id)
+        if cycle:
+            return f"its dependencies go round in a circle: {' -> '.join(cycle)}"
         for dep in view.depends_on:
             other = by_id.get(dep)
             if other is None:
@@ -317,11 +368,16 @@ class Dispatcher:
         for view in views:
             if view.state is not State.RUNNING or view.status is None:
                 continue
+            # The worker records the agent's deadline as the agent starts; before that it clones,
+            # which git's own timeout bounds.
+            deadline = parse_time(view.status.deadline)
             started = parse_time(view.started_at)
-            if started is None:
+            if deadline is None and started is None:
                 continue
-            limit = (view.task.timeout if view.task and view.task.timeout else DEFAULT_TIMEOUT) + TIMEOUT_GRACE_SECONDS
-            over = (now - started).total_seconds() - limit
+            if deadline is None:
+                timeout = view.task.timeout if view.task and view.task.timeout else DEFAULT_TIMEOUT
+                deadline = started + timedelta(seconds=CLONE_TIMEOUT + timeout)
+            over = (now - deadline).total_seconds() - TIMEOUT_GRACE_SECONDS
             if over < 0:
                 continue
             if view.status.stop_reason != "timeout":
@@ -332,7 +388,7 @@ class Dispatcher:
                 self.engine.signal(view.container, "SIGUSR1")
             elif over > STOP_AFTER_SECONDS:
                 self.say(f"{view.id} did not stop after its timeout; stopping its container")
-                self.engine.stop(view.container)
+                self.engine.stop(view.container, grace=STOP_GRACE_SECONDS)
 
     def start(self, view: TaskView) -> None:
         try:

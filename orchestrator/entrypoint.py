@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import git
-from .batch import load_views
+from .batch import load_views, needs_dispatcher
 from .cli import run_command
 from .config import DEFAULT_BRANCH
 from .dispatcher import ensure_dispatcher
@@ -68,8 +68,9 @@ def preseed_claude_config(home: Path, project_dir: Path) -> None:
 
 def resume_batch(orch: OrchestrationDir, env: Mapping[str, str]) -> None:
     """A manager started on a volume with work under way takes it over (see orch's dispatcher)."""
-    pending = [v.id for v in load_views(orch) if v.state is State.QUEUED or v.state in ACTIVE_STATES]
-    if pending and ensure_dispatcher(orch, env):
+    views = load_views(orch)
+    pending = [v.id for v in views if v.state is State.QUEUED or v.state in ACTIVE_STATES]
+    if needs_dispatcher(views) and ensure_dispatcher(orch, env):
         print(f"manager: resuming the batch: {len(pending)} task(s) queued or running", file=sys.stderr, flush=True)
 
 

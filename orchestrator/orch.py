@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from .dispatcher import (
     ENGINE_CHECK_SECONDS,
     ENV_MAX_WORKERS,
     ROUND_SECONDS,
+    STOP_GRACE_SECONDS,
     Dispatcher,
     DockerEngine,
     EngineEvents,
@@ -49,7 +50,6 @@ from .tasks import (
     read_json,
 )
 
-STOP_GRACE_SECONDS = 30  # what a cancelled worker gets to write its result
 FOLLOW_SECONDS = 0.5
 
 
@@ -73,7 +73,7 @@ def current_views(orch: OrchestrationDir, engine: DockerEngine | None = None) ->
         views = load_views(orch)
         if engine is not None:
             views = reconcile(orch, views, engine)
-    if any(v.state is State.QUEUED or v.state in ACTIVE_STATES for v in views):
+    if batch.needs_dispatcher(views):
         ensure_dispatcher(orch, os.environ)
     return views
 
@@ -176,7 +176,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
             model=args.model,
         )
         if args.start:
-            batch.queue(orch, [load_view(orch, task.id)])
+            views = load_views(orch)
+            batch.queue(orch, with_submitted_dependencies(views, select(views, [task.id])))
     if args.start:
         ensure_dispatcher(orch, os.environ)
     print(task.id)
@@ -232,7 +233,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    engine = DockerEngine()
+    engine = DockerEngine.for_env(os.environ)
     tty = sys.stdout.isatty()
     last = ""
     with EngineEvents() if args.watch else _NoEvents() as events:
@@ -272,10 +273,6 @@ class _NoEvents:
         return False
 
 
-def unstarted_dependencies(view: TaskView, by_id: Mapping[str, TaskView]) -> list[str]:
-    return [dep for dep in view.depends_on if dep in by_id and by_id[dep].state is State.SUBMITTED]
-
-
 def progress_line(views: Sequence[TaskView], elapsed: float) -> str:
     counts = Counter(v.state for v in views)
     done = sum(counts[s] for s in SETTLED_STATES)
@@ -294,7 +291,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         raise InvalidInput("give task ids or --all, not both")
     if args.timeout is not None and args.timeout <= 0:
         raise InvalidInput("--timeout must be a positive number of seconds")
-    engine = DockerEngine()
+    engine = DockerEngine.for_env(os.environ)
     tty = sys.stderr.isatty()
     t0 = time.monotonic()
     with EngineEvents() as events:
@@ -308,9 +305,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
             never = [v.id for v in views if v.state is State.SUBMITTED]
             if never:
                 raise UserError(f"not started: {' '.join(never)}; start with `orch start {' '.join(never)}`")
-            stuck = [v for v in views if v.state is State.QUEUED and unstarted_dependencies(v, by_id)]
+            stuck = [v for v in views if v.state is State.QUEUED and batch.unstarted_dependencies(v, by_id)]
             if stuck:
-                needed = sorted({dep for v in stuck for dep in unstarted_dependencies(v, by_id)})
+                needed = sorted({dep for v in stuck for dep in batch.unstarted_dependencies(v, by_id)}, key=natural_key)
                 raise UserError(
                     f"{' '.join(v.id for v in stuck)} wait{'s' if len(stuck) == 1 else ''} for "
                     f"{' '.join(needed)}, never started; start with `orch start {' '.join(needed)}`"
@@ -424,7 +421,7 @@ def _print_file(path: Path, *, follow: bool, orch: OrchestrationDir, task_id: st
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    engine = DockerEngine()
+    engine = DockerEngine.for_env(os.environ)
     failures = 0
     for task_id in dict.fromkeys(args.ids):
         with orch.locked():
@@ -457,7 +454,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    engine = DockerEngine()
+    engine = DockerEngine.for_env(os.environ)
     with orch.locked():
         views = select(reconcile(orch, load_views(orch), engine), args.ids)
         for view in views:
@@ -471,9 +468,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
                 print(f"{view.id}: queued again")
                 continue
             number = batch.archive_attempt(orch, view)
-            engine.remove(view.container)  # its name is needed for the new worker; its log is on the volume
+            # The new worker needs the name; the old container (and its clone) is kept under another.
+            kept = f"{view.container}-attempt-{number}"
+            kept_note = f", container {kept}" if engine.rename(view.container, kept) else ""
             orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=f"attempt {number + 1}")
-            print(f"{view.id}: attempt {number + 1} queued (attempt {number} kept in {orch.attempt_dir(view.id)})")
+            print(
+                f"{view.id}: attempt {number + 1} queued (attempt {number} kept: {orch.attempt_dir(view.id)}{kept_note})"
+            )
         # Blocked tasks get another look: those whose dependencies can now succeed will run.
         for other in load_views(orch):
             if other.state is State.BLOCKED:
@@ -484,7 +485,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    engine = DockerEngine()
+    engine = DockerEngine(args.volume)
     with orch.locked():
         # Whatever a dead worker's container says is written down before the container goes.
         views = {v.id: v for v in reconcile(orch, load_views(orch), engine)}
@@ -493,18 +494,33 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
             "--filter", f"label={config.LABEL_VOLUME}={args.volume}", "--format", "{{json .}}",
             timeout=60,
         )  # fmt: skip
-        removed = []
+        removed, kept = [], []
         for line in text(proc).splitlines():
             info = json.loads(line)
             name, state = info.get("Names", ""), info.get("State", "")
-            task_id = name.removeprefix("worker-")
-            view = views.get(task_id)
-            if state == "running" or (view is not None and view.state not in SETTLED_STATES):
+            if state == "running":
+                continue
+            task_id = config.container_task_id(name)
+            view = views.get(task_id or "")
+            earlier = config.container_attempt(name)
+            if earlier is not None and task_id:
+                result = _load_attempt_result(orch, task_id, earlier)
+            elif view is not None and view.state not in SETTLED_STATES:
+                continue  # its task is not over: a worker being started
+            else:
+                result = view.result if view is not None else None
+            if not args.force and not batch.work_is_safe(result):
+                kept.append(name)
                 continue
             engine.remove(name)
             removed.append(name)
     print(f"removed {len(removed)} finished worker container{'s' if len(removed) != 1 else ''}" +
           (f": {' '.join(removed)}" if removed else ""))  # fmt: skip
+    if kept:
+        print(
+            f"kept {' '.join(kept)}: work of theirs was neither pushed nor bundled, so their clone may hold the "
+            f"only copy (`docker cp NAME:/workspace/repo DIR` copies it out; --force removes them anyway)"
+        )
     print("results, logs and branches are kept")
     return EXIT_OK
 
@@ -707,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--volume",
         default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
         help=f"the shared volume whose workers to remove (default: ${config.ENV_VOLUME}, else {config.DEFAULT_VOLUME})",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="remove also the containers whose work was neither pushed nor bundled"
     )
     p.set_defaults(func=cmd_cleanup)
 

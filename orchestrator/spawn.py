@@ -112,6 +112,12 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
     existing = inspect_container(spec.container)
     if existing is not None:
         state = existing.get("State") or {}
+        owner = ((existing.get("Config") or {}).get("Labels") or {}).get(config.LABEL_VOLUME)
+        if owner and owner != spec.volume:
+            raise UserError(
+                f"{spec.container} belongs to the batch on the volume {owner}; batches that run at once "
+                f"need different task ids (orch submit --id)"
+            )
         if state.get("Running"):
             raise WorkerExists(f"task {spec.task_id} already has a running worker ({spec.container})", "running")
         if state.get("Status") == "created":

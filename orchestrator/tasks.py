@@ -270,6 +270,7 @@ class TaskStatus:
     attempt: int | None = None
     started_at: str | None = None  # when the worker started running the current attempt
     stop_reason: str | None = None  # "cancelled" or "timeout" once orch has asked the worker to stop
+    deadline: str | None = None  # when the agent's timeout runs out (set as the agent starts)
 
     @classmethod
     def from_json(cls, data: Any) -> TaskStatus:
@@ -286,6 +287,7 @@ class TaskStatus:
             attempt=_field(data, "attempt", int, what),
             started_at=_field(data, "started_at", str, what),
             stop_reason=_field(data, "stop_reason", str, what),
+            deadline=_field(data, "deadline", str, what),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -449,6 +451,7 @@ class OrchestrationDir:
         attempt: int | None = None,
         started_at: str | None = None,
         stop_reason: str | None = None,
+        deadline: str | None = None,
     ) -> TaskStatus:
         """Record a new state, keeping what the previous status knew of the worker.
 
@@ -469,6 +472,7 @@ class OrchestrationDir:
             attempt=attempt or (previous.attempt if previous else None),
             started_at=started_at or (previous.started_at if same_attempt and previous else None),
             stop_reason=stop_reason or (previous.stop_reason if same_attempt and previous else None),
+            deadline=deadline or (previous.deadline if same_attempt and previous else None),
         )
         write_json(self.status_path(task_id), status.to_json())
         return status

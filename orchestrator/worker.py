@@ -16,6 +16,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -115,7 +116,9 @@ class Worker:
     def agent_line(self, line: str) -> None:
         self._print(f"[agent] {line}")
 
-    def set_state(self, state: State, message: str | None = None, started_at: str | None = None) -> None:
+    def set_state(
+        self, state: State, message: str | None = None, started_at: str | None = None, deadline: str | None = None
+    ) -> None:
         self.config.orch.update_status(
             self.config.task_id,
             state,
@@ -123,6 +126,7 @@ class Worker:
             worker_type=self.config.worker_type,
             attempt=self.config.attempt,
             started_at=started_at,
+            deadline=deadline,
         )
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -167,6 +171,9 @@ class Worker:
             branch = git.task_branch(config.branch_prefix, config.task_id, config.attempt)
             self.checkout = delivery.start_branch(clone_dir, branch, self.say)
             self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
+            # For orch's dispatcher, which stops a worker that outlives this by far.
+            deadline = datetime.now(timezone.utc) + timedelta(seconds=timeout)
+            self.set_state(State.RUNNING, deadline=deadline.strftime("%Y-%m-%dT%H:%M:%SZ"))
             with open(orch.log_path(config.task_id), "w", encoding="utf-8") as transcript:
                 self.agent = agent.AgentProcess(
                     agent.headless_argv(task.prompt, model, task.max_turns),
@@ -195,17 +202,21 @@ class Worker:
         result = self.result(status, error, run, model, started_at, time.monotonic() - t0, handed_back)
         if error:
             self.say(f"{status.value}: {error}")
-        try:
-            orch.write_result(result)
-        except AlreadyExists:
-            # orch recorded an outcome first (a cancel before the agent ran); keep that one.
-            self.say(f"{orch.result_path(config.task_id)} was written meanwhile; this run's outcome: {status.value}")
-            return EXIT_FAILURE
-        finally:
-            if self.log_file is not None:
-                self.log_file.close()
-                self.log_file = None
-        self.set_state(status, error)
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
+        # Result and final status together, under the lock orch holds to retry or cancel, so
+        # that neither sees one without the other.
+        with orch.locked():
+            try:
+                orch.write_result(result)
+            except AlreadyExists:
+                # orch recorded an outcome first (a cancel before the agent ran); keep that one.
+                self.say(
+                    f"{orch.result_path(config.task_id)} was written meanwhile; this run's outcome: {status.value}"
+                )
+                return EXIT_FAILURE
+            self.set_state(status, error)
         print(f"[worker {config.task_id}] result written to {orch.result_path(config.task_id)} (status {status.value})")
         return EXIT_OK if status is State.SUCCESS else EXIT_FAILURE
 

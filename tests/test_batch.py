@@ -333,3 +333,89 @@ def test_status_watch_ends_when_nothing_is_queued_or_running(orch, capsys):
     assert main(["status", "--watch", "--orchestration-dir", str(orch.root)]) == 0
     out = capsys.readouterr().out
     assert f"{task}  failed" in out and "1 task: 1 failed" in out
+
+
+def test_a_chain_that_waits_on_a_task_nobody_started_does_not_keep_anything_waiting(orch, capsys):
+    from orchestrator.orch import main
+
+    c = submit(orch)
+    b = submit(orch, depends_on=[c])
+    a = submit(orch, depends_on=[b])
+    with orch.locked():
+        batch.queue(orch, [load_view(orch, b), load_view(orch, a)])
+    views = load_views(orch)
+    assert not batch.needs_dispatcher(views)  # a dispatcher would have nothing to do
+    assert one_round(dispatcher(orch, FakeEngine(), [])) is None
+    assert main(["wait", a, "--orchestration-dir", str(orch.root)]) == 1
+    assert f"waits for {c}, never started" in capsys.readouterr().err
+
+
+def test_submit_start_queues_what_the_task_depends_on(orch, capsys):
+    from orchestrator.orch import main
+
+    first = submit(orch)
+    where = ["--orchestration-dir", str(orch.root)]
+    # No engine here: the dispatcher it starts finds nothing it can run and exits.
+    assert main(["submit", "--prompt", "p", "--depends-on", first, "--start", *where]) == 0
+    assert [state(orch, t) for t in (first, "task-002")] == [State.QUEUED, State.QUEUED]
+
+
+def test_a_dependency_cycle_in_hand_written_files_blocks_its_tasks(orch):
+    for task_id, dep in (("x", "y"), ("y", "x")):
+        orch.task_path(task_id).write_text(json.dumps({"id": task_id, "prompt": "p", "depends_on": [dep]}))
+        orch.update_status(task_id, State.QUEUED)
+    assert one_round(dispatcher(orch, FakeEngine(), [])) is None
+    assert state(orch, "x") is State.BLOCKED and "circle: x -> y -> x" in load_view(orch, "x").message
+
+
+def test_the_backstop_follows_the_deadline_the_worker_recorded(orch):
+    task = submit(orch, timeout=10)
+    engine = FakeEngine()
+    engine.state[f"worker-{task}"] = {"Status": "running", "Running": True}
+    d = Dispatcher(orch, {}, engine=engine, spawner=lambda v: None, out=io.StringIO())
+    # Started long ago (a long clone, or spawn-worker --timeout), but its agent's deadline is ahead.
+    orch.update_status(task, State.RUNNING, started_at="2000-01-01T00:00:00Z", deadline="2999-01-01T00:00:00Z")
+    one_round(d)
+    assert engine.signals == []
+    orch.update_status(task, State.RUNNING, deadline="2001-01-01T00:00:00Z")
+    one_round(d)
+    assert engine.signals == [(f"worker-{task}", "SIGUSR1")]
+
+
+def test_a_round_that_fails_does_not_end_the_dispatcher(orch, monkeypatch):
+    from orchestrator import dispatcher as dispatcher_module
+    from orchestrator.docker import DockerError
+
+    monkeypatch.setattr(dispatcher_module, "ROUND_SECONDS", 0.01)
+    task = submit(orch)
+    orch.update_status(task, State.RUNNING, started_at=utc_now())
+
+    class FlakyEngine(FakeEngine):
+        calls = 0
+
+        def containers(self, names):
+            self.calls += 1
+            if self.calls == 1:
+                raise DockerError(["docker", "inspect"], 1, "Cannot connect to the Docker daemon")
+            finish(orch, task, State.SUCCESS)  # the worker ends meanwhile
+            return super().containers(names)
+
+    engine = FlakyEngine()
+    engine.state[f"worker-{task}"] = {"Status": "running", "Running": True}
+    out = io.StringIO()
+    assert Dispatcher(orch, {}, engine=engine, spawner=lambda v: None, out=out).run() == 0
+    assert "this round failed, trying again: " in out.getvalue() and engine.calls == 2
+    assert "exiting" in out.getvalue()
+
+
+def test_work_is_safe_only_when_pushed_bundled_empty_or_never_started():
+    def result(**fields) -> TaskResult:
+        return TaskResult("t", State.FAILED, "", utc_now(), **fields)
+
+    assert batch.work_is_safe(result(pushed=True, commits=2))
+    assert batch.work_is_safe(result(pushed=False, commits=2, bundle="/orchestration/bundles/t.bundle"))
+    assert batch.work_is_safe(result(commits=0, pushed=False))
+    assert batch.work_is_safe(result())  # the clone failed: the agent never ran
+    assert not batch.work_is_safe(result(worker_exit_code=137))  # killed: work may be in the clone
+    assert not batch.work_is_safe(result(exit_code=0, base_commit="abc", commits=None))
+    assert not batch.work_is_safe(None)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .engine import GitServer, Manager, Run, sh, start_manager
+from .engine import PREFIX, WORKER_IMAGE, GitServer, Manager, Run, sh, start_manager
 
 pytestmark = pytest.mark.docker
 
@@ -113,7 +113,8 @@ def test_cancel_timeout_and_retry(run: Run, manager: Manager):
 
     first = json.loads(manager.orch("result", flaky, "--json").stdout)
     assert first["status"] == "failed" and first["attempt"] == 1
-    assert "attempt 2 queued" in manager.orch("retry", flaky).stdout
+    assert f"attempt 2 queued (attempt 1 kept: /orchestration/attempts/{flaky}, container worker-{flaky}-attempt-1)" \
+        in manager.orch("retry", flaky).stdout  # fmt: skip
     assert manager.orch("wait", flaky).returncode == 0
     second = json.loads(manager.orch("result", flaky, "--json").stdout)
     assert second["status"] == "success" and second["attempt"] == 2 and second["output"] == "fine now"
@@ -122,6 +123,9 @@ def test_cancel_timeout_and_retry(run: Run, manager: Manager):
     assert "API Error: Overloaded" in manager.orch("logs", flaky, "--attempt", "1").stdout
     assert "earlier attempts: 1" in manager.orch("result", flaky).stdout
     assert manager.orch("retry", flaky, check=False).returncode == 1  # it succeeded
+    # The first attempt's container is kept too, until cleanup: its work was safe (it had none).
+    assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{flaky}-attempt-1").stdout.strip()
+    assert f"worker-{flaky}-attempt-1" in manager.orch("cleanup").stdout
 
 
 def test_a_killed_worker_is_reported_failed_and_its_log_outlives_cleanup(run: Run, manager: Manager):
@@ -134,8 +138,11 @@ def test_a_killed_worker_is_reported_failed_and_its_log_outlives_cleanup(run: Ru
     result = json.loads(manager.orch("result", task, "--json").stdout)
     assert result["status"] == "failed" and result["worker_exit_code"] == 137
 
+    # Killed mid-task, it handed nothing back: its clone may hold the only copy of its work.
     cleaned = manager.orch("cleanup").stdout
-    assert f"worker-{task}" in cleaned
+    assert f"kept worker-{task}: work of theirs was neither pushed nor bundled" in cleaned
+    assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{task}").stdout != ""
+    assert f"removed 1 finished worker container: worker-{task}" in manager.orch("cleanup", "--force").stdout
     assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{task}").stdout == ""
     logs = manager.orch("logs", task).stdout
     assert "cloning" in logs and "[agent]   working" in logs
@@ -159,3 +166,18 @@ def test_a_new_manager_finishes_the_batch_of_one_that_was_removed(
     finally:
         second.remove()
     assert "resuming the batch" in second.process.stdout.read()
+
+
+def test_a_worker_of_another_batch_with_the_same_name_is_left_alone(run: Run, manager: Manager):
+    task = run.task_id("taken")
+    other = f"{PREFIX}volume-other-{run.id}"
+    sh("docker", "create", "--name", f"worker-{task}", "--label", "orchestrator.role=worker",
+       "--label", f"orchestrator.volume={other}", "--label", f"orchestrator.task-id={task}",
+       "--entrypoint", "sleep", WORKER_IMAGE, "300")  # fmt: skip
+    sh("docker", "start", f"worker-{task}")
+    submit(manager, "@say hi", "--id", task, "--start")
+    failed = manager.wait_for_state(task, "failed")
+    assert f"belongs to the batch on the volume {other}" in failed["message"]
+    manager.orch("cleanup", "--force")
+    # The other batch's worker still runs, untouched.
+    assert sh("docker", "inspect", "--format", "{{.State.Running}}", f"worker-{task}").stdout.strip() == "true"
