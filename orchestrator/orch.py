@@ -700,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cancel",
         "stop tasks",
         "Stop the tasks' workers (or take them off the queue) and record them as cancelled. What a worker "
-        "produced is kept: its container, log and transcript.",
+        "produced is kept: it pushes its branch as it stops, and its container, log and transcript stay.",
     )
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(func=cmd_cancel)
@@ -709,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         "retry",
         "run finished tasks again",
         "Queue a new attempt of failed, timed-out, cancelled or blocked tasks. The earlier attempt's "
-        "result, transcript and log are kept under attempts/ID/; its container is removed.",
+        "result, transcript and log are kept under attempts/ID/, its container as worker-ID-attempt-N.",
     )
     p.add_argument("ids", nargs="+", metavar="ID")
     p.set_defaults(func=cmd_retry)
@@ -717,7 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "cleanup",
         "remove finished worker containers",
-        "Remove the worker containers of finished tasks. Results, logs and branches are never removed.",
+        "Remove the worker containers of finished tasks, and those kept by retry. A container whose work was "
+        "neither pushed nor bundled is kept unless --force. Results, logs and branches are never removed.",
     )
     p.add_argument(
         "--volume",

@@ -65,6 +65,16 @@ class Box:
             text=True,
         )
 
+    def start_until_the_agent_sleeps(self) -> subprocess.Popen[str]:
+        """Start the worker; return once its agent is in its `@sleep 60`."""
+        proc = self.start()
+        transcript = self.orch / "logs" / "task-001.jsonl"
+        deadline = time.monotonic() + 60
+        while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
+            assert time.monotonic() < deadline, "the agent never started"
+            time.sleep(0.1)
+        return proc
+
     def run(self, **env: str) -> tuple[int, str]:
         proc = self.start(**env)
         out, _ = proc.communicate(timeout=120)
@@ -147,32 +157,15 @@ def test_the_task_timeout_applies_unless_spawn_worker_set_one(box: Box):
     assert code == 1 and box.result()["status"] == "timeout"
 
 
-def test_docker_stop_cancels_the_agent_and_still_writes_a_result(box: Box):
+# docker stop sends SIGTERM; orch's dispatcher sends SIGUSR1 to a worker past its deadline.
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, "cancelled"), (signal.SIGUSR1, "timeout")])
+def test_a_stop_signal_ends_the_agent_and_still_writes_a_result(box: Box, signum, status):
     box.task("@sleep 60")
-    proc = box.start()
-    transcript = box.orch / "logs" / "task-001.jsonl"
-    deadline = time.monotonic() + 60
-    while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
-        assert time.monotonic() < deadline, "the agent never started"
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    proc = box.start_until_the_agent_sleeps()
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, out
-    assert box.result()["status"] == "cancelled"
-
-
-def test_sigusr1_from_orch_ends_the_task_as_timed_out(box: Box):
-    box.task("@sleep 60")
-    proc = box.start()
-    transcript = box.orch / "logs" / "task-001.jsonl"
-    deadline = time.monotonic() + 60
-    while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
-        assert time.monotonic() < deadline, "the agent never started"
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGUSR1)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 1, out
-    assert box.result()["status"] == "timeout"
+    assert box.result()["status"] == status
 
 
 @pytest.mark.parametrize(
@@ -289,12 +282,7 @@ def test_a_refused_push_fails_the_task_and_keeps_the_work_in_a_bundle(box: Box, 
 
 def test_a_cancelled_agent_s_work_is_still_handed_back(box: Box):
     box.task("@write notes/partial.txt half done\n@sleep 60")
-    proc = box.start()
-    transcript = box.orch / "logs" / "task-001.jsonl"
-    deadline = time.monotonic() + 60
-    while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
-        assert time.monotonic() < deadline, "the agent never started"
-        time.sleep(0.1)
+    proc = box.start_until_the_agent_sleeps()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     result = box.result()
