@@ -42,6 +42,10 @@ from .tasks import (
 # A worker that spawn has not created or started after this long never will be: its
 # spawner died (a manager stopped mid-spawn). The task goes back to the queue.
 STARTING_GRACE_SECONDS = 120
+# A created container is started a moment later by whoever created it; one still not started
+# after this long (given to the dispatcher, which knows no spawn of its own is under way) was
+# left by a spawner that died.
+CREATED_GRACE_SECONDS = 30
 GENERATED_ID = re.compile(r"task-(\d+)")
 
 
@@ -205,8 +209,20 @@ def record_outcome(
     return load_view(orch, view.id)
 
 
-def reconcile(orch: OrchestrationDir, views: list[TaskView], engine: Engine) -> list[TaskView]:
-    """Check the tasks that should have a worker against the engine; hold the state lock."""
+def reconcile(
+    orch: OrchestrationDir,
+    views: list[TaskView],
+    engine: Engine,
+    *,
+    starting_grace: float = STARTING_GRACE_SECONDS,
+) -> list[TaskView]:
+    """Check the tasks that should have a worker against the engine; hold the state lock.
+
+    A task marked starting whose worker does not exist yet may be a spawn under way; after
+    ``starting_grace`` seconds it is taken for one that died and queued again. The dispatcher,
+    the only one that marks tasks starting before their container exists, passes 0: it holds
+    the dispatcher lock, and its own spawns are over when it looks.
+    """
     active = [view for view in views if view.state in ACTIVE_STATES and view.result is None]
     if not active:
         return views
@@ -218,7 +234,7 @@ def reconcile(orch: OrchestrationDir, views: list[TaskView], engine: Engine) -> 
         age = _age_seconds(view.status.updated_at if view.status else None, now)
         if info is None:
             if view.state is State.STARTING:
-                if age > STARTING_GRACE_SECONDS:
+                if age > starting_grace:
                     orch.update_status(view.id, State.QUEUED, message="its worker was never created; queued again")
                     updated[view.id] = load_view(orch, view.id)
                 continue
@@ -228,7 +244,7 @@ def reconcile(orch: OrchestrationDir, views: list[TaskView], engine: Engine) -> 
             continue
         state = info.get("State") or {}
         status = state.get("Status")
-        if status == "created" and age > STARTING_GRACE_SECONDS:
+        if status == "created" and age > max(starting_grace, CREATED_GRACE_SECONDS):
             engine.remove(view.container)
             orch.update_status(view.id, State.QUEUED, message="its worker was created but never started; queued again")
             updated[view.id] = load_view(orch, view.id)

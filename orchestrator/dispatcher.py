@@ -300,7 +300,7 @@ class Dispatcher:
         with self.orch.locked():
             views = load_views(self.orch)
             if check_engine:
-                views = reconcile(self.orch, views, self.engine)
+                views = reconcile(self.orch, views, self.engine, starting_grace=0)
             views = self.block_dependents(views)
             self.enforce_timeouts(views)
             active = [v for v in views if v.state in ACTIVE_STATES]

@@ -399,7 +399,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def _print_file(path: Path, *, follow: bool, orch: OrchestrationDir, task_id: str) -> int:
     out = sys.stdout.buffer
-    position = 0
+    position, last_check = 0, time.monotonic()
     while True:
         try:
             with open(path, "rb") as handle:
@@ -414,6 +414,11 @@ def _print_file(path: Path, *, follow: bool, orch: OrchestrationDir, task_id: st
         if not follow:
             return EXIT_OK
         view = load_view(orch, task_id)
+        if view.state in ACTIVE_STATES and time.monotonic() - last_check > ENGINE_CHECK_SECONDS:
+            # A worker that died writes no more, and nothing else may be there to notice.
+            last_check = time.monotonic()
+            with orch.locked():
+                view = reconcile(orch, [load_view(orch, task_id)], DockerEngine.for_env(os.environ))[0]
         if view.state in SETTLED_STATES and not chunk:
             return EXIT_OK
         time.sleep(FOLLOW_SECONDS)

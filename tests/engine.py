@@ -173,9 +173,11 @@ class Manager:
     name: str
     process: subprocess.Popen[str]
 
-    def orch(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        """`orch ARGS` in the manager's shell."""
-        return sh("docker", "exec", self.name, "orch", *args, check=check, timeout=timeout)
+    def orch(
+        self, *args: str, check: bool = True, timeout: float = 600, tty: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """`orch ARGS` in the manager's shell (on a terminal of docker's with ``tty``)."""
+        return sh("docker", "exec", *(["--tty"] if tty else []), self.name, "orch", *args, check=check, timeout=timeout)
 
     def status(self) -> dict[str, dict]:
         """`orch status --json`, by task id."""

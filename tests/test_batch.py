@@ -419,3 +419,29 @@ def test_work_is_safe_only_when_pushed_bundled_empty_or_never_started():
     assert not batch.work_is_safe(result(worker_exit_code=137))  # killed: work may be in the clone
     assert not batch.work_is_safe(result(exit_code=0, base_commit="abc", commits=None))
     assert not batch.work_is_safe(None)
+
+
+def test_the_dispatcher_requeues_at_once_a_start_its_predecessor_did_not_finish(orch):
+    task = submit(orch)
+    orch.update_status(task, State.STARTING)  # a dispatcher died between marking it and creating its worker
+    with orch.locked():
+        (view,) = reconcile(orch, load_views(orch), FakeEngine())
+    assert view.state is State.STARTING  # anyone else waits: it may be a spawn under way
+    started: list[str] = []
+    one_round(dispatcher(orch, FakeEngine(), started))
+    assert started == [task]
+
+
+def test_a_worker_created_but_never_started_is_removed_and_its_task_queued_again(orch):
+    task = submit(orch)
+    orch.update_status(task, State.STARTING)
+    engine = FakeEngine()
+    engine.state[f"worker-{task}"] = {"Status": "created"}
+    with orch.locked():
+        assert reconcile(orch, load_views(orch), engine, starting_grace=0)[0].state is State.STARTING  # just created
+    status = json.loads(orch.status_path(task).read_text())
+    status["updated_at"] = "2000-01-01T00:00:00Z"
+    orch.status_path(task).write_text(json.dumps(status))
+    with orch.locked():
+        (view,) = reconcile(orch, load_views(orch), engine, starting_grace=0)
+    assert view.state is State.QUEUED and engine.removed == [f"worker-{task}"]

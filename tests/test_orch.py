@@ -160,8 +160,10 @@ def test_a_new_manager_finishes_the_batch_of_one_that_was_removed(
 
     second = start_manager(run, git_server.repo(f"orch2-{run.id}"), token_file, name=f"{run.manager}-2")
     try:
-        waited = second.orch("wait", "--all")
+        waited = second.orch("wait", "--all", tty=True)
         assert "6 tasks: 6 success" in waited.stdout
+        # On a terminal, one line of progress, rewritten in place.
+        assert "\x1b[K6/6 done (6 ok, 0 not) · 0 running · 0 queued" in waited.stdout
         assert all(task["state"] == "success" for task in second.status().values())
     finally:
         second.remove()
