@@ -175,6 +175,19 @@ def test_over_https_the_token_reaches_git_only_through_the_credential_helper(
         manager.remove()
 
 
+def spawn_from_host(run: Run, task_id: str, url: str, token_file, *options: str) -> dict:
+    """spawn-worker on the host for a task written on the volume; its result once the worker exits."""
+    run.write(f"tasks/{task_id}.json", json.dumps({"id": task_id, "prompt": "@say hi"}))
+    spawn = subprocess.run(
+        ["python3", str(ROOT / "bin" / "spawn-worker.py"), "flutter", task_id, "--repo", url,
+         "--token", str(token_file), "--volume", run.volume, "--image-prefix", PREFIX, "--network", "host", *options],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert spawn.returncode == 0, spawn.stderr
+    assert sh("docker", "wait", f"worker-{task_id}").stdout.strip() == "1"
+    return run.result(task_id)
+
+
 def test_a_pinned_host_key_that_does_not_match_refuses_the_server(
     run: Run, ssh_git_server: SshGitServer, repo_name: str, token_file, tmp_path
 ):
@@ -183,16 +196,17 @@ def test_a_pinned_host_key_that_does_not_match_refuses_the_server(
     impostor = ssh_git_server.wrong_key.with_suffix(".pub").read_text().split()
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{ssh_git_server.port} {impostor[0]} {impostor[1]}\n")
-    task_id = run.task_id("pinned")
-    run.write(f"tasks/{task_id}.json", json.dumps({"id": task_id, "prompt": "@say hi"}))
-    spawn = subprocess.run(
-        ["python3", str(ROOT / "bin" / "spawn-worker.py"), "flutter", task_id, "--repo", url,
-         "--token", str(token_file), "--ssh-key", str(ssh_git_server.key), "--known-hosts", str(known_hosts),
-         "--volume", run.volume, "--image-prefix", PREFIX, "--network", "host"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert spawn.returncode == 0, spawn.stderr
-    assert sh("docker", "wait", f"worker-{task_id}").stdout.strip() == "1"
-    failed = run.result(task_id)
+    failed = spawn_from_host(run, run.task_id("pinned"), url, token_file,
+                             "--ssh-key", str(ssh_git_server.key), "--known-hosts", str(known_hosts))  # fmt: skip
     assert failed["status"] == "failed" and "Host key verification failed" in failed["error"]
     assert failed["exit_code"] is None  # the agent never ran
+
+
+def test_a_key_the_server_never_knew_fails_at_the_clone_naming_the_error(
+    run: Run, ssh_git_server: SshGitServer, repo_name: str, token_file
+):
+    url = ssh_git_server.repo(repo_name)
+    failed = spawn_from_host(run, run.task_id("stranger"), url, token_file, "--ssh-key",
+                             str(ssh_git_server.wrong_key), "--known-hosts", str(ssh_git_server.known_hosts))  # fmt: skip
+    assert failed["status"] == "failed" and "Permission denied (publickey)" in failed["error"]
+    assert failed["exit_code"] is None and failed["branch"] is None  # no clone, so no work to keep
