@@ -148,7 +148,8 @@ def ensure_dispatcher(orch: OrchestrationDir, env: Mapping[str, str]) -> bool:
 
 
 class EngineEvents:
-    """Wakes a sleeping loop when a worker container starts or dies.
+    """Wakes a sleeping loop when a worker container starts or dies, and says when the engine
+    is worth asking: after such an event, and every ENGINE_CHECK_SECONDS in any case.
 
     Without events (the stream ended, no docker) ``wait`` is a plain sleep.
     """
@@ -156,6 +157,8 @@ class EngineEvents:
     def __init__(self) -> None:
         self._event = threading.Event()
         self._proc: subprocess.Popen[str] | None = None
+        self._seen = True  # the first look always asks the engine
+        self._last_look = float("-inf")
 
     def start(self) -> EngineEvents:
         try:
@@ -174,11 +177,23 @@ class EngineEvents:
             if line.strip() in ("start", "die", "destroy", "oom"):
                 self._event.set()
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep until an event or ``timeout``; True when an event came."""
-        woke = self._event.wait(timeout)
+    def wait(self, timeout: float) -> None:
+        """Sleep until an event or ``timeout``."""
+        if self._event.wait(timeout):
+            self._seen = True
         self._event.clear()
-        return woke
+
+    def ask_again(self) -> None:
+        """The next ``engine_due`` says yes (the last look failed)."""
+        self._seen = True
+
+    def engine_due(self) -> bool:
+        """Whether to ask the engine now; asking resets the count."""
+        now = time.monotonic()
+        if self._seen or now - self._last_look > ENGINE_CHECK_SECONDS:
+            self._seen, self._last_look = False, now
+            return True
+        return False
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -273,15 +288,13 @@ class Dispatcher:
         self.say(f"started (up to {max_workers(self.orch, self.env)} workers)")
         try:
             with EngineEvents() as events:
-                check_engine, last_check = True, 0.0
                 while True:
-                    if check_engine or time.monotonic() - last_check > ENGINE_CHECK_SECONDS:
-                        check_engine, last_check = True, time.monotonic()
                     try:
-                        to_start = self.round(check_engine, lock)
+                        to_start = self.round(events.engine_due(), lock)
                     except (UserError, OSError) as exc:
                         # The engine restarting, a slow inspect: the queue must not die of it.
                         self.say(f"this round failed, trying again: {exc}")
+                        events.ask_again()
                         events.wait(ROUND_SECONDS * 5)
                         continue
                     if to_start is None:
@@ -290,7 +303,7 @@ class Dispatcher:
                         return 0
                     for view in to_start:
                         self.start(view)
-                    check_engine = events.wait(ROUND_SECONDS) or bool(to_start)
+                    events.wait(ROUND_SECONDS)
         finally:
             if lock is not None:
                 lock.close()

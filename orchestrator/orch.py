@@ -234,43 +234,29 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     engine = DockerEngine.for_env(os.environ)
+
+    def show() -> tuple[list[TaskView], str]:
+        views = current_views(orch, engine)
+        views = select(views, args.ids) if args.ids else views
+        return views, status_json(views) if args.json else status_table(views)
+
+    if not args.watch:
+        print(show()[1])
+        return EXIT_OK
     tty = sys.stdout.isatty()
-    last = ""
-    with EngineEvents() if args.watch else _NoEvents() as events:
+    printed: list[tuple[str, State]] = []
+    with EngineEvents() as events:
         while True:
-            views = current_views(orch, engine)
-            if args.ids:
-                views = select(views, args.ids)
-            shown = status_json(views) if args.json else status_table(views)
-            if not args.watch:
-                print(shown)
-                return EXIT_OK
+            views, shown = show()
             if tty:
                 sys.stdout.write("\x1b[H\x1b[2J" + shown + "\n(watching; Ctrl-C to stop)\n")
                 sys.stdout.flush()
-            elif _without_times(shown) != _without_times(last):
+            elif [(v.id, v.state) for v in views] != printed:  # not on a terminal: again when a state changes
+                printed = [(v.id, v.state) for v in views]
                 print(shown + "\n", flush=True)
-            last = shown
             if all(v.state in SETTLED_STATES or v.state is State.SUBMITTED for v in views):
                 return EXIT_OK
             events.wait(ROUND_SECONDS)
-
-
-def _without_times(table: str) -> str:
-    """A table without what changes every second, to print it again only when a state changes."""
-    return "\n".join(line.split("  ")[0] + " " + line.split()[1] if line.split() else "" for line in table.splitlines())
-
-
-class _NoEvents:
-    def __enter__(self) -> _NoEvents:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def wait(self, timeout: float) -> bool:
-        time.sleep(timeout)
-        return False
 
 
 def progress_line(views: Sequence[TaskView], elapsed: float) -> str:
@@ -295,11 +281,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
     tty = sys.stderr.isatty()
     t0 = time.monotonic()
     with EngineEvents() as events:
-        check_engine, last_check = True, time.monotonic()
         while True:
-            views = current_views(orch, engine if check_engine else None)
-            if check_engine:
-                last_check = time.monotonic()
+            views = current_views(orch, engine if events.engine_due() else None)
             by_id = {v.id: v for v in views}
             views = select(views, args.ids) if args.ids else views
             never = [v.id for v in views if v.state is State.SUBMITTED]
@@ -325,8 +308,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 waiting = [v.id for v in views if v.state not in SETTLED_STATES]
                 print(f"orch wait: still not done after {args.timeout} s: {' '.join(waiting)}", file=sys.stderr)
                 return EXIT_FAILURE
-            woke = events.wait(ROUND_SECONDS)
-            check_engine = woke or time.monotonic() - last_check > ENGINE_CHECK_SECONDS
+            events.wait(ROUND_SECONDS)
     if tty:
         sys.stderr.write("\n")
     width = max(len(v.id) for v in views)
