@@ -44,7 +44,7 @@ from .docker import (
 )
 from .errors import UserError
 from .git import CLONE_TIMEOUT
-from .secrets import TOKEN_ENV, redact
+from .secrets import scrubber
 from .spawn import WorkerExists, spawn, worker_spec
 from .tasks import (
     ACTIVE_STATES,
@@ -270,6 +270,7 @@ class Dispatcher:
     ):
         self.orch = orch
         self.env = dict(env)
+        self.scrub = scrubber(env)
         self.engine = engine or DockerEngine.for_env(env)
         self.spawner = spawner or self.spawn_worker
         self.out = out or sys.stdout
@@ -277,7 +278,7 @@ class Dispatcher:
 
     def say(self, message: str) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.out.write(f"{stamp} dispatcher[{os.getpid()}]: {redact(message, [self.env.get(TOKEN_ENV)])}\n")
+        self.out.write(f"{stamp} dispatcher[{os.getpid()}]: {self.scrub(message)}\n")
         self.out.flush()
 
     def run(self) -> int:

@@ -22,7 +22,7 @@ from .config import DEFAULT_BRANCH
 from .dispatcher import ensure_dispatcher
 from .docker import DaemonUnreachable, DockerMissing, check_daemon
 from .errors import UserError
-from .secrets import GIT_TOKEN_ENV, TOKEN_ENV, redact
+from .secrets import scrubber
 from .tasks import ACTIVE_STATES, OrchestrationDir, State, write_json
 
 SYSTEM_PROMPT = Path(__file__).with_name("system-prompt.md")
@@ -79,7 +79,7 @@ def prepare(env: Mapping[str, str]) -> Path:
     os.umask(0o002)  # files on the shared volume stay writable for the workers' group
     home = Path(env.get("HOME") or Path.home())
     workspace = Path(env.get("WORKSPACE") or "/workspace")
-    scrub = lambda text: redact(text, [env.get(TOKEN_ENV), env.get(GIT_TOKEN_ENV)])  # noqa: E731
+    scrub = scrubber(env)
 
     git.configure_identity(env.get("GIT_USER_NAME"), env.get("GIT_USER_EMAIL"))
     git.configure_credentials(env)

@@ -39,7 +39,7 @@ from .dispatcher import (
 )
 from .docker import docker, text
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
-from .secrets import GIT_TOKEN_ENV, TOKEN_ENV, redact
+from .secrets import scrubber
 from .tasks import (
     ACTIVE_STATES,
     SETTLED_STATES,
@@ -531,7 +531,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             into=into,
             base_branch=env.get("REPO_BRANCH") or config.DEFAULT_BRANCH,
             push=args.push,
-            scrub=lambda text: redact(text, [env.get(TOKEN_ENV), env.get(GIT_TOKEN_ENV)]),
+            scrub=scrubber(env),
         )
     outcomes = sorted([*(report.outcomes if report else []), *left_out], key=lambda o: natural_key(o.task_id))
     ok = (report.ok if report is not None else not args.ids) and not (args.ids and left_out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +60,16 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, REDACTED)
     return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
+
+
+# Every variable of ours that holds a secret, in any of the containers.
+SECRET_ENV = (TOKEN_ENV, "ANTHROPIC_API_KEY", GIT_TOKEN_ENV)
+
+
+def scrubber(env: Mapping[str, str]) -> Callable[[str], str]:
+    """``redact`` with every secret ``env`` holds: for whatever is printed or written from it."""
+    values = [env.get(name) for name in SECRET_ENV]
+    return lambda text: redact(text, values)
 
 
 def read_known_hosts(path: str | os.PathLike[str], *, required: bool) -> bytes | None:

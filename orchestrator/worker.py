@@ -25,7 +25,7 @@ from . import agent, delivery, git
 from .cli import HelpFormatter, run_command
 from .config import DEFAULT_BRANCH, DEFAULT_BRANCH_PREFIX, ENV_BRANCH_PREFIX
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
-from .secrets import TOKEN_ENV, redact
+from .secrets import GIT_TOKEN_ENV, scrubber
 from .tasks import AlreadyExists, OrchestrationDir, State, Task, TaskResult, utc_now
 
 DEFAULT_TIMEOUT = 3600
@@ -91,14 +91,11 @@ class Worker:
     def __init__(self, config: WorkerConfig, env: Mapping[str, str]):
         self.config = config
         self.env = dict(env)
-        self.secrets = [env.get(TOKEN_ENV), env.get("ANTHROPIC_API_KEY"), env.get(git.GIT_TOKEN_ENV)]
+        self.scrub = scrubber(env)
         self.agent: agent.AgentProcess | None = None
         self.finishing = False
         self.log_file: TextIO | None = None
         self.checkout: delivery.Checkout | None = None
-
-    def scrub(self, text: str) -> str:
-        return redact(text, self.secrets)
 
     def _print(self, line: str) -> None:
         print(line, flush=True)
@@ -222,7 +219,7 @@ class Worker:
 
     def agent_env(self, model: str | None) -> dict[str, str]:
         # The worker pushes, not the agent: the git token stays out of the agent's reach.
-        env = {name: value for name, value in self.env.items() if name != git.GIT_TOKEN_ENV}
+        env = {name: value for name, value in self.env.items() if name != GIT_TOKEN_ENV}
         return {**env, **({"ANTHROPIC_MODEL": model} if model else {})}
 
     def hand_back(self, task: Task) -> delivery.Delivery | None:

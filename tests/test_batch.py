@@ -445,3 +445,12 @@ def test_a_worker_created_but_never_started_is_removed_and_its_task_queued_again
     with orch.locked():
         (view,) = reconcile(orch, load_views(orch), engine, starting_grace=0)
     assert view.state is State.QUEUED and engine.removed == [f"worker-{task}"]
+
+
+def test_the_dispatcher_log_hides_every_secret_of_its_environment(orch):
+    env = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-secretvalue", "GIT_TOKEN": "ghp_secretgittoken"}
+    out = io.StringIO()
+    Dispatcher(orch, env, engine=FakeEngine(), out=out).say(
+        "push failed for ghp_secretgittoken, sk-ant-oat01-secretvalue"
+    )
+    assert "secret" not in out.getvalue() and out.getvalue().count("[REDACTED]") == 2
