@@ -405,12 +405,11 @@ def cancel_unstarted(orch: OrchestrationDir, view: TaskView) -> TaskView:
 def archive_attempt(orch: OrchestrationDir, view: TaskView) -> int:
     """Move the finished attempt's result, transcript and log under attempts/ID/; returns its number."""
     number = view.attempt
-    folder = orch.attempt_dir(view.id)
-    folder.mkdir(parents=True, exist_ok=True)
+    orch.attempt_dir(view.id).mkdir(parents=True, exist_ok=True)
     moves = [
-        (orch.result_path(view.id), folder / f"{number}.json"),
-        (orch.log_path(view.id), folder / f"{number}.jsonl"),
-        (orch.worker_log_path(view.id), folder / f"{number}.log"),
+        (orch.result_path(view.id), orch.attempt_path(view.id, number, "json")),
+        (orch.log_path(view.id), orch.attempt_path(view.id, number, "jsonl")),
+        (orch.worker_log_path(view.id), orch.attempt_path(view.id, number, "log")),
     ]
     for source, target in moves:
         if source.exists() and target.exists():

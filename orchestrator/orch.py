@@ -322,7 +322,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def _load_attempt_result(orch: OrchestrationDir, task_id: str, attempt: int | None) -> TaskResult | None:
     if attempt is None:
         return orch.load_result(task_id)
-    path = orch.attempt_dir(task_id) / f"{attempt}.json"
+    path = orch.attempt_path(task_id, attempt, "json")
     if not path.exists():
         view = load_view(orch, task_id)
         if view.attempt == attempt:
@@ -364,7 +364,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     view = select(load_views(orch), [args.id])[0]
     suffix = "jsonl" if args.raw else "log"
     if args.attempt is not None and args.attempt != view.attempt:
-        path = orch.attempt_dir(args.id) / f"{args.attempt}.{suffix}"
+        path = orch.attempt_path(args.id, args.attempt, suffix)
         if not path.exists():
             raise UserError(f"task {args.id} has no log for attempt {args.attempt}")
         return _print_file(path, follow=False, orch=orch, task_id=args.id)

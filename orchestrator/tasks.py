@@ -392,6 +392,10 @@ class OrchestrationDir:
     def attempt_dir(self, task_id: str) -> Path:
         return self.root / "attempts" / task_id
 
+    def attempt_path(self, task_id: str, attempt: int, suffix: str) -> Path:
+        """An earlier attempt's result (json), transcript (jsonl) or log (log), kept by orch retry."""
+        return self.attempt_dir(task_id) / f"{attempt}.{suffix}"
+
     def task_ids(self) -> list[str]:
         """Every task on the volume, in id order (task-2 before task-10)."""
         names = [p.stem for p in (self.root / "tasks").glob("*.json") if not p.name.startswith(".")]
