@@ -43,14 +43,21 @@ def read_secret_file(path: str | os.PathLike[str], what: str) -> str:
     return value
 
 
-def read_ssh_key(path: str | os.PathLike[str], *, required: bool) -> bytes | None:
-    """The private key's bytes; None when it is the default path and does not exist."""
+def _read_optional_file(path: str | os.PathLike[str], what: str, *, required: bool) -> str | None:
+    """The file's text; None when it is only a default and does not exist."""
     resolved = Path(path).expanduser()
     if not required and not resolved.exists():
         return None
-    text = read_secret_file(resolved, "SSH key")
+    return read_secret_file(resolved, what)
+
+
+def read_ssh_key(path: str | os.PathLike[str], *, required: bool) -> bytes | None:
+    """The private key's bytes; None when it is the default path and does not exist."""
+    text = _read_optional_file(path, "SSH key", required=required)
+    if text is None:
+        return None
     if "PRIVATE KEY" not in text:
-        raise UserError(f"SSH key {resolved} does not look like a private key")
+        raise UserError(f"SSH key {Path(path).expanduser()} does not look like a private key")
     return (text + "\n").encode("utf-8")
 
 
@@ -73,11 +80,9 @@ def scrubber(env: Mapping[str, str]) -> Callable[[str], str]:
 
 
 def read_known_hosts(path: str | os.PathLike[str], *, required: bool) -> bytes | None:
-    resolved = Path(path).expanduser()
-    if not required and not resolved.exists():
-        return None
-    text = read_secret_file(resolved, "known_hosts file")  # not secret, but the same checks apply
-    return (text + "\n").encode("utf-8")
+    # Not secret, but read with the same checks.
+    text = _read_optional_file(path, "known_hosts file", required=required)
+    return None if text is None else (text + "\n").encode("utf-8")
 
 
 @dataclass(frozen=True)
