@@ -37,6 +37,7 @@ from .batch import (
 from .docker import (
     DockerError,
     DockerMissing,
+    container_label,
     docker,
     docker_stream,
     inspect_containers,
@@ -225,8 +226,7 @@ class DockerEngine:
         return cls(env.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME)
 
     def ours(self, info: Mapping[str, Any]) -> bool:
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        return labels.get(config.LABEL_VOLUME, self.volume) == self.volume
+        return container_label(info, config.LABEL_VOLUME) in (None, self.volume)
 
     def containers(self, names: list[str]) -> dict[str, Mapping[str, Any]]:
         return {name: info for name, info in inspect_containers(names).items() if self.ours(info)}

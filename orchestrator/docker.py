@@ -149,6 +149,11 @@ def inspect_container(name: str) -> dict[str, Any] | None:
     return data[0] if data else None
 
 
+def container_label(info: Mapping[str, Any], key: str) -> str | None:
+    """A label of a container, from its ``docker inspect`` document."""
+    return ((info.get("Config") or {}).get("Labels") or {}).get(key)
+
+
 def remove_container(name: str) -> None:
     """Remove a container, running or not; one that is already gone is fine."""
     docker("rm", "--force", name, check=False, timeout=60)

@@ -26,6 +26,7 @@ from .config import CONTAINER_ORCHESTRATION_DIR
 from .docker import (
     NameConflict,
     check_daemon,
+    container_label,
     docker,
     env_pass,
     flag,
@@ -112,7 +113,7 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
     existing = inspect_container(spec.container)
     if existing is not None:
         state = existing.get("State") or {}
-        owner = ((existing.get("Config") or {}).get("Labels") or {}).get(config.LABEL_VOLUME)
+        owner = container_label(existing, config.LABEL_VOLUME)
         if owner and owner != spec.volume:
             raise UserError(
                 f"{spec.container} belongs to the batch on the volume {owner}; batches that run at once "
