@@ -2,7 +2,8 @@
 Dockerfiles, a git server of the tests' own on loopback, and a volume per test.
 
 Every name carries the prefix orch-test- (and task ids a per-test run id), so that the
-tests never touch a user's own images, volume or workers.
+tests never touch a user's own images, volume or workers. ORCH_TEST_PREFIX sets another
+prefix, so that two checkouts can run their tests on one engine at once.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from orchestrator import images
 
 from .helpers import ROOT, STANDIN, seed_repo
 
-PREFIX = "orch-test-"
+PREFIX = os.environ.get("ORCH_TEST_PREFIX") or "orch-test-"
 MANAGER_IMAGE = f"{PREFIX}orchestrator"
 WORKER_BASE_IMAGE = f"{PREFIX}flutter-base"  # flutter/Dockerfile without the SDK
 WORKER_IMAGE = f"{PREFIX}flutter"  # the same, with the stand-in agent

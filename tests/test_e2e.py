@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from .engine import GitServer, Run, container_file, run_py, sh
+from .engine import PREFIX, GitServer, Run, container_file, run_py, sh
 from .helpers import ROOT
 
 pytestmark = pytest.mark.docker
@@ -125,7 +125,7 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
     run.write(f"tasks/{task}.json", task_file(task, "@sleep 60"))
     spawn = [
         "python3", "bin/spawn-worker.py", "flutter", task, "--repo", repo, "--token", str(token_file),
-        "--volume", run.volume, "--network", "host", "--image-prefix", "orch-test-", "--orchestration-dir", "/nonexistent",
+        "--volume", run.volume, "--network", "host", "--image-prefix", PREFIX, "--orchestration-dir", "/nonexistent",
     ]  # fmt: skip
     first = subprocess.run(spawn, capture_output=True, text=True, cwd=ROOT)
     assert first.returncode == 0, first.stderr
