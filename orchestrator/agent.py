@@ -12,6 +12,7 @@ with ``"subtype": "success"`` and ``"is_error": true``. ``judge`` looks at all o
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -88,7 +89,7 @@ def render_event(event: Mapping[str, Any]) -> list[str]:
         content = message.get("content") if isinstance(message, Mapping) else None
         if isinstance(content, str):
             content = [{"type": "text", "text": content}]
-        lines = []
+        lines: list[str] = []
         for block in content if isinstance(content, list) else []:
             if not isinstance(block, Mapping):
                 continue
@@ -193,10 +194,8 @@ class AgentProcess:
 
     @staticmethod
     def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def run(self) -> AgentRun:
         stderr_tail: collections.deque[str] = collections.deque(maxlen=20)

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from . import config
@@ -189,7 +189,7 @@ def record_outcome(
     worker_exit_code: int | None = None,
 ) -> TaskView:
     """Write the result of an attempt that the worker could not write itself."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     result = TaskResult(
         task_id=view.id,
         status=state,
@@ -227,7 +227,7 @@ def reconcile(
     if not active:
         return views
     containers = engine.containers([view.container for view in active])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     updated: dict[str, TaskView] = {}
     for view in active:
         info = containers.get(view.container)

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -277,7 +277,7 @@ class Dispatcher:
         self.waiting_messages: dict[str, str] = {}
 
     def say(self, message: str) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.out.write(f"{stamp} dispatcher[{os.getpid()}]: {self.scrub(message)}\n")
         self.out.flush()
 
@@ -378,7 +378,7 @@ class Dispatcher:
         return None
 
     def enforce_timeouts(self, views: list[TaskView]) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for view in views:
             if view.state is not State.RUNNING or view.status is None:
                 continue
@@ -386,9 +386,9 @@ class Dispatcher:
             # which git's own timeout bounds.
             deadline = parse_time(view.status.deadline)
             started = parse_time(view.started_at)
-            if deadline is None and started is None:
-                continue
             if deadline is None:
+                if started is None:
+                    continue
                 timeout = view.task.timeout if view.task and view.task.timeout else DEFAULT_TIMEOUT
                 deadline = started + timedelta(seconds=CLONE_TIMEOUT + timeout)
             over = (now - deadline).total_seconds() - TIMEOUT_GRACE_SECONDS

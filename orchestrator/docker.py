@@ -85,6 +85,7 @@ def docker(
             stderr=subprocess.PIPE if capture else None,
             timeout=timeout,
             env=child_env,
+            check=False,
         )
     except FileNotFoundError:
         raise DockerMissing("the docker command was not found; install Docker and put `docker` on PATH") from None

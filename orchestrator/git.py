@@ -66,7 +66,14 @@ def git(
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     try:
         proc = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env
+            argv,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise GitError(f"`{scrub(shlex.join(argv))}` did not finish within {timeout:.0f} s") from None
@@ -155,7 +162,7 @@ def bundle(repo: Path, dest: Path, branch: str, base: str) -> None:
 def host_config(key: str) -> str | None:
     """A value of the user's own git configuration, if git and the value exist."""
     try:
-        proc = subprocess.run(["git", "config", "--get", key], capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(["git", "config", "--get", key], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() or None if proc.returncode == 0 else None

@@ -50,7 +50,7 @@ def build_image(
         args = [arg for name, value in (build_args or {}).items() for arg in ("--build-arg", f"{name}={value}")]
         docker(
             "build", "--tag", tag, *args, *flag("--target", target), str(context),
-            timeout=BUILD_TIMEOUT, capture=False if show_progress else True,
+            timeout=BUILD_TIMEOUT, capture=not show_progress,
         )  # fmt: skip
 
 

@@ -130,12 +130,13 @@ def merge_branches(
                         "not merged",
                         rest.result.branch if rest.result else None,
                         message=f"not tried: stopped at the conflict of {view.id}",
-                    )  # fmt: skip
+                    )
                     for rest in views[index + 1 :]
                 )
                 break
             changed = (here("diff", "--name-only", "HEAD^1", "HEAD") or "").splitlines()
-            outcomes.append(Outcome(view.id, "merged", branch, here("rev-parse", "HEAD").strip(), tuple(changed)))
+            head = (here("rev-parse", "HEAD") or "").strip()
+            outcomes.append(Outcome(view.id, "merged", branch, head, tuple(changed)))
         pushed, push_error = False, None
         if push:
             try:

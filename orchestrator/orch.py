@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import batch, config, merge
@@ -64,7 +64,7 @@ def volume_dir(args: argparse.Namespace) -> OrchestrationDir:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def current_views(orch: OrchestrationDir, engine: DockerEngine | None = None) -> list[TaskView]:
@@ -459,9 +459,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
             kept = f"{view.container}-attempt-{number}"
             kept_note = f", container {kept}" if engine.rename(view.container, kept) else ""
             orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=f"attempt {number + 1}")
-            print(
-                f"{view.id}: attempt {number + 1} queued (attempt {number} kept: {orch.attempt_dir(view.id)}{kept_note})"
-            )
+            kept_in = orch.attempt_dir(view.id)
+            print(f"{view.id}: attempt {number + 1} queued (attempt {number} kept: {kept_in}{kept_note})")
         # Blocked tasks get another look: those whose dependencies can now succeed will run.
         for other in load_views(orch):
             if other.state is State.BLOCKED:

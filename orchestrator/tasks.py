@@ -20,7 +20,7 @@ import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -62,13 +62,13 @@ def natural_key(text: str) -> list[Any]:
 
 def parse_time(stamp: str | None) -> datetime | None:
     try:
-        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if stamp else None
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if stamp else None
     except ValueError:
         return None
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def validate_task_id(task_id: object, field_name: str = "id") -> str:
@@ -103,7 +103,7 @@ def _field(data: Mapping[str, Any], name: str, kind: type | tuple[type, ...], wh
 def _state(data: Mapping[str, Any], name: str, what: str, allowed: frozenset[State] | None = None) -> State:
     value = data.get(name)
     try:
-        state = State(value)
+        state = State(str(value))
     except ValueError:
         raise InvalidInput(f"{what}: field {name!r} is {value!r}, not a known state") from None
     if allowed is not None and state not in allowed:
@@ -306,10 +306,8 @@ def write_atomic(path: Path, content: str | bytes, mode: int = 0o664) -> None:
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

@@ -9,6 +9,7 @@ whose status is not ``success``, and a non-zero exit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -169,7 +170,7 @@ class Worker:
             self.checkout = delivery.start_branch(clone_dir, branch, self.say)
             self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
             # For orch's dispatcher, which stops a worker that outlives this by far.
-            deadline = datetime.now(timezone.utc) + timedelta(seconds=timeout)
+            deadline = datetime.now(UTC) + timedelta(seconds=timeout)
             self.set_state(State.RUNNING, deadline=deadline.strftime("%Y-%m-%dT%H:%M:%SZ"))
             with open(orch.log_path(config.task_id), "w", encoding="utf-8") as transcript:
                 self.agent = agent.AgentProcess(
@@ -187,7 +188,7 @@ class Worker:
             status, error = stop.state, f"the worker was stopped ({stop.state.value}) before the agent started"
         except UserError as exc:
             status, error = State.FAILED, str(exc)
-        except BaseException as exc:  # a bug must still leave a result behind
+        except BaseException as exc:  # noqa: BLE001 (a bug must still leave a result behind)
             self.say("internal error:\n" + "".join(traceback.format_exception(exc)))
             status, error = State.FAILED, f"internal error in the worker: {type(exc).__name__}: {exc}"
         self.finishing = True
@@ -251,11 +252,12 @@ class Worker:
         handed_back: delivery.Delivery | None = None,
     ) -> TaskResult:
         final = run.final if run and run.final else {}
-        output = final.get("result") if isinstance(final.get("result"), str) else (run.last_text if run else "")
+        said = final.get("result")
+        output = said if isinstance(said, str) else (run.last_text if run else "")
         cost = final.get("total_cost_usd")
         turns = final.get("num_turns")
         session = final.get("session_id")
-        return TaskResult(
+        result = TaskResult(
             task_id=self.config.task_id,
             status=status,
             output=self.scrub(output),
@@ -269,20 +271,19 @@ class Worker:
             model=model,
             error=self.scrub(error) if error else None,
             attempt=self.config.attempt,
-            **(self.delivery_fields(handed_back) if handed_back else {}),
         )
-
-    @staticmethod
-    def delivery_fields(handed_back: delivery.Delivery) -> dict[str, object]:
-        return {
-            "branch": handed_back.branch,
-            "base_commit": handed_back.base_commit,
-            "head_commit": handed_back.head_commit,
-            "commits": handed_back.commits,
-            "files_changed": tuple(handed_back.files_changed),
-            "pushed": handed_back.pushed,
-            "bundle": handed_back.bundle,
-        }
+        if handed_back is None:
+            return result
+        return dataclasses.replace(
+            result,
+            branch=handed_back.branch,
+            base_commit=handed_back.base_commit,
+            head_commit=handed_back.head_commit,
+            commits=handed_back.commits,
+            files_changed=tuple(handed_back.files_changed),
+            pushed=handed_back.pushed,
+            bundle=handed_back.bundle,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ WORKER_IMAGE = f"{PREFIX}flutter"  # the same, with the stand-in agent
 def sh(
     *argv: str, check: bool = True, input: str | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
+    proc = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout, check=False)
     if check and proc.returncode:
         raise AssertionError(f"{argv} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -47,7 +47,7 @@ def engine() -> None:
     """The Docker engine. Unusable is a failure: these tests are never skipped."""
     if shutil.which("docker") is None:
         pytest.fail("the docker CLI is not installed; end-to-end tests need a Docker engine (see .ci/ensure-docker)")
-    proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["docker", "info"], capture_output=True, text=True, timeout=60, check=False)
     if proc.returncode:
         pytest.fail(f"the Docker engine is not usable: {proc.stderr.strip()}")
 
@@ -95,7 +95,7 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
     server = GitServer(base, port)
     deadline = time.monotonic() + 30
     probe = server.repo("probe")
-    while subprocess.run(["git", "ls-remote", probe], capture_output=True).returncode:
+    while subprocess.run(["git", "ls-remote", probe], capture_output=True, check=False).returncode:
         assert time.monotonic() < deadline, "git daemon did not start"
         time.sleep(0.2)
     yield server
@@ -163,7 +163,7 @@ def run_py(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]
     """bin/run.py as a person would run it, with the test images and the host network."""
     return subprocess.run(
         ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host", *args],
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
 
 

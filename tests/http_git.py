@@ -72,7 +72,9 @@ def _handler(server: HttpGitServer) -> type[BaseHTTPRequestHandler]:
                 "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
                 "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
             }
-            out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60).stdout
+            out = subprocess.run(
+                ["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60, check=False
+            ).stdout
             head, _, payload = out.partition(b"\r\n\r\n")
             status = 200
             headers = []

@@ -114,7 +114,7 @@ def test_headless_argv_puts_the_prompt_after_the_end_of_options():
     argv = headless_argv("-rf: a prompt that looks like an option", "claude-x")
     assert argv[:2] == ["claude", "--print"]
     assert argv[-2:] == ["--", "-rf: a prompt that looks like an option"]
-    assert ["--output-format", "stream-json"] == argv[2:4]
+    assert argv[2:4] == ["--output-format", "stream-json"]
     assert "--verbose" in argv and "--dangerously-skip-permissions" in argv
     assert argv[argv.index("--model") + 1] == "claude-x"
     assert "--model" not in headless_argv("p", None)

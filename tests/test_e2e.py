@@ -127,11 +127,11 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
         "python3", "bin/spawn-worker.py", "flutter", task, "--repo", repo, "--token", str(token_file),
         "--volume", run.volume, "--network", "host", "--image-prefix", PREFIX, "--orchestration-dir", "/nonexistent",
     ]  # fmt: skip
-    first = subprocess.run(spawn, capture_output=True, text=True, cwd=ROOT)
+    first = subprocess.run(spawn, capture_output=True, text=True, cwd=ROOT, check=False)
     assert first.returncode == 0, first.stderr
     assert f"started worker-{task}" in first.stdout
 
-    second = subprocess.run(spawn, capture_output=True, text=True, cwd=ROOT)
+    second = subprocess.run(spawn, capture_output=True, text=True, cwd=ROOT, check=False)
     assert second.returncode == 1
     assert second.stderr.strip() == f"spawn-worker: error: task {task} already has a running worker (worker-{task})"
 
@@ -142,8 +142,8 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
     assert result["status"] == "cancelled" and "stopped" in result["error"]
 
     bad = run.task_id("bad")
-    run.write(f"tasks/{bad}.json", '{"id": "%s", "prompt": ""}' % bad)
-    refused = subprocess.run([*spawn[:3], bad, *spawn[4:]], capture_output=True, text=True, cwd=ROOT)
+    run.write(f"tasks/{bad}.json", f'{{"id": "{bad}", "prompt": ""}}')
+    refused = subprocess.run([*spawn[:3], bad, *spawn[4:]], capture_output=True, text=True, cwd=ROOT, check=False)
     assert refused.returncode == 1 and "field 'prompt' must be a non-empty string" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{bad}").stdout.strip() == ""
@@ -152,7 +152,10 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
 def test_the_debugging_recipes_work(run: Run, git_server: GitServer, token_file):
     repo = git_server.repo(f"d-{run.id}")
     task = run.task_id("dbg")
-    script = f"cat > /orchestration/tasks/{task}.json <<'EOF'\n{task_file(task, '@say hi')}\nEOF\nspawn-worker flutter {task} && docker wait worker-{task}"
+    script = (
+        f"cat > /orchestration/tasks/{task}.json <<'EOF'\n{task_file(task, '@say hi')}\nEOF\n"
+        f"spawn-worker flutter {task} && docker wait worker-{task}"
+    )
     proc = run_py(
         "--repo",
         repo,

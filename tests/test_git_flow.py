@@ -121,7 +121,7 @@ def test_a_rejected_key_fails_the_task_naming_the_error_and_keeps_the_work_in_a_
         ["python3", str(ROOT / "bin" / "spawn-worker.py"), "flutter", task_id, "--repo", ssh_git_server.url(repo_name),
          "--token", str(token_file), "--ssh-key", str(key), "--known-hosts", str(ssh_git_server.known_hosts),
          "--volume", run.volume, "--image-prefix", PREFIX, "--network", "host"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert spawn.returncode == 0, spawn.stderr
     deadline = time.monotonic() + 120
@@ -181,7 +181,7 @@ def spawn_from_host(run: Run, task_id: str, url: str, token_file, *options: str)
     spawn = subprocess.run(
         ["python3", str(ROOT / "bin" / "spawn-worker.py"), "flutter", task_id, "--repo", url,
          "--token", str(token_file), "--volume", run.volume, "--image-prefix", PREFIX, "--network", "host", *options],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert spawn.returncode == 0, spawn.stderr
     assert sh("docker", "wait", f"worker-{task_id}").stdout.strip() == "1"
@@ -206,7 +206,7 @@ def test_a_key_the_server_never_knew_fails_at_the_clone_naming_the_error(
     run: Run, ssh_git_server: SshGitServer, repo_name: str, token_file
 ):
     url = ssh_git_server.repo(repo_name)
-    failed = spawn_from_host(run, run.task_id("stranger"), url, token_file, "--ssh-key",
-                             str(ssh_git_server.wrong_key), "--known-hosts", str(ssh_git_server.known_hosts))  # fmt: skip
+    options = ("--ssh-key", str(ssh_git_server.wrong_key), "--known-hosts", str(ssh_git_server.known_hosts))
+    failed = spawn_from_host(run, run.task_id("stranger"), url, token_file, *options)
     assert failed["status"] == "failed" and "Permission denied (publickey)" in failed["error"]
     assert failed["exit_code"] is None and failed["branch"] is None  # no clone, so no work to keep

@@ -3,6 +3,7 @@ Manager agent (or a person) runs them, stand-in agents in the workers."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -73,7 +74,7 @@ def test_a_chain_runs_in_order_and_a_failure_blocks_its_dependents(run: Run, man
     status = manager.status()
     assert [status[t]["state"] for t in (first, second, third)] == ["success"] * 3
     results = [json.loads(manager.orch("result", t, "--json").stdout) for t in (first, second, third)]
-    for before, later in zip(results, results[1:], strict=False):
+    for before, later in itertools.pairwise(results):
         assert later["started_at"] >= before["completed_at"]
     assert status[broken]["state"] == "failed"
     assert status[after]["state"] == "blocked" and status[after]["message"] == f"{broken} ended failed"

@@ -19,7 +19,7 @@ def git(
     server: SshGitServer, *args: str, key: Path | None = None, cwd: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **IDENTITY, "GIT_SSH_COMMAND": server.ssh_command(key)}
-    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
     if check and proc.returncode:
         raise AssertionError(f"git {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
