@@ -276,8 +276,19 @@ class Request:
         return _without_reminders(_text_of(first.get("content"))) if first else ""
 
     def tool_results(self) -> list[ToolResult]:
-        """The results of tool calls in this request's history, oldest first."""
-        return [
+        """The results of tool calls in this request's history, in the order of the calls.
+
+        Not in the order they came: the CLI runs the calls of one reply at once and sends their results
+        back as they finish.
+        """
+        calls = [
+            block.get("id")
+            for message in self.messages
+            if message.get("role") == "assistant" and isinstance(message.get("content"), list)
+            for block in message["content"]
+            if isinstance(block, dict) and block.get("type") == "tool_use"
+        ]
+        results = [
             ToolResult(
                 str(block.get("tool_use_id")),
                 _without_reminders(_text_of(block.get("content"))).strip("\n"),
@@ -289,6 +300,8 @@ class Request:
             for block in message["content"]
             if isinstance(block, dict) and block.get("type") == "tool_result"
         ]
+        order = {tool_use_id: index for index, tool_use_id in enumerate(calls)}
+        return sorted(results, key=lambda result: order.get(result.tool_use_id, len(order)))
 
     def summary(self) -> str:
         where = f" {self.marker!r}@{self.position}#{self.attempt}" if self.marker is not None else ""

@@ -191,6 +191,15 @@ def test_a_bash_calls_output_comes_back_as_a_tool_result(api: ScriptedAPI, agent
     assert api.tool_results("BASH-1") == [f"from-42\n{agent.work}"]
 
 
+def test_results_of_calls_in_one_reply_come_in_the_order_of_the_calls(api: ScriptedAPI, agent: Agent) -> None:
+    # The CLI runs both at once and sends back the one that finishes first first.
+    api.script("ORDER-1", reply(text("Both."), bash("sleep 1; echo first"), bash("echo second")), text("Done."))
+
+    agent.run(api, "ORDER-1: run two")
+
+    assert api.tool_results("ORDER-1") == ["first", "second"]
+
+
 def test_read_then_edit_change_a_file(api: ScriptedAPI, agent: Agent) -> None:
     notes = agent.work / "notes.txt"
     as_agent(notes, "colour: red\nsize: big\n")
