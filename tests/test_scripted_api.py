@@ -401,7 +401,7 @@ def sse_events(body: str) -> list[tuple[str, dict]]:
     return events
 
 
-def test_the_cli_s_other_requests_get_answers_and_are_recorded(api: ScriptedAPI) -> None:
+def test_requests_besides_the_conversation_get_answers_and_are_recorded(api: ScriptedAPI) -> None:
     api.script("SIDE-1", text("the scenario"))
 
     assert call(api, "HEAD", "/api/hello")[0] == 200
@@ -460,7 +460,7 @@ def test_a_stream_has_the_events_of_the_messages_api(api: ScriptedAPI) -> None:
     assert delta["delta"]["stop_reason"] == "tool_use"
 
 
-def test_errors_carry_the_api_s_error_type(api: ScriptedAPI) -> None:
+def test_errors_carry_the_error_type_of_the_api(api: ScriptedAPI) -> None:
     api.script("ERR-1", attempts(error(529, should_retry=False), error(429), text("ok")))
 
     status, headers, body = call(api, "POST", "/v1/messages", conversation("ERR-1"))
