@@ -22,7 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
+from . import sandbox
 from .docker import flag
+from .sandbox import AgentUser
 from .tasks import State
 
 CLAUDE = "claude"
@@ -30,10 +32,11 @@ TERMINATE_GRACE_SECONDS = 10.0
 _SUMMARY_LIMIT = 160
 
 
-def headless_argv(prompt: str, model: str | None, max_turns: int | None = None) -> list[str]:
-    """The command line of a headless run. Every flag here is in ``claude --help``, but
-    ``--max-turns``: the CLI accepts it without listing it (tests/test_images.py checks the
-    real binary takes it)."""
+def headless_argv(model: str | None, max_turns: int | None = None) -> list[str]:
+    """The command line of a headless run; the prompt goes on standard input, which has no
+    size limit (Linux refuses a single argument over 128 KiB). Every flag here is in
+    ``claude --help``, but ``--max-turns``: the CLI accepts it without listing it
+    (tests/test_images.py checks the real binary takes it)."""
     return [
         CLAUDE,
         "--print",
@@ -45,9 +48,6 @@ def headless_argv(prompt: str, model: str | None, max_turns: int | None = None) 
         "--dangerously-skip-permissions",
         *flag("--model", model),
         *flag("--max-turns", max_turns),
-        # A prompt that starts with '-' must not be read as an option.
-        "--",
-        prompt,
     ]
 
 
@@ -147,12 +147,20 @@ def judge(run: AgentRun, timeout: float | None) -> tuple[State, str | None]:
 
 
 class AgentProcess:
-    """One headless run: streams events to ``on_line`` and the raw transcript, under a timeout."""
+    """One headless run, as the agent's user: streams events to ``on_line`` and the raw
+    transcript, under a timeout that holds.
+
+    The run is over when the agent's process has exited (or was stopped), not when its output
+    ends: a child it left behind may keep the pipe open for ever. Then every process of the
+    agent's user is killed, which also closes the pipes.
+    """
 
     def __init__(
         self,
         argv: Sequence[str],
         *,
+        prompt: str,
+        user: AgentUser,
         cwd: str,
         env: Mapping[str, str],
         timeout: float | None,
@@ -161,6 +169,8 @@ class AgentProcess:
         scrub: Callable[[str], str],
     ):
         self.argv = list(argv)
+        self.prompt = prompt
+        self.user = user
         self.cwd = cwd
         self.env = dict(env)
         self.timeout = timeout
@@ -170,6 +180,9 @@ class AgentProcess:
         self._proc: subprocess.Popen[str] | None = None
         self._stopped: str | None = None
         self._lock = threading.Lock()
+        self._final: Mapping[str, Any] | None = None
+        self._last_text = ""
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
 
     def stop(self, reason: str) -> None:
         """End the run (its whole process group): TERM, then KILL after a grace period.
@@ -190,17 +203,50 @@ class AgentProcess:
         try:
             proc.wait(TERMINATE_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            self._signal_group(proc, signal.SIGKILL)
+            sandbox.kill_all(self.user.uid)
 
     @staticmethod
     def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
 
+    def _read_stdout(self, stream: IO[str]) -> None:
+        for raw in stream:
+            line = self.scrub(raw.rstrip("\n"))
+            if not line.strip():
+                continue
+            self.transcript.write(line + "\n")
+            self.transcript.flush()
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                self.on_line(line)
+                continue
+            if not isinstance(event, Mapping):
+                continue
+            for rendered in render_event(event):
+                self.on_line(rendered)
+            if event.get("type") == "result":
+                self._final = event
+            elif event.get("type") == "assistant":
+                text = _assistant_text(event)
+                if text:
+                    self._last_text = text
+
+    def _read_stderr(self, stream: IO[str]) -> None:
+        for raw in stream:
+            line = self.scrub(raw.rstrip("\n"))
+            if line.strip():
+                self._stderr_tail.append(line)
+                self.on_line(f"stderr: {line}")
+
+    def _write_prompt(self, stream: IO[str]) -> None:
+        # In a thread: a prompt bigger than the pipe's buffer waits for the CLI to read it.
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            stream.write(self.prompt)
+            stream.close()
+
     def run(self) -> AgentRun:
-        stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
-        final: Mapping[str, Any] | None = None
-        last_text = ""
         with self._lock:
             if self._stopped:
                 return AgentRun(exit_code=None, final=None, last_text="", stderr_tail="", stopped=self._stopped)
@@ -209,62 +255,44 @@ class AgentProcess:
                 self.argv,
                 cwd=self.cwd,
                 env=self.env,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 encoding="utf-8",
                 errors="replace",
                 start_new_session=True,
+                **self.user.popen_options(),
             )
         proc = self._proc
-        assert proc.stdout is not None and proc.stderr is not None
-
-        def read_stderr() -> None:
-            for raw in proc.stderr:  # type: ignore[union-attr]
-                line = self.scrub(raw.rstrip("\n"))
-                if line.strip():
-                    stderr_tail.append(line)
-                    self.on_line(f"stderr: {line}")
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        threads = [
+            threading.Thread(target=self._write_prompt, args=(proc.stdin,), daemon=True),
+            threading.Thread(target=self._read_stdout, args=(proc.stdout,), daemon=True),
+            threading.Thread(target=self._read_stderr, args=(proc.stderr,), daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
         timer = threading.Timer(self.timeout, self.stop, args=("timeout",)) if self.timeout else None
         if timer:
             timer.daemon = True
             timer.start()
         try:
-            for raw in proc.stdout:
-                line = self.scrub(raw.rstrip("\n"))
-                if not line.strip():
-                    continue
-                self.transcript.write(line + "\n")
-                self.transcript.flush()
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    self.on_line(line)
-                    continue
-                if not isinstance(event, Mapping):
-                    continue
-                for rendered in render_event(event):
-                    self.on_line(rendered)
-                if event.get("type") == "result":
-                    final = event
-                elif event.get("type") == "assistant":
-                    text = _assistant_text(event)
-                    if text:
-                        last_text = text
             exit_code = proc.wait()
         finally:
             if timer:
                 timer.cancel()
-        reader.join(timeout=5)
+        # What it left behind goes before anything else is read or handed back.
+        leftovers = sandbox.kill_all(self.user.uid)
+        if leftovers:
+            self.on_line(f"ended {leftovers} process(es) the agent left running")
+        for thread in threads[1:]:
+            thread.join(timeout=10)
         return AgentRun(
             exit_code=exit_code,
-            final=final,
-            last_text=last_text,
-            stderr_tail=" | ".join(stderr_tail),
+            final=self._final,
+            last_text=self._last_text,
+            stderr_tail=" | ".join(self._stderr_tail),
             stopped=self._stopped,
         )
 

@@ -9,7 +9,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 
-from . import config
+from . import config, environment
 from .errors import EXIT_INTERRUPTED, InvalidInput, UserError
 
 log = logging.getLogger("orchestrator")
@@ -27,24 +27,27 @@ class HelpFormatter(argparse.HelpFormatter):
         )
 
 
+def _default(var: environment.Var) -> str | None:
+    return var.get(os.environ)
+
+
 def add_placement_options(parser: argparse.ArgumentParser) -> None:
     """Where containers go: the options run.py and spawn-worker share, defaulted from the
     environment that run.py hands to the manager."""
-    env = os.environ
     parser.add_argument(
         "--volume",
-        default=env.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
-        help=f"the shared volume (default: ${config.ENV_VOLUME}, else {config.DEFAULT_VOLUME})",
+        default=_default(environment.VOLUME),
+        help=f"the shared volume (default: ${environment.VOLUME.name}, else {environment.VOLUME.default})",
     )
     parser.add_argument(
         "--network",
-        default=env.get(config.ENV_NETWORK),
-        help=f"Docker network of the containers started (default: ${config.ENV_NETWORK}, else Docker's default)",
+        default=_default(environment.NETWORK),
+        help=f"Docker network of the containers started (default: ${environment.NETWORK.name}, else Docker's default)",
     )
     parser.add_argument(
         "--image-prefix",
-        default=env.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX,
-        help=f"image name prefix (default: ${config.ENV_IMAGE_PREFIX}, else {config.DEFAULT_IMAGE_PREFIX})",
+        default=_default(environment.IMAGE_PREFIX),
+        help=f"image name prefix (default: ${environment.IMAGE_PREFIX.name}, else {environment.IMAGE_PREFIX.default})",
     )
     parser.add_argument("--debug", action="store_true", help="print the docker commands run, and tracebacks")
 
@@ -63,13 +66,53 @@ def add_git_access_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--git-token",
         metavar="FILE",
-        help="file holding a token for HTTPS remotes, given to git by a credential helper (default: $GIT_TOKEN)",
+        help="file holding a token for HTTPS remotes, given to git by a credential helper (default: "
+        "~/.git-token if it exists)",
     )
     parser.add_argument(
         "--branch-prefix",
-        default=os.environ.get(config.ENV_BRANCH_PREFIX) or config.DEFAULT_BRANCH_PREFIX,
-        help=f"task branches are PREFIX + task id (default: ${config.ENV_BRANCH_PREFIX}, else "
-        f"{config.DEFAULT_BRANCH_PREFIX})",
+        default=_default(environment.BRANCH_PREFIX),
+        help=f"task branches are PREFIX + task id (default: ${environment.BRANCH_PREFIX.name}, else "
+        f"{environment.BRANCH_PREFIX.default})",
+    )
+
+
+def add_api_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-url",
+        metavar="URL",
+        default=_default(environment.ANTHROPIC_BASE_URL),
+        help="the Claude API endpoint, for an LLM gateway or a company proxy (default: "
+        f"${environment.ANTHROPIC_BASE_URL.name}, else Anthropic's)",
+    )
+
+
+def add_limit_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """What one worker may use. Without ``defaults`` an option left out means "as before"."""
+
+    def default(var: environment.Var) -> str | None:
+        return _default(var) if defaults else None
+
+    parser.add_argument(
+        "--memory",
+        metavar="SIZE",
+        default=default(environment.WORKER_MEMORY),
+        help=f"memory limit of a worker, as docker run --memory takes it (default: ${environment.WORKER_MEMORY.name}, "
+        f"else {environment.WORKER_MEMORY.default})",
+    )
+    parser.add_argument(
+        "--cpus",
+        metavar="N",
+        default=default(environment.WORKER_CPUS),
+        help=f"CPUs a worker may use (default: ${environment.WORKER_CPUS.name}, else "
+        f"{environment.WORKER_CPUS.default})",
+    )
+    parser.add_argument(
+        "--pids-limit",
+        metavar="N",
+        default=default(environment.WORKER_PIDS),
+        help=f"processes a worker may run at once (default: ${environment.WORKER_PIDS.name}, else "
+        f"{environment.WORKER_PIDS.default})",
     )
 
 

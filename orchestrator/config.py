@@ -1,4 +1,5 @@
-"""Names and defaults shared by the host side, the manager and the workers."""
+"""Names the host side, the manager and the workers agree on: images, containers, labels,
+users and folders in the images. (Environment variables are in environment.py.)"""
 
 from __future__ import annotations
 
@@ -6,26 +7,19 @@ import re
 
 from .errors import InvalidInput
 
-DEFAULT_MODEL = "claude-opus-4-5-20251101"
-DEFAULT_BRANCH = "main"
-DEFAULT_VOLUME = "orchestration-volume"
-DEFAULT_IMAGE_PREFIX = "claude-"  # images are claude-orchestrator, claude-flutter, claude-TYPE
-MANAGER_IMAGE = "orchestrator"
+MANAGER_IMAGE = "orchestrator"  # after the image prefix: claude-orchestrator
 DEFAULT_WORKER_TYPE = "flutter"
 
-# The user both images run as; files copied into containers are given to it.
+# The orchestrator's user in both images (the manager runs as it); its group owns the shared
+# volume. Files copied into the manager are given to it.
 CONTAINER_UID = 1000
 CONTAINER_GID = 1000
 CONTAINER_HOME = "/home/claude"
 CONTAINER_ORCHESTRATION_DIR = "/orchestration"
+# In a worker, the runtime is root (it holds the secrets) and the agent a user of its own.
+WORKER_RUNTIME_HOME = "/root"
+AGENT_USER = "agent"
 
-# Environment variables that carry these settings into the manager, so that
-# spawn-worker there starts workers the way run.py was told to.
-ENV_VOLUME = "ORCHESTRATOR_VOLUME"
-ENV_NETWORK = "ORCHESTRATOR_NETWORK"
-ENV_IMAGE_PREFIX = "ORCHESTRATOR_IMAGE_PREFIX"
-ENV_BRANCH_PREFIX = "ORCHESTRATOR_BRANCH_PREFIX"  # task branches are PREFIX + task id (orchestrator/task-001)
-DEFAULT_BRANCH_PREFIX = "orchestrator/"
 BRANCH_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,60}")
 
 LABEL_ROLE = "orchestrator.role"

@@ -1,29 +1,46 @@
-"""What a worker hands back: its work committed on the task's branch and pushed to origin.
+"""Where a worker's agent works, and how its work is handed back.
 
-When the push fails, the commits are not lost: they are saved on the shared volume as a
-git bundle (``bundles/ID-attempt-N.bundle``), and the result says where.
+Every worker holds two clones of the repository:
+
+- the runtime's own, in a folder of root's: cloned from origin with the worker's credentials,
+  the task's branch created there. The agent can read it but never writes to it.
+- the agent's, ``/workspace/repo``: cloned from the runtime's by the agent's user, on the
+  task's branch, with ``origin`` naming the repository's URL (and no credentials).
+
+When the agent is done and its processes are gone, the runtime fetches the agent's commits
+and its working tree into its own clone, with none of the agent's hooks, fsmonitor or git
+configuration taking part, commits there what was left uncommitted, and pushes the task's
+branch to the literal ``REPO_URL``. When the push fails, the commits are saved on the shared
+volume as a git bundle (``bundles/ID-attempt-N.bundle``), and the result says where.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import git
+from . import git, sandbox
 from .git import GitError
+from .sandbox import AgentUser
 from .tasks import Task
 
 TITLE_LIMIT = 72
+# upload-pack is the part of git made to serve untrusted repositories; the runtime reads the
+# agent's clone (and the agent the runtime's) through it. Each is owned by the other user,
+# which git would otherwise refuse as "dubious ownership".
+UPLOAD_PACK = "git -c safe.directory=* upload-pack"
 
 
 @dataclass(frozen=True)
-class Checkout:
-    """The worker's clone, on the task's branch, and where that branch started."""
-
-    repo: Path
-    branch: str
-    base: str
+class Workspace:
+    own: Path  # the runtime's clone
+    agent: Path  # the agent's clone
+    branch: str  # the task's branch, under a name origin does not have
+    base: str  # the commit it starts from
 
 
 @dataclass(frozen=True)
@@ -46,16 +63,6 @@ def commit_message(task: Task, attempt: int | None) -> str:
     return f"{title}\n\nWork of task {task.id} (attempt {attempt or 1}), committed by its worker.\n"
 
 
-def start_branch(repo: Path, wanted: str, say: Callable[[str], None]) -> Checkout:
-    """Check out the task's branch, under a name origin does not have yet (see free_name)."""
-    base = git.head(repo)
-    branch = free_name(repo, wanted)
-    if branch != wanted:
-        say(f"origin has a branch {wanted} already (from an earlier batch?); this task's branch is {branch}")
-    git.git("checkout", "--quiet", "-b", branch, cwd=repo)
-    return Checkout(repo, branch, base)
-
-
 def free_name(repo: Path, wanted: str) -> str:
     """``wanted``, or ``wanted-2``, ``wanted-3``... when origin has it: a push must never need force.
 
@@ -70,40 +77,131 @@ def free_name(repo: Path, wanted: str) -> str:
     return name
 
 
-def deliver(
-    checkout: Checkout,
+def check_agent_folder(folder: Path, user: AgentUser) -> None:
+    """The agent's clone must be a folder of its own that it cannot swap for a link elsewhere:
+    the runtime reads it back as root."""
+    info = os.lstat(folder)
+    parent = os.stat(folder.parent)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != user.uid:
+        raise GitError(f"{folder} must be a folder owned by {user.name}")
+    if parent.st_uid != 0 or parent.st_mode & 0o022:
+        raise GitError(f"{folder.parent} must belong to root and be writable by root alone")
+
+
+def prepare(
+    *,
+    url: str,
+    branch: str,
+    wanted: str,
+    own: Path,
+    agent: Path,
+    user: AgentUser,
+    agent_env: Mapping[str, str],
+    git_env: Mapping[str, str],
+    scrub: Callable[[str], str],
+    say: Callable[[str], None],
+) -> Workspace:
+    """Clone origin for the runtime, create the task's branch, and give the agent its clone."""
+    check_agent_folder(agent, user)
+    # Readable by the agent's user, which clones from it (the runtime's umask keeps the
+    # shared volume's files from it).
+    umask = os.umask(0o022)
+    try:
+        git.clone(url, branch, own, scrub=scrub, env=git_env)
+        base = git.head(own)
+        name = free_name(own, wanted)
+        if name != wanted:
+            say(f"origin has a branch {wanted} already (from an earlier batch?); this task's branch is {name}")
+        git.git("branch", "--quiet", "--no-track", name, base, cwd=own)
+    finally:
+        os.umask(umask)
+    _clone_for_agent(own, agent, name, url, user, agent_env, scrub)
+    return Workspace(own, agent, name, base)
+
+
+def _clone_for_agent(
+    own: Path, agent: Path, branch: str, url: str, user: AgentUser, env: Mapping[str, str], scrub: Callable[[str], str]
+) -> None:
+    steps = [
+        ["git", "init", "--quiet", f"--initial-branch={branch}"],
+        ["git", "remote", "add", "origin", url],
+        # origin's branches as the runtime saw them, and the task's branch, checked out.
+        ["git", "fetch", "--quiet", "--no-tags", "--update-head-ok", f"--upload-pack={UPLOAD_PACK}", "--", str(own),
+         "+refs/remotes/origin/*:refs/remotes/origin/*", f"+refs/heads/{branch}:refs/heads/{branch}"],
+        ["git", "reset", "--quiet", "--hard"],
+    ]  # fmt: skip
+    for argv in steps:
+        proc = sandbox.run_as(user, argv, cwd=agent, env=env, timeout=git.CLONE_TIMEOUT)
+        if proc.returncode:
+            message = scrub(proc.stderr.strip() or f"exit code {proc.returncode}")
+            raise GitError(f"the agent's clone could not be made (`{' '.join(argv[:2])}`): {message}")
+
+
+def hand_back(
+    workspace: Workspace,
     message: str,
     bundle_path: Path,
     *,
+    url: str,
+    git_env: Mapping[str, str],
     scrub: Callable[[str], str],
     say: Callable[[str], None],
 ) -> Delivery:
-    """Commit what is left uncommitted, then push the branch; bundle it when the push fails.
+    """Take the agent's commits and working tree into the runtime's clone, commit what was left
+    uncommitted, and push the task's branch; bundle it when the push fails.
 
     The branch is pushed from wherever the agent left HEAD: an agent that switched branches
-    still hands its work back under the task's name.
+    still hands its work back under the task's name. Call it once the agent's processes are
+    gone, so that nothing changes the files while they are read.
     """
-    repo, branch, base = checkout.repo, checkout.branch, checkout.base
-    if git.commit_all(repo, message):
-        say(f"committed the agent's uncommitted changes on {branch}")
-    tip = git.head(repo)
-    commits = git.count_commits(repo, base, tip)
+    own, branch, base = workspace.own, workspace.branch, workspace.base
+    tip = _take_agent_work(workspace, message, say)
+    commits = git.count_commits(own, base, tip)
     if commits == 0:
         say("no changes to hand back")
         return Delivery(base_commit=base, head_commit=tip, commits=0)
-    files = git.changed_files(repo, base, tip)
-    git.git("update-ref", f"refs/heads/{branch}", tip, cwd=repo)
+    files = git.changed_files(own, base, tip)
+    git.git("update-ref", f"refs/heads/{branch}", tip, cwd=own)
     done = Delivery(base_commit=base, head_commit=tip, commits=commits, files_changed=files, branch=branch)
     say(f"pushing {branch} ({commits} commit{'s' if commits != 1 else ''}, {len(files)} file(s) changed)")
     try:
-        git.push(repo, branch, scrub=scrub)
+        git.push(own, url, branch, scrub=scrub, env=git_env)
     except GitError as exc:
         push_error = f"the push of {branch} failed: {exc}"
         try:
             bundle_path.parent.mkdir(parents=True, exist_ok=True)
-            git.bundle(repo, bundle_path, branch, base)
+            git.bundle(own, bundle_path, branch, base)
         except (GitError, OSError) as bundle_exc:
             return replace(done, error=f"{push_error}; saving a bundle failed too: {bundle_exc}")
         say(f"the push failed; the commits are saved in {bundle_path}")
         return replace(done, bundle=str(bundle_path), error=f"{push_error}; the work is saved in {bundle_path}")
     return replace(done, pushed=True)
+
+
+def _take_agent_work(workspace: Workspace, message: str, say: Callable[[str], None]) -> str:
+    """The commit that holds the agent's work, made in the runtime's clone."""
+    own, agent = workspace.own, workspace.agent
+    try:
+        git.git("fetch", "--quiet", "--no-tags", f"--upload-pack={UPLOAD_PACK}", "--", str(agent), "HEAD", cwd=own,
+                timeout=git.PUSH_TIMEOUT)  # fmt: skip
+        agent_head = git.git("rev-parse", "--verify", "FETCH_HEAD^{commit}", cwd=own).strip()
+    except GitError as exc:
+        say(f"the agent's commits could not be read ({exc}); its files are handed back on top of the branch's start")
+        agent_head = workspace.base
+    # The working tree, read with the runtime's repository and an index of its own: the agent's
+    # .git is not consulted, and .gitignore files in the tree are honoured as in any checkout.
+    index = own / ".git" / "orchestrator-handback-index"
+    with contextlib.suppress(FileNotFoundError):
+        index.unlink()
+    env = {"GIT_INDEX_FILE": str(index)}
+    try:
+        git.git("read-tree", agent_head, cwd=own, env=env)
+        git.git(f"--work-tree={agent}", "add", "--all", cwd=own, env=env, timeout=git.PUSH_TIMEOUT)
+        tree = git.git("write-tree", cwd=own, env=env).strip()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            index.unlink()
+    if tree == git.git("rev-parse", f"{agent_head}^{{tree}}", cwd=own).strip():
+        return agent_head
+    say("committed the agent's uncommitted changes")
+    return git.git("commit-tree", tree, "-p", agent_head, "-m", message, cwd=own).strip()

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
-from . import config
+from . import config, environment
 from .batch import (
     TaskView,
     dependency_cycle,
@@ -45,8 +45,8 @@ from .docker import (
 )
 from .errors import UserError
 from .git import CLONE_TIMEOUT
-from .secrets import scrubber
-from .spawn import WorkerExists, spawn, worker_spec
+from .secrets import env_secrets, scrubber
+from .spawn import WorkerExists, WorkerLimits, spawn, worker_spec
 from .tasks import (
     ACTIVE_STATES,
     FINISHED_STATES,
@@ -58,8 +58,6 @@ from .tasks import (
 )
 from .worker import DEFAULT_TIMEOUT
 
-DEFAULT_MAX_WORKERS = 4
-ENV_MAX_WORKERS = "ORCHESTRATOR_MAX_WORKERS"
 ROUND_SECONDS = 2.0  # between rounds when no engine event comes
 ENGINE_CHECK_SECONDS = 15.0  # the engine is asked at least this often, events or not
 # A worker stops its own agent at the task's timeout; orch steps in only when the worker
@@ -88,12 +86,10 @@ def max_workers(orch: OrchestrationDir, env: Mapping[str, str]) -> int:
 
 
 def env_max_workers(env: Mapping[str, str]) -> int:
-    text = env.get(ENV_MAX_WORKERS, "")
-    if text:
-        if not text.isdigit() or int(text) <= 0:
-            raise UserError(f"{ENV_MAX_WORKERS} must be a positive whole number, not {text!r}")
-        return int(text)
-    return DEFAULT_MAX_WORKERS
+    text = environment.MAX_WORKERS.require(env)
+    if not text.isdigit() or int(text) <= 0:
+        raise UserError(f"{environment.MAX_WORKERS.name} must be a positive whole number, not {text!r}")
+    return int(text)
 
 
 def set_max_workers(orch: OrchestrationDir, value: int) -> None:
@@ -223,7 +219,7 @@ class DockerEngine:
 
     @classmethod
     def for_env(cls, env: Mapping[str, str]) -> DockerEngine:
-        return cls(env.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME)
+        return cls(environment.VOLUME.require(env))
 
     def ours(self, info: Mapping[str, Any]) -> bool:
         return container_label(info, config.LABEL_VOLUME) in (None, self.volume)
@@ -270,7 +266,7 @@ class Dispatcher:
     ):
         self.orch = orch
         self.env = dict(env)
-        self.scrub = scrubber(env)
+        self.scrub = scrubber(env_secrets(env))
         self.engine = engine or DockerEngine.for_env(env)
         self.spawner = spawner or self.spawn_worker
         self.out = out or sys.stdout
@@ -431,11 +427,13 @@ class Dispatcher:
             view.id,
             env=env,
             repo=env.get("REPO_URL"),
-            branch=env.get("REPO_BRANCH") or config.DEFAULT_BRANCH,
-            model=env.get("ANTHROPIC_MODEL") or config.DEFAULT_MODEL,
-            volume=env.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
-            network=env.get(config.ENV_NETWORK) or None,
-            image_prefix=env.get(config.ENV_IMAGE_PREFIX) or config.DEFAULT_IMAGE_PREFIX,
+            branch=environment.REPO_BRANCH.require(env),
+            model=environment.ANTHROPIC_MODEL.require(env),
+            api_url=environment.ANTHROPIC_BASE_URL.get(env),
+            volume=environment.VOLUME.require(env),
+            network=environment.NETWORK.get(env),
+            image_prefix=environment.IMAGE_PREFIX.require(env),
+            limits=WorkerLimits.from_env(env),
             attempt=view.attempt,
         )
         try:

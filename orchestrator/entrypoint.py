@@ -15,14 +15,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import git
+from . import environment, git
 from .batch import load_views, needs_dispatcher
 from .cli import run_command
-from .config import DEFAULT_BRANCH
 from .dispatcher import ensure_dispatcher
 from .docker import DaemonUnreachable, DockerMissing, check_daemon
 from .errors import UserError
-from .secrets import scrubber
+from .secrets import GIT_TOKEN_ENV, Secrets, env_secrets, scrubber
 from .tasks import ACTIVE_STATES, OrchestrationDir, State, write_json
 
 SYSTEM_PROMPT = Path(__file__).with_name("system-prompt.md")
@@ -74,17 +73,30 @@ def resume_batch(orch: OrchestrationDir, env: Mapping[str, str]) -> None:
         print(f"manager: resuming the batch: {len(pending)} task(s) queued or running", file=sys.stderr, flush=True)
 
 
-def prepare(env: Mapping[str, str]) -> Path:
-    """Everything before the final exec; returns the folder to work in."""
-    os.umask(0o002)  # files on the shared volume stay writable for the workers' group
-    home = Path(env.get("HOME") or Path.home())
-    workspace = Path(env.get("WORKSPACE") or "/workspace")
-    scrub = scrubber(env)
+def load_secrets(home: Path, env: dict[str, str]) -> None:
+    """Put the secrets run.py copied into the home into the environment of what runs next
+    (Claude Code needs its credential there, git its token), never into the container's."""
+    secrets = Secrets.take_copy(home)
+    if secrets.claude is not None:
+        env[secrets.claude.env_name] = secrets.claude.value
+    if secrets.git_token:
+        env[GIT_TOKEN_ENV] = secrets.git_token
 
-    git.configure_identity(env.get("GIT_USER_NAME"), env.get("GIT_USER_EMAIL"))
-    git.configure_credentials(env)
+
+def prepare(env: dict[str, str]) -> Path:
+    """Everything before the final exec; returns the folder to work in."""
+    # The shared volume's files are for the group of the orchestrator's user, and no one else:
+    # a worker's agent runs as a user outside it.
+    os.umask(0o007)
+    home = Path(env.get("HOME") or Path.home())
+    workspace = Path(environment.WORKSPACE.require(env))
+    load_secrets(home, env)
+    scrub = scrubber(env_secrets(env))
+
+    git.configure_identity(environment.GIT_USER_NAME.get(env), environment.GIT_USER_EMAIL.get(env))
+    git.configure_credentials()
     git.prepare_ssh(home)
-    orch = OrchestrationDir(Path(env.get("ORCHESTRATION_DIR") or "/orchestration"))
+    orch = OrchestrationDir(Path(environment.ORCHESTRATION_DIR.require(env)))
     orch.ensure()
     try:
         check_daemon()
@@ -94,13 +106,13 @@ def prepare(env: Mapping[str, str]) -> Path:
         resume_batch(orch, env)
 
     workdir = workspace
-    repo_url = env.get("REPO_URL")
+    repo_url = environment.REPO_URL.get(env)
     if repo_url:
         workdir = workspace / "repo"
-        branch = env.get("REPO_BRANCH") or DEFAULT_BRANCH
+        branch = environment.REPO_BRANCH.require(env)
         if not (workdir / ".git").is_dir():
             print(f"manager: cloning {scrub(repo_url)} (branch {branch}) into {workdir}", file=sys.stderr, flush=True)
-            git.clone(repo_url, branch, workdir, scrub=scrub)
+            git.clone(repo_url, branch, workdir, scrub=scrub, env=env)
     preseed_claude_config(home, workdir)
     return workdir
 
@@ -121,9 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         workdir = prepare(env)
         os.chdir(workdir)
-        command = args or manager_argv(env.get("ANTHROPIC_MODEL"))
+        command = args or manager_argv(environment.ANTHROPIC_MODEL.get(env))
         try:
-            os.execvp(command[0], command)
+            os.execvpe(command[0], command, env)
         except OSError as exc:
             raise UserError(f"cannot run {command[0]}: {exc.strerror}") from None
         return 0  # not reached

@@ -9,18 +9,15 @@ import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from . import environment
+from .credential import HELPER
 from .errors import UserError
-from .secrets import GIT_TOKEN_ENV, PINNED_KNOWN_HOSTS_NAME
+from .secrets import PINNED_KNOWN_HOSTS_NAME
 
 log = logging.getLogger("orchestrator.git")
 
 CLONE_TIMEOUT = 900.0
-DEFAULT_USER_NAME = "Claude Orchestrator"
-DEFAULT_USER_EMAIL = "orchestrator@localhost"
-
 PUSH_TIMEOUT = 600.0
-GIT_TOKEN_USER_ENV = "GIT_TOKEN_USER"  # the user name that goes with it
-DEFAULT_GIT_TOKEN_USER = "x-access-token"  # what GitHub expects; GitLab takes "oauth2"
 
 SSH_CONFIG = """\
 # Written by the orchestrator. Host keys are accepted on first use and checked afterwards.
@@ -42,12 +39,6 @@ Host *
     UserKnownHostsFile ~/.ssh/known_hosts_pinned
 """
 
-# Reads the token from the environment when git asks: it is never in a URL, a file or argv.
-CREDENTIAL_HELPER = (
-    '!f() { test "$1" = get || exit 0; '
-    f'echo "username=${{{GIT_TOKEN_USER_ENV}:-{DEFAULT_GIT_TOKEN_USER}}}"; echo "password=${{{GIT_TOKEN_ENV}}}"; }}; f'
-)
-
 
 class GitError(UserError):
     pass
@@ -58,12 +49,16 @@ def git(
     cwd: str | os.PathLike[str] | None = None,
     timeout: float = 120.0,
     scrub: Callable[[str], str] = lambda s: s,
+    env: Mapping[str, str] | None = None,
 ) -> str:
-    """Run ``git ARGS``; a failure raises GitError with git's own message, scrubbed of secrets."""
+    """Run ``git ARGS``; a failure raises GitError with git's own message, scrubbed of secrets.
+
+    ``env`` adds variables for this git alone (the worker runtime's git token, say).
+    """
     argv = ["git", *args]
     log.debug("run %s", scrub(shlex.join(argv)))
     # Nobody is there to type a password: git fails at once instead of waiting for one.
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    child_env = {**os.environ, **(env or {}), "GIT_TERMINAL_PROMPT": "0"}
     try:
         proc = subprocess.run(
             argv,
@@ -72,7 +67,7 @@ def git(
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=child_env,
             check=False,
         )
     except subprocess.TimeoutExpired:
@@ -84,8 +79,8 @@ def git(
 
 
 def configure_identity(name: str | None, email: str | None) -> None:
-    git("config", "--global", "user.name", name or DEFAULT_USER_NAME)
-    git("config", "--global", "user.email", email or DEFAULT_USER_EMAIL)
+    git("config", "--global", "user.name", name or environment.GIT_USER_NAME.require({}))
+    git("config", "--global", "user.email", email or environment.GIT_USER_EMAIL.require({}))
 
 
 def prepare_ssh(home: Path) -> None:
@@ -95,19 +90,20 @@ def prepare_ssh(home: Path) -> None:
     os.chmod(ssh_dir, 0o700)
     config = ssh_dir / "config"
     if not config.exists():
-        pinned = (ssh_dir / PINNED_KNOWN_HOSTS_NAME).exists()
+        pinned = (home / PINNED_KNOWN_HOSTS_NAME).exists()
         config.write_text(SSH_CONFIG_PINNED if pinned else SSH_CONFIG, encoding="utf-8")
         os.chmod(config, 0o600)
 
 
-def configure_credentials(env: Mapping[str, str]) -> None:
-    """Let git answer HTTPS password prompts with $GIT_TOKEN, when there is one."""
-    if env.get(GIT_TOKEN_ENV):
-        git("config", "--global", "credential.helper", CREDENTIAL_HELPER)
+def configure_credentials() -> None:
+    """Let git answer HTTPS password prompts with $GIT_TOKEN, for the repository's URL only
+    (see credential.py); useHttpPath makes git name the repository it asks for."""
+    git("config", "--global", "credential.helper", HELPER)
+    git("config", "--global", "credential.useHttpPath", "true")
 
 
-def clone(url: str, branch: str, dest: Path, scrub: Callable[[str], str]) -> None:
-    git("clone", "--branch", branch, "--", url, str(dest), timeout=CLONE_TIMEOUT, scrub=scrub)
+def clone(url: str, branch: str, dest: Path, scrub: Callable[[str], str], env: Mapping[str, str] | None = None) -> None:
+    git("clone", "--branch", branch, "--", url, str(dest), timeout=CLONE_TIMEOUT, scrub=scrub, env=env)
 
 
 def task_branch(prefix: str, task_id: str, attempt: int | None) -> str:
@@ -148,10 +144,13 @@ def changed_files(repo: Path, base: str, tip: str) -> list[dict[str, object]]:
     return changes
 
 
-def push(repo: Path, branch: str, scrub: Callable[[str], str]) -> None:
-    """Push the local branch to origin under the same name. Never forced."""
-    git("push", "--quiet", "origin", f"refs/heads/{branch}:refs/heads/{branch}", cwd=repo, timeout=PUSH_TIMEOUT,
-        scrub=scrub)  # fmt: skip
+def push(repo: Path, url: str, branch: str, scrub: Callable[[str], str], env: Mapping[str, str] | None = None) -> None:
+    """Push the local branch to ``url`` under the same name. Never forced.
+
+    The URL is given literally, so no remote or pushurl in the repository's configuration
+    decides where the work (and the credentials) go."""
+    git("push", "--quiet", "--", url, f"refs/heads/{branch}:refs/heads/{branch}", cwd=repo, timeout=PUSH_TIMEOUT,
+        scrub=scrub, env=env)  # fmt: skip
 
 
 def bundle(repo: Path, dest: Path, branch: str, base: str) -> None:

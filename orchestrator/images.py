@@ -54,16 +54,30 @@ def build_image(
         )  # fmt: skip
 
 
-def build_manager_image(tag: str, ca_certs: Sequence[Path] = (), **kwargs: object) -> None:
-    build_image(tag, MANAGER_CONTEXT, ca_certs=ca_certs, **kwargs)  # type: ignore[arg-type]
+def build_manager_image(
+    tag: str, ca_certs: Sequence[Path] = (), build_args: Mapping[str, str] | None = None, show_progress: bool = True
+) -> None:
+    build_image(tag, MANAGER_CONTEXT, ca_certs=ca_certs, build_args=build_args, show_progress=show_progress)
+
+
+def pinned_claude_code_version() -> str:
+    """The Claude Code release orchestrator/Dockerfile pins."""
+    for line in (MANAGER_CONTEXT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        if line.startswith("ARG CLAUDE_CODE_VERSION="):
+            return line.split("=", 1)[1].strip()
+    raise UserError("orchestrator/Dockerfile pins no CLAUDE_CODE_VERSION")
 
 
 def build_worker_image(
-    tag: str, worker_type: str, manager_image: str, build_args: Mapping[str, str] | None = None, **kwargs: object
+    tag: str,
+    worker_type: str,
+    manager_image: str,
+    build_args: Mapping[str, str] | None = None,
+    show_progress: bool = True,
 ) -> None:
     """A worker image takes the runtime, Claude Code and the CA certificates from the manager image."""
     context = REPO_ROOT / worker_type
     if not (context / "Dockerfile").is_file():
         raise UserError(f"no worker type {worker_type!r}: {context / 'Dockerfile'} does not exist")
     args = {"RUNTIME_IMAGE": manager_image, **(build_args or {})}
-    build_image(tag, context, build_args=args, **kwargs)  # type: ignore[arg-type]
+    build_image(tag, context, build_args=args, show_progress=show_progress)

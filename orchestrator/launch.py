@@ -6,15 +6,17 @@ import argparse
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import config, images
+from . import config, environment, images
 from .cli import (
     HelpFormatter,
+    add_api_option,
     add_git_access_options,
+    add_limit_options,
     add_placement_options,
     check_branch_prefix,
     run_command,
@@ -31,11 +33,11 @@ from .docker import (
     remove_container,
 )
 from .errors import UserError
-from .git import DEFAULT_USER_EMAIL, DEFAULT_USER_NAME, host_config
-from .secrets import DEFAULT_TOKEN_FILE, TOKEN_ENV, GitAccess, read_secret_file
+from .git import host_config
+from .secrets import DEFAULT_TOKEN_FILE, Secrets
+from .spawn import WorkerLimits, stop_timeout
 
 DEFAULT_NAME = "claude-manager"
-ENV_CA_CERTS = "ORCHESTRATOR_CA_CERTS"
 SOCKET_IN_CONTAINER = "/var/run/docker.sock"
 
 
@@ -59,36 +61,17 @@ class ManagerSpec:
     image: str
     volume: str
     network: str | None
-    image_prefix: str
     socket: Path
     socket_gid: int
-    repo_url: str | None
-    branch: str
-    model: str
-    git_user_name: str
-    git_user_email: str
-    token: str
-    access: GitAccess
-    branch_prefix: str
+    settings: Mapping[str, str]  # environment.MANAGER_SETTINGS, by name
+    secrets: Secrets
     command: tuple[str, ...]
     tty: bool
 
     def environment(self) -> dict[str, str]:
-        """The manager's environment; values travel through docker's environment, not argv."""
-        env = {
-            "REPO_URL": self.repo_url or "",
-            "REPO_BRANCH": self.branch,
-            TOKEN_ENV: self.token,
-            "ANTHROPIC_MODEL": self.model,
-            "GIT_USER_NAME": self.git_user_name,
-            "GIT_USER_EMAIL": self.git_user_email,
-            config.ENV_VOLUME: self.volume,
-            config.ENV_NETWORK: self.network or "",
-            config.ENV_IMAGE_PREFIX: self.image_prefix,
-            config.ENV_BRANCH_PREFIX: self.branch_prefix,
-            **self.access.environment(),
-        }
-        return {name: value for name, value in env.items() if value}
+        """The manager's environment: settings only (the secrets are copied in as files).
+        Values travel through docker's environment, not argv."""
+        return {name: value for name, value in self.settings.items() if value}
 
     def create_argv(self) -> list[str]:
         return [
@@ -114,9 +97,11 @@ def ensure_images(args: argparse.Namespace, ca_certs: Sequence[Path]) -> str:
     worker = config.worker_image(config.DEFAULT_WORKER_TYPE, args.image_prefix)
     if args.build or not image_exists(manager):
         print(f"run.py: building {manager} (this takes a few minutes the first time)", flush=True)
-        images.build_manager_image(manager, ca_certs)
-    elif args.ca_cert:
-        print("run.py: note: --ca-cert applies to image builds; add --build to rebuild with it", file=sys.stderr)
+        build_args = {"CLAUDE_CODE_VERSION": args.claude_code_version} if args.claude_code_version else {}
+        images.build_manager_image(manager, ca_certs, build_args=build_args)
+    elif args.ca_cert or args.claude_code_version:
+        print("run.py: note: --ca-cert and --claude-code-version apply to image builds; add --build to rebuild",
+              file=sys.stderr)  # fmt: skip
     if args.build or not image_exists(worker):
         print(f"run.py: building {worker}", flush=True)
         images.build_worker_image(worker, config.DEFAULT_WORKER_TYPE, manager)
@@ -133,7 +118,7 @@ def start_manager(spec: ManagerSpec) -> int:
             f"or pick another --name"
         ) from None
     try:
-        spec.access.give(spec.name)
+        spec.secrets.give(spec.name, config.CONTAINER_HOME, uid=config.CONTAINER_UID, gid=config.CONTAINER_GID)
     except BaseException:
         remove_container(spec.name)
         raise
@@ -144,8 +129,8 @@ def start_manager(spec: ManagerSpec) -> int:
 
 def ca_cert_paths(args: argparse.Namespace) -> list[Path]:
     given = list(args.ca_cert or [])
-    if not given and os.environ.get(ENV_CA_CERTS):
-        given = [p for p in os.environ[ENV_CA_CERTS].split(os.pathsep) if p]
+    if not given and environment.CA_CERTS.get(os.environ):
+        given = [p for p in environment.CA_CERTS.require(os.environ).split(os.pathsep) if p]
     return [images.read_ca_cert(p) for p in given]
 
 
@@ -159,26 +144,45 @@ def build_parser() -> argparse.ArgumentParser:
         "container runs it instead of the interactive agent.",
     )
     parser.add_argument("--repo", metavar="URL", help="git repository to clone in the manager and the workers")
-    parser.add_argument("--branch", default=config.DEFAULT_BRANCH, help="branch to clone (default: main)")
+    parser.add_argument(
+        "--branch",
+        default=environment.REPO_BRANCH.default,
+        help=f"branch to clone (default: {environment.REPO_BRANCH.default})",
+    )
     parser.add_argument(
         "--token",
         metavar="FILE",
         default=DEFAULT_TOKEN_FILE,
-        help=f"file holding the Claude token (default: {DEFAULT_TOKEN_FILE})",
+        help=f"file holding the Claude token, or an API key (default: {DEFAULT_TOKEN_FILE})",
     )
+    add_api_option(parser)
     add_git_access_options(parser)
     parser.add_argument(
         "--model",
-        default=config.DEFAULT_MODEL,
-        help=f"model for the manager and the workers (default: {config.DEFAULT_MODEL})",
+        default=environment.ANTHROPIC_MODEL.default,
+        help=f"model for the manager and the workers (default: {environment.ANTHROPIC_MODEL.default})",
+    )
+    add_limit_options(parser)
+    parser.add_argument(
+        "--stop-timeout",
+        metavar="SECONDS",
+        default=environment.STOP_TIMEOUT.get(os.environ),
+        help="seconds a stopped worker gets to hand its work back before Docker kills it (default: "
+        f"${environment.STOP_TIMEOUT.name}, else {environment.STOP_TIMEOUT.default})",
     )
     parser.add_argument("--build", action="store_true", help="rebuild the images even if they exist")
+    parser.add_argument(
+        "--claude-code-version",
+        metavar="X.Y.Z",
+        help="build the images with this Claude Code release from npm (default: the one "
+        "orchestrator/Dockerfile pins); with --build to replace images that exist",
+    )
     parser.add_argument(
         "--ca-cert",
         metavar="FILE",
         action="append",
         help=f"extra CA certificate (PEM) baked into the images; repeatable "
-        f"(default: the files in ${ENV_CA_CERTS}, separated by '{os.pathsep}')",
+        f"(default: the files in ${environment.CA_CERTS.name}, separated by '{os.pathsep}')",
     )
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"manager container name (default: {DEFAULT_NAME})")
     add_placement_options(parser)
@@ -193,16 +197,45 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def manager_settings(args: argparse.Namespace) -> dict[str, str]:
+    """What the manager is told, and tells every worker it starts (environment.MANAGER_SETTINGS)."""
+    limits = WorkerLimits.parse(args.memory, args.cpus, args.pids_limit)
+    env = os.environ
+    values = {
+        environment.REPO_URL: args.repo,
+        environment.REPO_BRANCH: args.branch,
+        environment.ANTHROPIC_MODEL: args.model,
+        environment.ANTHROPIC_BASE_URL: args.api_url,
+        # The person's own git identity, unless the environment names another.
+        environment.GIT_USER_NAME: env.get(environment.GIT_USER_NAME.name) or host_config("user.name"),
+        environment.GIT_USER_EMAIL: env.get(environment.GIT_USER_EMAIL.name) or host_config("user.email"),
+        environment.GIT_TOKEN_USER: env.get(environment.GIT_TOKEN_USER.name),
+        environment.BRANCH_PREFIX: check_branch_prefix(args.branch_prefix),
+        environment.VOLUME: args.volume,
+        environment.NETWORK: args.network,
+        environment.IMAGE_PREFIX: args.image_prefix,
+        environment.WORKER_MEMORY: limits.memory,
+        environment.WORKER_CPUS: limits.cpus,
+        environment.WORKER_PIDS: str(limits.pids),
+        environment.STOP_TIMEOUT: str(stop_timeout({environment.STOP_TIMEOUT.name: args.stop_timeout or ""})),
+    }
+    assert set(values) == set(environment.MANAGER_SETTINGS)
+    return {var.name: value for var, value in values.items() if value}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options, command = split_command(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(options)
 
     def work() -> int:
-        token = read_secret_file(args.token, "token file")
-        access = GitAccess.read(
-            ssh_key=args.ssh_key, known_hosts=args.known_hosts, token_file=args.git_token, env=os.environ
+        secrets = Secrets.read(
+            token_file=args.token,
+            ssh_key=args.ssh_key,
+            known_hosts=args.known_hosts,
+            git_token_file=args.git_token,
+            env=os.environ,
         )
-        branch_prefix = check_branch_prefix(args.branch_prefix)
+        settings = manager_settings(args)
         ca_certs = ca_cert_paths(args)
         socket = docker_socket()
         check_daemon()
@@ -212,17 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             image=image,
             volume=args.volume,
             network=args.network,
-            image_prefix=args.image_prefix,
             socket=socket,
             socket_gid=socket.stat().st_gid,
-            repo_url=args.repo,
-            branch=args.branch,
-            model=args.model,
-            git_user_name=os.environ.get("GIT_USER_NAME") or host_config("user.name") or DEFAULT_USER_NAME,
-            git_user_email=os.environ.get("GIT_USER_EMAIL") or host_config("user.email") or DEFAULT_USER_EMAIL,
-            token=token,
-            access=access,
-            branch_prefix=branch_prefix,
+            settings=settings,
+            secrets=secrets,
             command=tuple(command),
             tty=sys.stdin.isatty(),
         )

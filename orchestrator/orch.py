@@ -21,12 +21,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import batch, config, merge
+from . import batch, config, environment, merge
 from .batch import TaskView, load_view, load_views, reconcile, select
 from .cli import HelpFormatter, run_command
 from .dispatcher import (
     ENGINE_CHECK_SECONDS,
-    ENV_MAX_WORKERS,
     ROUND_SECONDS,
     STOP_GRACE_SECONDS,
     Dispatcher,
@@ -39,7 +38,7 @@ from .dispatcher import (
 )
 from .docker import docker, text
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
-from .secrets import scrubber
+from .secrets import env_secrets, scrubber
 from .tasks import (
     ACTIVE_STATES,
     SETTLED_STATES,
@@ -528,9 +527,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
             Path(args.repo_dir),
             to_merge,
             into=into,
-            base_branch=env.get("REPO_BRANCH") or config.DEFAULT_BRANCH,
+            base_branch=environment.REPO_BRANCH.require(env),
             push=args.push,
-            scrub=scrubber(env),
+            scrub=scrubber(env_secrets(env)),
         )
     outcomes = sorted([*(report.outcomes if report else []), *left_out], key=lambda o: natural_key(o.task_id))
     ok = (report.ok if report is not None else not args.ids) and not (args.ids and left_out)
@@ -577,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--orchestration-dir",
-        default=os.environ.get("ORCHESTRATION_DIR") or config.CONTAINER_ORCHESTRATION_DIR,
+        default=environment.ORCHESTRATION_DIR.get(os.environ),
         help="where the shared volume is mounted (default: $ORCHESTRATION_DIR, else /orchestration)",
     )
     common.add_argument("--debug", action="store_true", help="print the docker commands run, and tracebacks")
@@ -637,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-workers",
         type=int,
         metavar="N",
-        help=f"how many workers may run at once, from now on (default: ${ENV_MAX_WORKERS}, else "
+        help=f"how many workers may run at once, from now on (default: ${environment.MAX_WORKERS.name}, else "
         f"{env_max_workers({})}; kept on the volume)",
     )
     p.set_defaults(func=cmd_start)
@@ -708,8 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--volume",
-        default=os.environ.get(config.ENV_VOLUME) or config.DEFAULT_VOLUME,
-        help=f"the shared volume whose workers to remove (default: ${config.ENV_VOLUME}, else {config.DEFAULT_VOLUME})",
+        default=environment.VOLUME.get(os.environ),
+        help=f"the shared volume whose workers to remove (default: ${environment.VOLUME.name}, else "
+        f"{environment.VOLUME.default})",
     )
     p.add_argument(
         "--force", action="store_true", help="remove also the containers whose work was neither pushed nor bundled"
@@ -730,18 +730,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--into",
         metavar="BRANCH",
         help=f"the integration branch (default: the branch prefix + {merge.INTEGRATION_BRANCH}, "
-        f"{config.DEFAULT_BRANCH_PREFIX}{merge.INTEGRATION_BRANCH})",
+        f"{environment.BRANCH_PREFIX.default}{merge.INTEGRATION_BRANCH})",
     )
     p.add_argument("--push", action="store_true", help="push the integration branch to origin (never forced)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--repo-dir",
-        default=str(Path(os.environ.get("WORKSPACE") or "/workspace") / "repo"),
+        default=str(Path(environment.WORKSPACE.require(os.environ)) / "repo"),
         help="the manager's clone (default: /workspace/repo)",
     )
     p.add_argument(
         "--branch-prefix",
-        default=os.environ.get(config.ENV_BRANCH_PREFIX) or config.DEFAULT_BRANCH_PREFIX,
+        default=environment.BRANCH_PREFIX.get(os.environ),
         help=argparse.SUPPRESS,
     )
     p.set_defaults(func=cmd_merge)

@@ -1,25 +1,43 @@
-"""Reading the token and the SSH key, and keeping them out of everything the project prints."""
+"""Secrets: reading them, carrying them into containers, and keeping them out of everything
+the project prints.
+
+A secret never goes on a command line or into a container's environment (both show in
+``docker inspect``, and the environment to every process of the same user). It is copied
+into the created container as a file through the Docker API, into the home of the user
+that holds it: ``claude`` in the manager, ``root`` (the worker runtime) in a worker, where
+the agent's user cannot read it. The worker runtime reads the files and removes them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import CONTAINER_GID, CONTAINER_HOME, CONTAINER_UID
 from .docker import FileToCopy, copy_files
 from .errors import UserError
 
-TOKEN_ENV = "CLAUDE_CODE_OAUTH_TOKEN"
 DEFAULT_TOKEN_FILE = "~/.claude-token"
 DEFAULT_SSH_KEY = "~/.ssh/id_ed25519"
-# Where run.py puts the user's known_hosts in the manager, so that spawn-worker passes it on.
-PINNED_KNOWN_HOSTS_NAME = "known_hosts_pinned"
-PINNED_KNOWN_HOSTS = f"~/.ssh/{PINNED_KNOWN_HOSTS_NAME}"
-GIT_TOKEN_ENV = "GIT_TOKEN"  # a token for HTTPS remotes, in the containers' environment only
 REDACTED = "[REDACTED]"
+
+# Where the secrets land in a container, relative to the holder's home. spawn-worker in the
+# manager finds them there by default, as on a person's machine.
+TOKEN_NAME = ".claude-token"
+GIT_TOKEN_NAME = ".git-token"
+SSH_KEY_NAME = ".ssh/id_ed25519"
+PINNED_KNOWN_HOSTS_NAME = ".ssh/known_hosts_pinned"  # not secret, but carried the same way
+PINNED_KNOWN_HOSTS = f"~/{PINNED_KNOWN_HOSTS_NAME}"
+
+# The variables that hold a secret in the processes that need one (the manager's Claude Code
+# and git); every output of the project is scrubbed of their values.
+OAUTH_TOKEN_ENV = "CLAUDE_CODE_OAUTH_TOKEN"
+API_KEY_ENV = "ANTHROPIC_API_KEY"
+GIT_TOKEN_ENV = "GIT_TOKEN"
+SECRET_ENV = (OAUTH_TOKEN_ENV, API_KEY_ENV, "ANTHROPIC_AUTH_TOKEN", GIT_TOKEN_ENV)
 
 # Credentials in an HTTP(S) URL (https://x-access-token:ghp_...@github.com/...). The user
 # part of an ssh:// URL (git@) is a login name, not a secret, and stays readable.
@@ -61,6 +79,12 @@ def read_ssh_key(path: str | os.PathLike[str], *, required: bool) -> bytes | Non
     return (text + "\n").encode("utf-8")
 
 
+def read_known_hosts(path: str | os.PathLike[str], *, required: bool) -> bytes | None:
+    # Not secret, but read with the same checks.
+    text = _read_optional_file(path, "known_hosts file", required=required)
+    return None if text is None else (text + "\n").encode("utf-8")
+
+
 def redact(text: str, secrets: Iterable[str | None]) -> str:
     """``text`` with every secret value and every URL credential replaced."""
     for secret in secrets:
@@ -69,60 +93,133 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     return _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", text)
 
 
-# Every variable of ours that holds a secret, in any of the containers.
-SECRET_ENV = (TOKEN_ENV, "ANTHROPIC_API_KEY", GIT_TOKEN_ENV)
-
-
-def scrubber(env: Mapping[str, str]) -> Callable[[str], str]:
-    """``redact`` with every secret ``env`` holds: for whatever is printed or written from it."""
-    values = [env.get(name) for name in SECRET_ENV]
+def scrubber(secrets: Iterable[str | None]) -> Callable[[str], str]:
+    """``redact`` with these secrets: for whatever is printed or written near them."""
+    values = [s for s in secrets if s]
     return lambda text: redact(text, values)
 
 
-def read_known_hosts(path: str | os.PathLike[str], *, required: bool) -> bytes | None:
-    # Not secret, but read with the same checks.
-    text = _read_optional_file(path, "known_hosts file", required=required)
-    return None if text is None else (text + "\n").encode("utf-8")
+def env_secrets(env: Mapping[str, str]) -> list[str]:
+    """The secret values an environment holds (the manager's processes have some)."""
+    return [env[name] for name in SECRET_ENV if env.get(name)]
 
 
 @dataclass(frozen=True)
-class GitAccess:
-    """What git needs to reach the repository. None of it goes on a command line."""
+class ClaudeCredential:
+    """The Claude credential: an OAuth token (``claude setup-token``) or an API key.
 
+    Claude Code sends the first as ``Authorization: Bearer`` and the second as ``x-api-key``;
+    which is which shows in the value (API keys start with ``sk-ant-api``).
+    """
+
+    value: str
+
+    @property
+    def is_api_key(self) -> bool:
+        return self.value.startswith("sk-ant-api")
+
+    @property
+    def env_name(self) -> str:
+        """The variable Claude Code takes it from."""
+        return API_KEY_ENV if self.is_api_key else OAUTH_TOKEN_ENV
+
+    def headers(self) -> dict[str, str]:
+        """The request headers that carry it."""
+        return {"x-api-key": self.value} if self.is_api_key else {"Authorization": f"Bearer {self.value}"}
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """What a container needs to reach Claude and the repository. None of it is ever printed."""
+
+    claude: ClaudeCredential | None = None
+    git_token: str | None = None  # for HTTPS remotes, handed to git by a credential helper
     ssh_key: bytes | None = None
     known_hosts: bytes | None = None  # given: only these host keys are trusted (else: first use)
-    token: str | None = None  # for HTTPS remotes, handed to git by a credential helper
 
     @classmethod
     def read(
         cls,
         *,
+        token_file: str | None,
         ssh_key: str | None,
         known_hosts: str | None,
-        token_file: str | None,
+        git_token_file: str | None,
         env: Mapping[str, str],
-    ) -> GitAccess:
-        """From the options given, else the defaults: ~/.ssh/id_ed25519 and ~/.ssh/known_hosts_pinned
-        when they exist, and $GIT_TOKEN (which run.py sets in the manager)."""
+    ) -> Secrets:
+        """From the files given, else the defaults: ``~/.claude-token`` (or ``$CLAUDE_CODE_OAUTH_TOKEN``),
+        ``~/.ssh/id_ed25519`` and ``~/.ssh/known_hosts_pinned`` when they exist, and ``~/.git-token``
+        (or ``$GIT_TOKEN``) when it exists."""
+        if token_file is None and env.get(OAUTH_TOKEN_ENV):
+            claude = env[OAUTH_TOKEN_ENV]
+        elif token_file is None and env.get(API_KEY_ENV):
+            claude = env[API_KEY_ENV]
+        else:
+            claude = read_secret_file(token_file or DEFAULT_TOKEN_FILE, "token file")
+        if git_token_file is not None:
+            git_token: str | None = read_secret_file(git_token_file, "git token file")
+        elif env.get(GIT_TOKEN_ENV):
+            git_token = env[GIT_TOKEN_ENV]
+        else:
+            git_token = _read_optional_file(f"~/{GIT_TOKEN_NAME}", "git token file", required=False)
         return cls(
+            claude=ClaudeCredential(claude),
+            git_token=git_token,
             ssh_key=read_ssh_key(ssh_key or DEFAULT_SSH_KEY, required=ssh_key is not None),
             known_hosts=read_known_hosts(known_hosts or PINNED_KNOWN_HOSTS, required=known_hosts is not None),
-            token=read_secret_file(token_file, "git token file") if token_file else env.get(GIT_TOKEN_ENV) or None,
         )
 
-    def environment(self) -> dict[str, str]:
-        return {GIT_TOKEN_ENV: self.token} if self.token else {}
+    def values(self) -> list[str]:
+        """The secret values, for scrubbing output."""
+        return [v for v in (self.claude.value if self.claude else None, self.git_token) if v]
 
-    def give(self, container: str) -> None:
-        """Put the key and the known hosts where ssh looks for them in a created container.
+    def files(self) -> list[FileToCopy]:
+        files = []
+        if self.claude:
+            files.append(FileToCopy(TOKEN_NAME, (self.claude.value + "\n").encode(), 0o600))
+        if self.git_token:
+            files.append(FileToCopy(GIT_TOKEN_NAME, (self.git_token + "\n").encode(), 0o600))
+        if self.ssh_key:
+            files.append(FileToCopy(SSH_KEY_NAME, self.ssh_key, 0o600))
+        if self.known_hosts:
+            files.append(FileToCopy(PINNED_KNOWN_HOSTS_NAME, self.known_hosts, 0o644))
+        return files
+
+    def give(self, container: str, home: str, *, uid: int, gid: int) -> None:
+        """Copy them into a created container, into ``home``, owned by ``uid:gid``.
 
         They travel through the Docker API, so this works from the host and from inside the
-        manager alike; and the files belong to the container's user, whoever owns them here.
+        manager alike, and the files belong to the container's user whoever owns them here.
         """
-        files = []
-        if self.ssh_key:
-            files.append(FileToCopy(".ssh/id_ed25519", self.ssh_key, 0o600))
-        if self.known_hosts:
-            files.append(FileToCopy(f".ssh/{PINNED_KNOWN_HOSTS_NAME}", self.known_hosts, 0o644))
+        files = self.files()
         if files:
-            copy_files(container, CONTAINER_HOME, files, uid=CONTAINER_UID, gid=CONTAINER_GID)
+            copy_files(container, home, files, uid=uid, gid=gid)
+
+    @classmethod
+    def take(cls, home: Path) -> Secrets:
+        """The secrets copied into ``home`` (the worker runtime's side). The token files are
+        removed once read; the SSH key stays for ssh until ``forget``."""
+        secrets = cls.take_copy(home)
+        for name in (TOKEN_NAME, GIT_TOKEN_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                (home / name).unlink()
+        return secrets
+
+    @classmethod
+    def take_copy(cls, home: Path) -> Secrets:
+        """The secrets copied into ``home``, left in place (the manager's spawn-worker reads them again)."""
+        token, git_token = home / TOKEN_NAME, home / GIT_TOKEN_NAME
+        key, hosts = home / SSH_KEY_NAME, home / PINNED_KNOWN_HOSTS_NAME
+        return cls(
+            claude=ClaudeCredential(read_secret_file(token, "token file")) if token.exists() else None,
+            git_token=read_secret_file(git_token, "git token file") if git_token.exists() else None,
+            ssh_key=key.read_bytes() if key.exists() else None,
+            known_hosts=hosts.read_bytes() if hosts.exists() else None,
+        )
+
+    @staticmethod
+    def forget(home: Path) -> None:
+        """Remove what ``take`` left for ssh."""
+        for name in (TOKEN_NAME, GIT_TOKEN_NAME, SSH_KEY_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                (home / name).unlink()

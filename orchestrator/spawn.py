@@ -1,23 +1,27 @@
 """spawn-worker TYPE TASK_ID: start one worker container for one task.
 
-Works on the host and inside the manager. Secrets never reach a command line: the token
-goes to the container through docker's environment (``--env NAME``, value inherited), and
-the SSH key is copied into the created container through the API, which works from both
-places where a bind mount of a path inside the manager would not.
+Works on the host and inside the manager. Secrets never reach a command line or the
+container's environment: they are copied into the created container, into the home of its
+runtime (root), through the Docker API, which works from both places where a bind mount of a
+path inside the manager would not. The worker runs with limits and without capabilities
+beyond the runtime's two (see sandbox.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from . import config
+from . import config, environment
 from .cli import (
     HelpFormatter,
+    add_api_option,
     add_git_access_options,
+    add_limit_options,
     add_placement_options,
     check_branch_prefix,
     run_command,
@@ -35,10 +39,55 @@ from .docker import (
     labels,
     remove_container,
 )
-from .errors import UserError
-from .secrets import DEFAULT_TOKEN_FILE, TOKEN_ENV, GitAccess, read_secret_file
+from .errors import InvalidInput, UserError
+from .secrets import DEFAULT_TOKEN_FILE, Secrets
 from .tasks import State, validate_task_id
 from .volume import volume_for
+
+MEMORY_PATTERN = re.compile(r"\d+(\.\d+)?[bkmg]?", re.IGNORECASE)
+# The runtime's capabilities: to start the agent as its own user, and to end its processes.
+RUNTIME_CAPABILITIES = ("SETUID", "SETGID", "KILL")
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """What one worker container may use."""
+
+    memory: str
+    cpus: str
+    pids: int
+
+    @classmethod
+    def parse(cls, memory: str | None, cpus: str | None, pids: str | int | None) -> WorkerLimits:
+        memory = memory or environment.WORKER_MEMORY.require({})
+        if not MEMORY_PATTERN.fullmatch(memory):
+            raise InvalidInput(f"memory limit {memory!r} is not a size such as 512m or 4g")
+        cpus = cpus or environment.WORKER_CPUS.require({})
+        try:
+            if float(cpus) <= 0:
+                raise ValueError
+        except ValueError:
+            raise InvalidInput(f"CPU limit {cpus!r} is not a positive number") from None
+        pids_text = str(pids or environment.WORKER_PIDS.require({}))
+        if not pids_text.isdigit() or int(pids_text) <= 0:
+            raise InvalidInput(f"process limit {pids_text!r} is not a positive whole number")
+        return cls(memory, cpus, int(pids_text))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerLimits:
+        return cls.parse(
+            environment.WORKER_MEMORY.get(env), environment.WORKER_CPUS.get(env), environment.WORKER_PIDS.get(env)
+        )
+
+    def argv(self) -> list[str]:
+        return ["--memory", self.memory, "--cpus", self.cpus, "--pids-limit", str(self.pids)]
+
+
+def stop_timeout(env: Mapping[str, str]) -> int:
+    text = environment.STOP_TIMEOUT.require(env)
+    if not text.isdigit() or int(text) <= 0:
+        raise InvalidInput(f"{environment.STOP_TIMEOUT.name} must be a positive number of seconds, not {text!r}")
+    return int(text)
 
 
 class WorkerExists(UserError):
@@ -59,35 +108,39 @@ class WorkerSpec:
     repo_url: str
     branch: str
     model: str
+    api_url: str | None
     timeout: int | None
     volume: str
     network: str | None
     git_user_name: str | None
     git_user_email: str | None
-    token: str
-    access: GitAccess
+    git_token_user: str | None
+    secrets: Secrets
+    limits: WorkerLimits
+    stop_timeout: int
     attempt: int | None = None
-    branch_prefix: str = config.DEFAULT_BRANCH_PREFIX
+    branch_prefix: str = environment.BRANCH_PREFIX.require({})
 
     @property
     def container(self) -> str:
         return config.container_name(self.task_id)
 
     def environment(self) -> dict[str, str]:
-        """The worker's environment. Every value travels through docker's own environment."""
+        """The worker's environment: settings only. Every value travels through docker's own
+        environment, not argv."""
         env = {
-            "TASK_ID": self.task_id,
-            "WORKER_TYPE": self.worker_type,
-            "REPO_URL": self.repo_url,
-            "REPO_BRANCH": self.branch,
-            "ANTHROPIC_MODEL": self.model,
-            TOKEN_ENV: self.token,
-            "GIT_USER_NAME": self.git_user_name or "",
-            "GIT_USER_EMAIL": self.git_user_email or "",
-            "TASK_TIMEOUT": str(self.timeout) if self.timeout else "",
-            "TASK_ATTEMPT": str(self.attempt) if self.attempt else "",
-            config.ENV_BRANCH_PREFIX: self.branch_prefix,
-            **self.access.environment(),
+            environment.TASK_ID.name: self.task_id,
+            environment.WORKER_TYPE.name: self.worker_type,
+            environment.REPO_URL.name: self.repo_url,
+            environment.REPO_BRANCH.name: self.branch,
+            environment.ANTHROPIC_MODEL.name: self.model,
+            environment.ANTHROPIC_BASE_URL.name: self.api_url or "",
+            environment.GIT_USER_NAME.name: self.git_user_name or "",
+            environment.GIT_USER_EMAIL.name: self.git_user_email or "",
+            environment.GIT_TOKEN_USER.name: self.git_token_user or "",
+            environment.TASK_TIMEOUT.name: str(self.timeout) if self.timeout else "",
+            environment.TASK_ATTEMPT.name: str(self.attempt) if self.attempt else "",
+            environment.BRANCH_PREFIX.name: self.branch_prefix,
         }
         return {name: value for name, value in env.items() if value}
 
@@ -103,6 +156,12 @@ class WorkerSpec:
             }),
             "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
             *flag("--network", self.network),
+            *self.limits.argv(),
+            "--cap-drop", "ALL",
+            *[arg for cap in RUNTIME_CAPABILITIES for arg in ("--cap-add", cap)],
+            "--security-opt", "no-new-privileges",
+            # Time for the runtime to stop the agent, commit and push when the container is stopped.
+            "--stop-timeout", str(self.stop_timeout),
             *[arg for name in self.environment() for arg in env_pass(name)],
             self.image,
         ]  # fmt: skip
@@ -145,7 +204,7 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
         raise WorkerExists(f"task {spec.task_id} already has a worker ({spec.container})", "created") from None
     try:
         volume.claim(spec.task_id, spec.worker_type, spec.container)
-        spec.access.give(spec.container)
+        spec.secrets.give(spec.container, config.WORKER_RUNTIME_HOME, uid=0, gid=0)
     except BaseException:
         remove_container(spec.container)
         raise
@@ -158,12 +217,6 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
     return spec.container
 
 
-def resolve_token(token_file: str | None, env: Mapping[str, str]) -> str:
-    if token_file is None and env.get(TOKEN_ENV):
-        return env[TOKEN_ENV]
-    return read_secret_file(token_file or DEFAULT_TOKEN_FILE, "token file")
-
-
 def worker_spec(
     worker_type: str,
     task_id: str,
@@ -172,9 +225,11 @@ def worker_spec(
     repo: str | None,
     branch: str,
     model: str,
+    api_url: str | None,
     volume: str,
     network: str | None,
     image_prefix: str,
+    limits: WorkerLimits,
     timeout: int | None = None,
     token_file: str | None = None,
     ssh_key_file: str | None = None,
@@ -183,7 +238,7 @@ def worker_spec(
     branch_prefix: str | None = None,
     attempt: int | None = None,
 ) -> WorkerSpec:
-    """The spec of a worker, with the token and key read now (spawn-worker and orch's dispatcher)."""
+    """The spec of a worker, with the secrets read now (spawn-worker and orch's dispatcher)."""
     task_id = validate_task_id(task_id, "TASK_ID")
     image = config.worker_image(worker_type, image_prefix)
     if not repo:
@@ -197,17 +252,24 @@ def worker_spec(
         repo_url=repo,
         branch=branch,
         model=model,
+        api_url=api_url,
         timeout=timeout,
         volume=volume,
         network=network,
-        git_user_name=env.get("GIT_USER_NAME"),
-        git_user_email=env.get("GIT_USER_EMAIL"),
-        token=resolve_token(token_file, env),
-        access=GitAccess.read(ssh_key=ssh_key_file, known_hosts=known_hosts_file, token_file=git_token_file, env=env),
-        attempt=attempt,
-        branch_prefix=check_branch_prefix(
-            branch_prefix or env.get(config.ENV_BRANCH_PREFIX) or config.DEFAULT_BRANCH_PREFIX
+        git_user_name=environment.GIT_USER_NAME.get(env),
+        git_user_email=environment.GIT_USER_EMAIL.get(env),
+        git_token_user=env.get(environment.GIT_TOKEN_USER.name),
+        secrets=Secrets.read(
+            token_file=token_file,
+            ssh_key=ssh_key_file,
+            known_hosts=known_hosts_file,
+            git_token_file=git_token_file,
+            env=env,
         ),
+        limits=limits,
+        stop_timeout=stop_timeout(env),
+        attempt=attempt,
+        branch_prefix=check_branch_prefix(branch_prefix or environment.BRANCH_PREFIX.require(env)),
     )
 
 
@@ -222,24 +284,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("worker_type", metavar="TYPE", help="worker type; the image is <prefix>TYPE (claude-flutter)")
     parser.add_argument("task_id", metavar="TASK_ID", help="task id; tasks/TASK_ID.json must exist")
     parser.add_argument(
-        "--repo", metavar="URL", default=os.environ.get("REPO_URL"), help="repository to clone (default: $REPO_URL)"
+        "--repo",
+        metavar="URL",
+        default=environment.REPO_URL.get(os.environ),
+        help="repository to clone (default: $REPO_URL)",
     )
     parser.add_argument(
         "--branch",
-        default=os.environ.get("REPO_BRANCH") or config.DEFAULT_BRANCH,
-        help="branch to clone (default: $REPO_BRANCH, else main)",
+        default=environment.REPO_BRANCH.get(os.environ),
+        help=f"branch to clone (default: $REPO_BRANCH, else {environment.REPO_BRANCH.default})",
     )
     parser.add_argument(
         "--model",
-        default=os.environ.get("ANTHROPIC_MODEL") or config.DEFAULT_MODEL,
-        help=f"model (default: $ANTHROPIC_MODEL, else {config.DEFAULT_MODEL})",
+        default=environment.ANTHROPIC_MODEL.get(os.environ),
+        help=f"model (default: $ANTHROPIC_MODEL, else {environment.ANTHROPIC_MODEL.default})",
     )
     parser.add_argument(
         "--token",
         metavar="FILE",
-        help=f"file holding the Claude token (default: ${TOKEN_ENV}, else {DEFAULT_TOKEN_FILE})",
+        help="file holding the Claude token (default: $CLAUDE_CODE_OAUTH_TOKEN or $ANTHROPIC_API_KEY, "
+        f"else {DEFAULT_TOKEN_FILE})",
     )
+    add_api_option(parser)
     add_git_access_options(parser)
+    add_limit_options(parser)
     parser.add_argument(
         "--timeout",
         type=int,
@@ -248,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--orchestration-dir",
-        default=os.environ.get("ORCHESTRATION_DIR") or CONTAINER_ORCHESTRATION_DIR,
+        default=environment.ORCHESTRATION_DIR.get(os.environ),
         help="where the shared volume is mounted here, if it is (default: $ORCHESTRATION_DIR, else /orchestration)",
     )
     add_placement_options(parser)
@@ -266,9 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             repo=args.repo,
             branch=args.branch,
             model=args.model,
+            api_url=args.api_url,
             volume=args.volume,
             network=args.network,
             image_prefix=args.image_prefix,
+            limits=WorkerLimits.parse(args.memory, args.cpus, args.pids_limit),
             timeout=args.timeout,
             token_file=args.token,
             ssh_key_file=args.ssh_key,

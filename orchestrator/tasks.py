@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -294,7 +295,7 @@ class TaskStatus:
         return _document(self)
 
 
-def write_atomic(path: Path, content: str | bytes, mode: int = 0o664) -> None:
+def write_atomic(path: Path, content: str | bytes, mode: int = 0o660) -> None:
     """Write a file so that a reader sees the old content or the new, never half of it."""
     data = content.encode("utf-8") if isinstance(content, str) else content
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -332,7 +333,7 @@ def write_json_once(path: Path, data: Mapping[str, Any]) -> None:
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o664)
+        os.chmod(tmp, 0o660)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -360,15 +361,23 @@ class OrchestrationDir:
 
     root: Path = DEFAULT_ROOT
 
-    SUBDIRS = ("tasks", "results", "status", "logs", "attempts")
+    SUBDIRS = ("tasks", "results", "status", "logs", "attempts", "bundles")
+    # Group (the orchestrator's user) only, new files taking the group; a worker's agent is not in it.
+    MODE = 0o2770
 
     @classmethod
     def from_env(cls) -> OrchestrationDir:
         return cls(Path(os.environ.get("ORCHESTRATION_DIR") or DEFAULT_ROOT))
 
     def ensure(self) -> None:
-        for name in self.SUBDIRS:
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+        """Make the folders; whoever owns them (the manager) also closes them to anyone outside
+        the group, which a volume made by an older version left open."""
+        for folder in (self.root, *(self.root / name for name in self.SUBDIRS)):
+            folder.mkdir(parents=True, exist_ok=True)
+            info = folder.stat()
+            if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) != self.MODE:
+                with contextlib.suppress(OSError):
+                    os.chmod(folder, self.MODE)
 
     def task_path(self, task_id: str) -> Path:
         return self.root / "tasks" / f"{task_id}.json"

@@ -4,6 +4,11 @@ It reads ``tasks/ID.json``, clones the repository, runs the agent headless on th
 prompt and writes ``results/ID.json``, whatever happens on the way: a task that cannot be
 read, a clone that fails, an agent that errs, hangs or is stopped all end in a result
 whose status is not ``success``, and a non-zero exit.
+
+The runtime runs as root with two capabilities (to change user, to signal); the agent runs as
+a user of its own and is handed the repository and nothing else (see sandbox.py): the
+secrets stay with the runtime, the Claude credential reaches the API through the runtime's
+relay (relay.py), and the work comes back through the runtime's own clone (delivery.py).
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from . import agent, delivery, git
+from . import agent, delivery, environment, git, sandbox
 from .cli import HelpFormatter, run_command
-from .config import DEFAULT_BRANCH, DEFAULT_BRANCH_PREFIX, ENV_BRANCH_PREFIX
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
-from .secrets import GIT_TOKEN_ENV, scrubber
+from .relay import ApiRelay
+from .sandbox import AgentUser
+from .secrets import GIT_TOKEN_ENV, SECRET_ENV, Secrets, scrubber
 from .tasks import AlreadyExists, OrchestrationDir, State, Task, TaskResult, utc_now
 
 DEFAULT_TIMEOUT = 3600
@@ -51,52 +57,61 @@ class WorkerConfig:
     repo_url: str | None
     branch: str
     model: str | None
+    api_url: str | None  # the real API endpoint; None for Anthropic's
     timeout: int | None  # set by spawn-worker --timeout; overrides the task's own
     attempt: int | None
     worker_type: str | None
     workspace: Path
-    home: Path
+    home: Path  # the runtime's home, where its secrets are copied in
+    runtime_dir: Path
+    agent_user: str
     orch: OrchestrationDir
-    git_user_name: str | None
-    git_user_email: str | None
-    branch_prefix: str = DEFAULT_BRANCH_PREFIX
+    git_user_name: str
+    git_user_email: str
+    branch_prefix: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], task_id: str | None = None) -> WorkerConfig:
-        task_id = task_id or env.get("TASK_ID")
+        task_id = task_id or environment.TASK_ID.get(env)
         if not task_id:
             raise UserError("no task id: set TASK_ID or pass --task-id")
-        timeout_text = env.get("TASK_TIMEOUT")
+        timeout_text = environment.TASK_TIMEOUT.get(env)
         try:
             timeout = int(timeout_text) if timeout_text else None
         except ValueError:
             raise UserError(f"TASK_TIMEOUT must be a whole number of seconds, not {timeout_text!r}") from None
+        attempt = environment.TASK_ATTEMPT.require(env)
         return cls(
             task_id=task_id,
-            repo_url=env.get("REPO_URL") or None,
-            branch=env.get("REPO_BRANCH") or DEFAULT_BRANCH,
-            model=env.get("ANTHROPIC_MODEL") or None,
+            repo_url=environment.REPO_URL.get(env),
+            branch=environment.REPO_BRANCH.require(env),
+            model=environment.ANTHROPIC_MODEL.get(env),
+            api_url=environment.ANTHROPIC_BASE_URL.get(env),
             timeout=timeout,
-            attempt=int(env["TASK_ATTEMPT"]) if env.get("TASK_ATTEMPT", "").isdigit() else None,
-            worker_type=env.get("WORKER_TYPE") or None,
-            workspace=Path(env.get("WORKSPACE") or "/workspace"),
+            attempt=int(attempt) if attempt.isdigit() else None,
+            worker_type=environment.WORKER_TYPE.get(env),
+            workspace=Path(environment.WORKSPACE.require(env)),
             home=Path(env.get("HOME") or Path.home()),
-            orch=OrchestrationDir(Path(env.get("ORCHESTRATION_DIR") or "/orchestration")),
-            git_user_name=env.get("GIT_USER_NAME") or None,
-            git_user_email=env.get("GIT_USER_EMAIL") or None,
-            branch_prefix=env.get(ENV_BRANCH_PREFIX) or DEFAULT_BRANCH_PREFIX,
+            runtime_dir=Path(environment.RUNTIME_DIR.require(env)),
+            agent_user=environment.AGENT_USER.require(env),
+            orch=OrchestrationDir(Path(environment.ORCHESTRATION_DIR.require(env))),
+            git_user_name=environment.GIT_USER_NAME.require(env),
+            git_user_email=environment.GIT_USER_EMAIL.require(env),
+            branch_prefix=environment.BRANCH_PREFIX.require(env),
         )
 
 
 class Worker:
     def __init__(self, config: WorkerConfig, env: Mapping[str, str]):
         self.config = config
-        self.env = dict(env)
-        self.scrub = scrubber(env)
+        # Nothing secret is in the container's environment; whatever is, the agent does not get.
+        self.env = {name: value for name, value in env.items() if name not in SECRET_ENV}
+        self.scrub = scrubber([])
         self.agent: agent.AgentProcess | None = None
         self.finishing = False
         self.log_file: TextIO | None = None
-        self.checkout: delivery.Checkout | None = None
+        self.workspace: delivery.Workspace | None = None
+        self.git_env: dict[str, str] = {}
 
     def _print(self, line: str) -> None:
         print(line, flush=True)
@@ -140,7 +155,10 @@ class Worker:
     def run(self) -> int:
         config = self.config
         orch = config.orch
-        os.umask(0o002)  # the manager and other workers may need to update these files
+        # The volume's files are for the manager's group; the agent's user is in no group of them.
+        os.umask(0o007)
+        secrets = Secrets.take(config.home)
+        self.scrub = scrubber(secrets.values())
         orch.ensure()
         if orch.result_path(config.task_id).exists():
             raise UserError(
@@ -152,6 +170,7 @@ class Worker:
         run: agent.AgentRun | None = None
         task: Task | None = None
         model = config.model
+        relay: ApiRelay | None = None
         try:
             self.log_file = open(orch.worker_log_path(config.task_id), "w", encoding="utf-8")  # noqa: SIM115
             self.set_state(State.RUNNING, started_at=started_at)
@@ -160,23 +179,41 @@ class Worker:
             timeout = config.timeout or task.timeout or DEFAULT_TIMEOUT
             if not config.repo_url:
                 raise UserError("no repository: REPO_URL is not set")
+            if secrets.claude is None:
+                raise UserError("no Claude credential was given to the worker (spawn-worker --token)")
+            user = AgentUser.named(config.agent_user)
+            sandbox.check_runtime_can_switch(user)
+            relay = ApiRelay(secrets.claude, config.api_url, on_error=self.say).start()
+            self.git_env = {environment.REPO_URL.name: config.repo_url}
+            if secrets.git_token:
+                self.git_env[GIT_TOKEN_ENV] = secrets.git_token
             git.configure_identity(config.git_user_name, config.git_user_email)
-            git.configure_credentials(self.env)
+            git.configure_credentials()
             git.prepare_ssh(config.home)
-            clone_dir = config.workspace / "repo"
             self.say(f"cloning {config.repo_url} (branch {config.branch})")
-            git.clone(config.repo_url, config.branch, clone_dir, scrub=self.scrub)
-            branch = git.task_branch(config.branch_prefix, config.task_id, config.attempt)
-            self.checkout = delivery.start_branch(clone_dir, branch, self.say)
+            self.workspace = delivery.prepare(
+                url=config.repo_url,
+                branch=config.branch,
+                wanted=git.task_branch(config.branch_prefix, config.task_id, config.attempt),
+                own=config.runtime_dir / "repo",
+                agent=config.workspace / "repo",
+                user=user,
+                agent_env=self.agent_env(user, model),
+                git_env=self.git_env,
+                scrub=self.scrub,
+                say=self.say,
+            )
             self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
             # For orch's dispatcher, which stops a worker that outlives this by far.
             deadline = datetime.now(UTC) + timedelta(seconds=timeout)
             self.set_state(State.RUNNING, deadline=deadline.strftime("%Y-%m-%dT%H:%M:%SZ"))
             with open(orch.log_path(config.task_id), "w", encoding="utf-8") as transcript:
                 self.agent = agent.AgentProcess(
-                    agent.headless_argv(task.prompt, model, task.max_turns),
-                    cwd=str(clone_dir),
-                    env=self.agent_env(model),
+                    agent.headless_argv(model, task.max_turns),
+                    prompt=task.prompt,
+                    user=user,
+                    cwd=str(self.workspace.agent),
+                    env={**self.agent_env(user, model), **relay.agent_environment()},
                     timeout=timeout,
                     on_line=self.agent_line,
                     transcript=transcript,
@@ -192,7 +229,10 @@ class Worker:
             self.say("internal error:\n" + "".join(traceback.format_exception(exc)))
             status, error = State.FAILED, f"internal error in the worker: {type(exc).__name__}: {exc}"
         self.finishing = True
-        handed_back = self.hand_back(task) if self.checkout is not None and task is not None else None
+        if relay is not None:
+            relay.stop()
+        handed_back = self.hand_back(task) if self.workspace is not None and task is not None else None
+        Secrets.forget(config.home)
         if handed_back is not None and handed_back.error:
             # Work that did not reach origin is a failure even when the agent succeeded.
             error = f"{error}; also, {handed_back.error}" if error else handed_back.error
@@ -218,27 +258,48 @@ class Worker:
         print(f"[worker {config.task_id}] result written to {orch.result_path(config.task_id)} (status {status.value})")
         return EXIT_OK if status is State.SUCCESS else EXIT_FAILURE
 
-    def agent_env(self, model: str | None) -> dict[str, str]:
-        # The worker pushes, not the agent: the git token stays out of the agent's reach.
-        env = {name: value for name, value in self.env.items() if name != GIT_TOKEN_ENV}
-        return {**env, **({"ANTHROPIC_MODEL": model} if model else {})}
+    def agent_env(self, user: AgentUser, model: str | None) -> dict[str, str]:
+        """The agent's environment: the container's, which holds no secret, without the real API
+        endpoint (the agent reaches it through the relay), and with its git identity."""
+        env = {name: value for name, value in self.env.items() if name != environment.ANTHROPIC_BASE_URL.name}
+        config = self.config
+        env.update(
+            GIT_AUTHOR_NAME=config.git_user_name,
+            GIT_AUTHOR_EMAIL=config.git_user_email,
+            GIT_COMMITTER_NAME=config.git_user_name,
+            GIT_COMMITTER_EMAIL=config.git_user_email,
+        )
+        if model:
+            env[environment.ANTHROPIC_MODEL.name] = model
+        # The relay is on loopback: a proxy for the way out must not take those requests.
+        for name in ("NO_PROXY", "no_proxy"):
+            env[name] = ",".join(p for p in (env.get(name), "127.0.0.1", "localhost") if p)
+        return user.environment(env)
 
     def hand_back(self, task: Task) -> delivery.Delivery | None:
         """Commit and push the agent's work, whatever the outcome: nothing it did is lost."""
-        assert self.checkout is not None
+        assert self.workspace is not None
         config = self.config
+        user = AgentUser.named(config.agent_user)
         bundle = config.orch.root / "bundles" / f"{config.task_id}-attempt-{config.attempt or 1}.bundle"
         try:
-            return delivery.deliver(
-                self.checkout,
+            # The agent's processes are gone (the run ends them all); its files are opened for
+            # the runtime, which can read no further than their modes say.
+            sandbox.kill_all(user.uid)
+            sandbox.open_tree(user, self.workspace.agent, self.agent_env(user, None))
+            sandbox.kill_all(user.uid)
+            return delivery.hand_back(
+                self.workspace,
                 delivery.commit_message(task, config.attempt),
                 bundle,
+                url=config.repo_url or "",
+                git_env=self.git_env,
                 scrub=self.scrub,
                 say=self.say,
             )
         except UserError as exc:
-            # A commit that failed: the work stays in the clone, in the kept container.
-            base = self.checkout.base
+            # Not committed: the work stays in the agent's clone, in the kept container.
+            base = self.workspace.base
             return delivery.Delivery(base, base, 0, error=f"its work could not be committed: {exc}")
 
     def result(
@@ -290,10 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
         prog="worker",
-        description="Run one task: clone the repository, run Claude Code headless on the task's prompt, "
-        "write the result to the shared volume. Configured by environment variables "
-        "(TASK_ID, TASK_ATTEMPT, REPO_URL, REPO_BRANCH, ANTHROPIC_MODEL, CLAUDE_CODE_OAUTH_TOKEN, TASK_TIMEOUT, "
-        "GIT_USER_NAME, GIT_USER_EMAIL, ORCHESTRATION_DIR, WORKSPACE).",
+        description="Run one task: clone the repository, run Claude Code headless on the task's prompt as the "
+        "agent's user, hand its work back as a branch, write the result to the shared volume. Configured by "
+        "environment variables (TASK_ID, TASK_ATTEMPT, TASK_TIMEOUT, REPO_URL, REPO_BRANCH, ANTHROPIC_MODEL, "
+        "ANTHROPIC_BASE_URL, GIT_USER_NAME, GIT_USER_EMAIL, ORCHESTRATION_DIR, WORKSPACE) and by the secrets "
+        "copied into the runtime's home (~/.claude-token, ~/.git-token, ~/.ssh/id_ed25519).",
     )
     parser.add_argument("--task-id", help="the task to run (default: $TASK_ID)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of expected failures")

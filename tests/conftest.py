@@ -14,9 +14,21 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from .engine import engine, git_server, run, test_images  # noqa: F401  (end-to-end fixtures)
+from orchestrator import environment
+from orchestrator.secrets import SECRET_ENV
+
 from .helpers import TESTS, FakeDocker
 from .http_git import http_git_server  # noqa: F401  (a git server over HTTP that wants a token)
 from .ssh_git import ssh_git_server  # noqa: F401  (the SSH git server)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No setting or secret of the person running the tests reaches a test."""
+    for var in environment.ALL:
+        monkeypatch.delenv(var.name, raising=False)
+    for name in SECRET_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -52,10 +52,14 @@ def engine() -> None:
         pytest.fail(f"the Docker engine is not usable: {proc.stderr.strip()}")
 
 
+# Read now: every test runs with the project's variables cleared (conftest.py).
+CA_CERTS = os.environ.get("ORCHESTRATOR_CA_CERTS", "")
+
+
 @pytest.fixture(scope="session")
 def test_images(engine: None) -> None:
     """The manager and worker images from the real Dockerfiles, and the stand-in layer."""
-    certs = [images.read_ca_cert(p) for p in os.environ.get("ORCHESTRATOR_CA_CERTS", "").split(os.pathsep) if p]
+    certs = [images.read_ca_cert(p) for p in CA_CERTS.split(os.pathsep) if p]
     images.build_manager_image(MANAGER_IMAGE, certs)
     images.build_worker_image(WORKER_BASE_IMAGE, "flutter", MANAGER_IMAGE, {"FLUTTER_VERSION": "none"})
     images.build_image(WORKER_IMAGE, STANDIN, build_args={"WORKER_IMAGE": WORKER_BASE_IMAGE})

@@ -18,6 +18,7 @@ from orchestrator.agent import (
     judge,
     render_event,
 )
+from orchestrator.sandbox import AgentUser
 from orchestrator.tasks import State
 
 from .helpers import FIXTURES
@@ -110,19 +111,20 @@ def test_rendering_is_readable():
     assert render_event({"type": "stream_event"}) == []
 
 
-def test_headless_argv_puts_the_prompt_after_the_end_of_options():
-    argv = headless_argv("-rf: a prompt that looks like an option", "claude-x")
+def test_headless_argv_leaves_the_prompt_to_standard_input():
+    argv = headless_argv("claude-x", max_turns=3)
     assert argv[:2] == ["claude", "--print"]
-    assert argv[-2:] == ["--", "-rf: a prompt that looks like an option"]
     assert argv[2:4] == ["--output-format", "stream-json"]
     assert "--verbose" in argv and "--dangerously-skip-permissions" in argv
-    assert argv[argv.index("--model") + 1] == "claude-x"
-    assert "--model" not in headless_argv("p", None)
+    assert argv[argv.index("--model") + 1] == "claude-x" and argv[argv.index("--max-turns") + 1] == "3"
+    assert "--model" not in headless_argv(None) and "--" not in argv
 
 
 def test_a_stop_before_the_start_keeps_the_agent_from_starting(tmp_path):
     process = AgentProcess(
         ["/nonexistent/claude"],
+        prompt="p",
+        user=AgentUser("nobody", 65534, 65534, tmp_path),
         cwd=str(tmp_path),
         env={},
         timeout=None,

@@ -21,9 +21,6 @@ MIIBszCCAVmgAwIBAgIUJ0example0000000000000000000wCgYIKoZIzj0EAwIw
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_socket: Path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for name in ("ORCHESTRATOR_CA_CERTS", "ORCHESTRATOR_VOLUME", "ORCHESTRATOR_NETWORK", "ORCHESTRATOR_IMAGE_PREFIX",
-                 "ORCHESTRATOR_BRANCH_PREFIX", "GIT_TOKEN"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GIT_USER_NAME", "Ada")
     monkeypatch.setenv("GIT_USER_EMAIL", "ada@example.org")
     return docker_socket
@@ -48,18 +45,25 @@ def test_starts_the_manager_with_socket_volume_and_environment(
     assert "--rm" in argv and "--interactive" in argv
     assert "--tty" not in argv  # stdin is not a terminal under pytest
     assert argv[-1] == "claude-orchestrator"
+    # Settings only; the token is copied in as a file, for the manager's user.
     assert create["env"] == {
         "REPO_URL": "git@github.com:me/app.git",
         "REPO_BRANCH": "main",
-        "CLAUDE_CODE_OAUTH_TOKEN": token,
         "ANTHROPIC_MODEL": "m1",
         "GIT_USER_NAME": "Ada",
         "GIT_USER_EMAIL": "ada@example.org",
         "ORCHESTRATOR_VOLUME": "orchestration-volume",
         "ORCHESTRATOR_IMAGE_PREFIX": "claude-",
         "ORCHESTRATOR_BRANCH_PREFIX": "orchestrator/",
+        "ORCHESTRATOR_WORKER_MEMORY": "4g",
+        "ORCHESTRATOR_WORKER_CPUS": "2",
+        "ORCHESTRATOR_WORKER_PIDS": "1024",
+        "ORCHESTRATOR_STOP_TIMEOUT": "120",
     }
-    assert token not in repr(fake_docker.argvs())
+    cp = fake_docker.find("cp", "-", "claude-manager:/home/claude")[0]
+    secret = next(m for m in cp["tar"] if m["name"] == ".claude-token")
+    assert (secret["data"], secret["mode"], secret["uid"]) == (token + "\n", 0o600, 1000)
+    assert token not in repr(fake_docker.argvs()) and token not in repr([c["env"] for c in fake_docker.calls()])
     assert fake_docker.find("start", "--attach", "--interactive", "claude-manager")
     assert not fake_docker.find("build")  # the images exist
 
@@ -205,3 +209,18 @@ def test_every_bin_command_has_help():
         )
         assert proc.returncode == 0 and proc.stdout.startswith("usage:")
     assert FIXTURES.is_dir()
+
+
+def test_the_api_url_and_the_limits_reach_the_manager(fake_docker: FakeDocker, host: Path, token_file: Path):
+    assert run("--token", str(token_file), "--api-url", "https://llm-gateway.example/anthropic", "--memory", "6g",
+               "--cpus", "3", "--pids-limit", "500", "--stop-timeout", "300") == 0  # fmt: skip
+    env = fake_docker.find("create")[0]["env"]
+    assert env["ANTHROPIC_BASE_URL"] == "https://llm-gateway.example/anthropic"
+    assert (env["ORCHESTRATOR_WORKER_MEMORY"], env["ORCHESTRATOR_WORKER_CPUS"]) == ("6g", "3")
+    assert (env["ORCHESTRATOR_WORKER_PIDS"], env["ORCHESTRATOR_STOP_TIMEOUT"]) == ("500", "300")
+
+
+def test_the_api_url_defaults_to_the_environment(fake_docker: FakeDocker, host: Path, token_file: Path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9999")
+    assert run("--token", str(token_file)) == 0
+    assert fake_docker.find("create")[0]["env"]["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9999"

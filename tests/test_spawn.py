@@ -22,16 +22,6 @@ def orch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, token: str) -> Path:
     monkeypatch.setenv("REPO_URL", "git@github.com:me/app.git")
     monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", token)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no default SSH key there
-    for name in (
-        "ANTHROPIC_MODEL",
-        "REPO_BRANCH",
-        "ORCHESTRATOR_NETWORK",
-        "ORCHESTRATOR_VOLUME",
-        "ORCHESTRATOR_IMAGE_PREFIX",
-        "ORCHESTRATOR_BRANCH_PREFIX",
-        "GIT_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
     return root
 
 
@@ -49,17 +39,29 @@ def test_starts_a_labelled_worker_with_everything_it_needs(fake_docker: FakeDock
     assert "orchestrator.worker-type=flutter" in argv
     assert "orchestration-volume:/orchestration" in argv
     assert "--network" not in argv
+    # Settings only: the token is copied in as a file, into the runtime's home.
     assert create["env"] == {
         "TASK_ID": "task-001",
         "WORKER_TYPE": "flutter",
         "REPO_URL": "git@github.com:me/app.git",
         "REPO_BRANCH": "main",
         "ANTHROPIC_MODEL": "claude-opus-4-5-20251101",
-        "CLAUDE_CODE_OAUTH_TOKEN": token,
+        "GIT_USER_NAME": "Claude Orchestrator",
+        "GIT_USER_EMAIL": "orchestrator@localhost",
         "ORCHESTRATOR_BRANCH_PREFIX": "orchestrator/",
     }
+    cp = fake_docker.find("cp", "-")[0]
+    assert cp["argv"] == ["cp", "-", "worker-task-001:/root"]
+    secret = next(m for m in cp["tar"] if m["name"] == ".claude-token")
+    assert (secret["data"], secret["mode"], secret["uid"]) == (token + "\n", 0o600, 0)
     # Values travel through the environment: no NAME=value on the command line.
     assert not [a for a in argv if "=" in a and a.split("=")[0] in create["env"]]
+    # Limited, with no capability but the runtime's, and time to hand the work back when stopped.
+    assert argv[argv.index("--memory") + 1] == "4g" and argv[argv.index("--cpus") + 1] == "2"
+    assert argv[argv.index("--pids-limit") + 1] == "1024" and argv[argv.index("--stop-timeout") + 1] == "120"
+    assert argv[argv.index("--cap-drop") + 1] == "ALL"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--cap-add"] == ["SETUID", "SETGID", "KILL"]
+    assert argv[argv.index("--security-opt") + 1] == "no-new-privileges"
     assert fake_docker.find("start", "worker-task-001")
     status = json.loads((orch / "status" / "task-001.json").read_text())
     assert (status["state"], status["container"], status["worker_type"]) == ("starting", "worker-task-001", "flutter")
@@ -69,6 +71,7 @@ def test_starts_a_labelled_worker_with_everything_it_needs(fake_docker: FakeDock
 def test_the_token_is_on_no_command_line_and_in_no_file(fake_docker: FakeDocker, orch: Path, token: str, capsys):
     assert run("flutter", "task-001") == 0
     assert token not in json.dumps(fake_docker.argvs())
+    assert token not in json.dumps([call["env"] for call in fake_docker.calls()])
     assert all(token not in p.read_text() for p in orch.rglob("*") if p.is_file())
     assert token not in "".join(capsys.readouterr())
 
@@ -80,26 +83,32 @@ def test_options_and_environment_set_repo_model_network_volume_and_prefix(
     monkeypatch.setenv("ORCHESTRATOR_VOLUME", "vol-x")
     monkeypatch.setenv("ORCHESTRATOR_IMAGE_PREFIX", "test-")
     monkeypatch.setenv("GIT_USER_NAME", "Ada")
+    monkeypatch.setenv("ORCHESTRATOR_WORKER_MEMORY", "8g")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "https://gateway.example/anthropic")
     assert (
-        run("flutter", "task-001", "--repo", "https://h/r.git", "--branch", "dev", "--model", "m1", "--timeout", "90")
+        run("flutter", "task-001", "--repo", "https://h/r.git", "--branch", "dev", "--model", "m1", "--timeout", "90",
+            "--cpus", "1.5", "--pids-limit", "300")
         == 0
-    )
+    )  # fmt: skip
     create = fake_docker.find("create")[0]
     argv = create["argv"]
     assert argv[argv.index("--network") + 1] == "host"
     assert "vol-x:/orchestration" in argv and argv[-1] == "test-flutter"
+    assert (argv[argv.index("--memory") + 1], argv[argv.index("--cpus") + 1]) == ("8g", "1.5")
+    assert argv[argv.index("--pids-limit") + 1] == "300"
     env = create["env"]
     assert (env["REPO_URL"], env["REPO_BRANCH"], env["ANTHROPIC_MODEL"]) == ("https://h/r.git", "dev", "m1")
     assert (env["TASK_TIMEOUT"], env["GIT_USER_NAME"]) == ("90", "Ada")
+    assert env["ANTHROPIC_BASE_URL"] == "https://gateway.example/anthropic"
 
 
 def test_the_ssh_key_is_copied_in_through_the_api(fake_docker: FakeDocker, orch: Path, ssh_key: Path):
     assert run("flutter", "task-001", "--ssh-key", str(ssh_key)) == 0
     argvs = fake_docker.argvs()
     cp = fake_docker.find("cp", "-")[0]
-    assert cp["argv"] == ["cp", "-", "worker-task-001:/home/claude"]
+    assert cp["argv"] == ["cp", "-", "worker-task-001:/root"]
     key = next(m for m in cp["tar"] if m["name"] == ".ssh/id_ed25519")
-    assert (key["mode"], key["uid"], key["gid"]) == (0o600, 1000, 1000)
+    assert (key["mode"], key["uid"], key["gid"]) == (0o600, 0, 0)
     assert key["data"] == ssh_key.read_text()
     folder = next(m for m in cp["tar"] if m["name"] == ".ssh")
     assert folder["mode"] == 0o700
@@ -113,7 +122,8 @@ def test_the_token_may_come_from_a_file(fake_docker: FakeDocker, orch: Path, mon
     monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN")
     (tmp_path / "tok").write_text("sk-from-file\n")
     assert run("flutter", "task-001", "--token", str(tmp_path / "tok")) == 0
-    assert fake_docker.find("create")[0]["env"]["CLAUDE_CODE_OAUTH_TOKEN"] == "sk-from-file"
+    members = {m["name"]: m["data"] for m in fake_docker.find("cp", "-")[0]["tar"]}
+    assert members[".claude-token"] == "sk-from-file\n"
 
 
 def refused(capsys, code: int, *argv: str) -> str:
@@ -223,10 +233,11 @@ def test_git_access_reaches_the_worker_off_the_command_line(
     assert run("flutter", "task-001", "--ssh-key", str(ssh_key), "--known-hosts", str(known_hosts),
                "--git-token", str(git_token), "--branch-prefix", "ai/") == 0  # fmt: skip
     create = fake_docker.find("create")[0]
-    assert create["env"]["GIT_TOKEN"] == "ghp_exampleGitToken123"
+    assert "GIT_TOKEN" not in create["env"]
     assert create["env"]["ORCHESTRATOR_BRANCH_PREFIX"] == "ai/"
     assert not any("ghp_exampleGitToken123" in arg for argv in fake_docker.argvs() for arg in argv)
     members = {m["name"]: m for m in fake_docker.find("cp", "-")[0]["tar"]}
+    assert members[".git-token"]["data"] == "ghp_exampleGitToken123\n" and members[".git-token"]["mode"] == 0o600
     assert members[".ssh/known_hosts_pinned"]["data"] == known_hosts.read_text()
     assert members[".ssh/known_hosts_pinned"]["mode"] == 0o644
 
@@ -234,4 +245,14 @@ def test_git_access_reaches_the_worker_off_the_command_line(
 def test_a_bad_branch_prefix_is_refused(fake_docker: FakeDocker, orch: Path, capsys):
     assert run("flutter", "task-001", "--branch-prefix", "bad..prefix/") == 2
     assert "--branch-prefix 'bad..prefix/'" in capsys.readouterr().err
+    assert not fake_docker.find("create")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [("--memory", "lots", "memory limit 'lots'"), ("--cpus", "0", "CPU limit '0'"), ("--pids-limit", "-5", "'-5'")],
+)
+def test_bad_limits_are_refused(fake_docker: FakeDocker, orch: Path, capsys, option, value, message):
+    assert run("flutter", "task-001", f"{option}={value}") == 2
+    assert message in capsys.readouterr().err
     assert not fake_docker.find("create")

@@ -95,7 +95,7 @@ def test_write_json_is_atomic_and_leaves_no_temporary_file(tmp_path: Path):
     write_json(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert os.listdir(tmp_path) == ["x.json"]
-    assert path.stat().st_mode & 0o777 == 0o664
+    assert path.stat().st_mode & 0o777 == 0o660
 
 
 def test_load_task_checks_file_name_and_json(tmp_path: Path):

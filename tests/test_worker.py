@@ -1,15 +1,21 @@
-"""The worker runtime, run as a process on this machine with the stand-in agent.
+"""The worker runtime, run as a process on this machine (as root, the agent as a user of the
+tests' own) with a stand-in agent that follows directives in its prompt.
 
-The same runtime runs in the worker image; tests/test_e2e.py covers it there.
+Why a stand-in here: these tests check the runtime's own logic (results, signals, timeouts,
+hand-back, secrets) in seconds, without Docker and without the 250 MB Claude Code binary.
+The same runtime runs in the worker image with the real Claude Code against a scripted API in
+the end-to-end tests (tests/test_e2e.py and those after it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,35 +24,59 @@ import pytest
 from .helpers import ROOT, STANDIN, seed_repo
 
 
+AGENT_USER = "orch-test-agent"
+
+
+def ensure_agent_user() -> None:
+    """A user of the tests' own for the agent: the runtime ends every process of the agent's
+    user, which must not be anybody else's."""
+    if os.geteuid() != 0:
+        pytest.fail("the worker runtime starts the agent as another user: these tests need root (CI runs as root)")
+    if subprocess.run(["id", "-u", AGENT_USER], capture_output=True, check=False).returncode:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", AGENT_USER], check=True)
+
+
 @pytest.fixture
-def box(tmp_path: Path, token: str):
-    """A worker's world: a repository, the shared folder, a home and the stand-in on PATH."""
-    bin_dir = tmp_path / "bin"
+def box(token: str):
+    """A worker's world, laid out as in the image: the runtime's home with the secrets, the
+    agent's clone folder in a folder of root's, the shared folder, a repository, and the
+    stand-in on the agent's PATH. It lives outside pytest's private temporary folder, which
+    the agent's user could not enter."""
+    ensure_agent_user()
+    root = Path(tempfile.mkdtemp(prefix="worker-box-", dir="/tmp"))
+    root.chmod(0o755)
+    bin_dir = root / "bin"
     bin_dir.mkdir()
     (bin_dir / "claude").symlink_to(STANDIN / "claude")
-    repo = seed_repo(tmp_path / "remote")
-    orch = tmp_path / "orchestration"
+    repo = seed_repo(root / "remote")
+    orch = root / "orchestration"
     for sub in ("tasks", "results", "status", "logs"):
         (orch / sub).mkdir(parents=True)
-    (tmp_path / "home").mkdir()
-    (tmp_path / "workspace").mkdir()
+    home = root / "home"
+    home.mkdir(mode=0o700)
+    (home / ".claude-token").write_text(token + "\n")
+    workspace = root / "workspace"
+    (workspace / "repo").mkdir(parents=True)
+    workspace.chmod(0o755)
+    shutil.chown(workspace / "repo", AGENT_USER, AGENT_USER)
+    (root / "runtime").mkdir()
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(ROOT),
-        "HOME": str(tmp_path / "home"),
-        "WORKSPACE": str(tmp_path / "workspace"),
+        "HOME": str(home),
+        "WORKSPACE": str(workspace),
         "ORCHESTRATION_DIR": str(orch),
+        "ORCHESTRATOR_RUNTIME_DIR": str(root / "runtime"),
+        "ORCHESTRATOR_AGENT_USER": AGENT_USER,
         "TASK_ID": "task-001",
         "REPO_URL": repo.as_uri(),
         "REPO_BRANCH": "main",
         "ANTHROPIC_MODEL": "claude-test-model",
-        "CLAUDE_CODE_OAUTH_TOKEN": token,
         "GIT_USER_NAME": "Worker Test",
         "GIT_USER_EMAIL": "worker@test",
-        # The real CLI allows bypass permissions for root only in a declared sandbox; CI runs as root.
-        "IS_SANDBOX": "1",
     }
-    return Box(tmp_path, orch, env)
+    yield Box(root, orch, env)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 class Box:
@@ -89,7 +119,7 @@ class Box:
     def everything_written(self) -> str:
         """Every file the worker could have written to, as one text."""
         texts = []
-        for folder in (self.orch, self.root / "home", self.root / "workspace"):
+        for folder in (self.orch, self.root / "home", self.root / "workspace", self.root / "runtime"):
             for path in folder.rglob("*"):
                 if path.is_file() and ".git/" not in str(path):
                     texts.append(path.read_text(errors="replace"))
@@ -134,7 +164,6 @@ def test_the_attempt_and_max_turns_reach_the_result_and_the_agent(box: Box):
 @pytest.mark.parametrize(
     ("prompt", "env", "status", "error"),
     [
-        ("@say hi", {"CLAUDE_CODE_OAUTH_TOKEN": ""}, "failed", "Not logged in"),
         ("@api-error Overloaded", {}, "failed", "API Error: Overloaded"),
         ("@crash 3", {}, "failed", "without a result (exit code 3)"),
         ("@max-turns", {}, "failed", "error_max_turns"),
@@ -210,13 +239,27 @@ def test_an_existing_result_is_never_overwritten(box: Box):
     assert box.result() == existing
 
 
-def test_the_token_never_reaches_output_logs_or_files(box: Box, token: str):
-    box.task("@run echo token is $CLAUDE_CODE_OAUTH_TOKEN\n@say my token: $TOKEN")
+def test_no_credential_is_a_failure(box: Box):
+    (box.root / "home" / ".claude-token").unlink()
+    box.task("@say hi")
+    code, _ = box.run()
+    assert code == 1 and "no Claude credential" in box.result()["error"]
+
+
+def test_the_agent_gets_a_ticket_for_the_relay_and_never_the_token(box: Box, token: str):
+    runtime_home = box.root / "home"
+    box.task(
+        "@run echo token is $CLAUDE_CODE_OAUTH_TOKEN at $ANTHROPIC_BASE_URL\n"
+        f"@run id -un; ls {runtime_home}; cat /proc/$(ps -o ppid= -p $PPID | tr -d ' ')/environ\n@say done"
+    )
     code, out = box.run()
     assert code == 0, out
-    assert token not in out
-    assert token not in box.everything_written()
-    assert "token is [REDACTED]" in out
+    assert token not in out and token not in box.everything_written()
+    assert "token is relay-" in out and "at http://127.0.0.1:" in out
+    # The agent is its own user, and reads neither the runtime's home nor its environment.
+    assert f"[agent] <- error: {AGENT_USER}" in out and out.count("Permission denied") == 2
+    # The token file is gone once read.
+    assert not (box.root / "home" / ".claude-token").exists()
 
 
 def remote_git(box: Box, *args: str) -> str:
@@ -292,19 +335,34 @@ def test_a_cancelled_agent_s_work_is_still_handed_back(box: Box):
     assert remote_git(box, "show", "orchestrator/task-001:notes/partial.txt") == "half done"
 
 
-def test_the_git_token_reaches_git_through_the_helper_and_not_the_agent(box: Box):
+def test_the_git_token_stays_with_the_runtime(box: Box):
     secret = "ghp_" + "s3cr3tT0ken" * 2
-    box.task('@run echo "agent sees [$GIT_TOKEN]"; git config --global credential.helper')
-    code, out = box.run(GIT_TOKEN=secret)
+    (box.root / "home" / ".git-token").write_text(secret)
+    box.task('@run echo "agent sees [$GIT_TOKEN]"; git config --global credential.helper; env | grep -c ghp_')
+    code, out = box.run()
     assert code == 0, out
-    assert "agent sees []" in out
+    assert "agent sees [] 0" in out  # no token, no helper, nothing in its environment
     assert secret not in out and secret not in (box.root / "home" / ".gitconfig").read_text()
-    # The helper answers git with the token from the worker's environment.
-    helper = subprocess.run(
-        ["git", "credential", "fill"], input="protocol=https\nhost=example.com\n\n", capture_output=True, text=True,
-        env={**os.environ, "HOME": str(box.root / "home"), "GIT_TOKEN": secret}, check=False,
-    )  # fmt: skip
-    assert f"password={secret}" in helper.stdout and "username=x-access-token" in helper.stdout
+    assert secret not in box.everything_written()
+
+
+def test_a_child_that_holds_the_agent_s_output_does_not_hold_the_worker(box: Box):
+    # A background process writing to the agent's own stdout, in a session of its own: the
+    # worker waits for the agent, not for its output to end, and ends what it left behind.
+    box.task("@run setsid sleep 300 > /proc/$PPID/fd/1 2>&1 < /dev/null &\n@say done")
+    code, out = box.run()
+    assert code == 0, out
+    assert "ended 1 process(es) the agent left running" in out
+    assert box.result()["status"] == "success"
+    assert subprocess.run(["pgrep", "-u", AGENT_USER], capture_output=True, check=False).stdout == b""
+
+
+def test_a_timeout_holds_against_a_child_that_holds_the_output(box: Box):
+    box.task("@run setsid sleep 300 > /proc/$PPID/fd/1 2>&1 < /dev/null &\n@sleep 300", timeout=2)
+    code, out = box.run()
+    assert code == 1, out
+    assert box.result()["status"] == "timeout"
+    assert subprocess.run(["pgrep", "-u", AGENT_USER], capture_output=True, check=False).stdout == b""
 
 
 def test_a_branch_name_origin_has_already_is_not_reused(box: Box):

@@ -1,0 +1,102 @@
+"""Every environment variable that the host side, the manager and the workers hand to each
+other, with its default: the one place that names them.
+
+None of them holds a secret. Secrets travel as files copied into containers through the
+Docker API (see secrets.py), never in a container's environment, where ``docker inspect``
+and every process of the same user could read them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    default: str | None = None
+
+    def get(self, env: Mapping[str, str]) -> str | None:
+        """The value in ``env``, else the default; an empty value counts as unset."""
+        return env.get(self.name) or self.default
+
+    def require(self, env: Mapping[str, str]) -> str:
+        value = self.get(env)
+        if value is None:
+            raise KeyError(self.name)
+        return value
+
+
+DEFAULT_MODEL = "claude-opus-4-5-20251101"
+
+# --- The repository and the agents: set by run.py in the manager, passed on to every worker.
+REPO_URL = Var("REPO_URL")
+REPO_BRANCH = Var("REPO_BRANCH", "main")
+ANTHROPIC_MODEL = Var("ANTHROPIC_MODEL", DEFAULT_MODEL)
+# Where the Claude API is: Anthropic's own, or an LLM gateway or company proxy.
+ANTHROPIC_BASE_URL = Var("ANTHROPIC_BASE_URL")
+GIT_USER_NAME = Var("GIT_USER_NAME", "Claude Orchestrator")
+GIT_USER_EMAIL = Var("GIT_USER_EMAIL", "orchestrator@localhost")
+GIT_TOKEN_USER = Var("GIT_TOKEN_USER", "x-access-token")  # sent with the git token; GitLab wants oauth2
+BRANCH_PREFIX = Var("ORCHESTRATOR_BRANCH_PREFIX", "orchestrator/")
+
+# --- Where containers go: run.py's options, kept in the manager for spawn-worker and orch.
+VOLUME = Var("ORCHESTRATOR_VOLUME", "orchestration-volume")
+NETWORK = Var("ORCHESTRATOR_NETWORK")
+IMAGE_PREFIX = Var("ORCHESTRATOR_IMAGE_PREFIX", "claude-")
+MAX_WORKERS = Var("ORCHESTRATOR_MAX_WORKERS", "4")
+# What one worker may use (docker run --memory, --cpus, --pids-limit).
+WORKER_MEMORY = Var("ORCHESTRATOR_WORKER_MEMORY", "4g")
+WORKER_CPUS = Var("ORCHESTRATOR_WORKER_CPUS", "2")
+WORKER_PIDS = Var("ORCHESTRATOR_WORKER_PIDS", "1024")
+# Seconds a stopped worker gets to commit and push before Docker kills it.
+STOP_TIMEOUT = Var("ORCHESTRATOR_STOP_TIMEOUT", "120")
+
+# --- Host only.
+CA_CERTS = Var("ORCHESTRATOR_CA_CERTS")  # extra CA certificates for the image builds, separated by ':'
+
+# --- Inside the containers.
+ORCHESTRATION_DIR = Var("ORCHESTRATION_DIR", "/orchestration")  # where the shared volume is mounted
+WORKSPACE = Var("WORKSPACE", "/workspace")
+
+# --- Set for one worker by spawn-worker or the dispatcher.
+TASK_ID = Var("TASK_ID")
+WORKER_TYPE = Var("WORKER_TYPE")
+TASK_TIMEOUT = Var("TASK_TIMEOUT")  # seconds; overrides the task's own
+TASK_ATTEMPT = Var("TASK_ATTEMPT", "1")
+
+# Settings run.py passes into the manager, and the manager into every worker it starts.
+MANAGER_SETTINGS = (
+    REPO_URL,
+    REPO_BRANCH,
+    ANTHROPIC_MODEL,
+    ANTHROPIC_BASE_URL,
+    GIT_USER_NAME,
+    GIT_USER_EMAIL,
+    GIT_TOKEN_USER,
+    BRANCH_PREFIX,
+    VOLUME,
+    NETWORK,
+    IMAGE_PREFIX,
+    WORKER_MEMORY,
+    WORKER_CPUS,
+    WORKER_PIDS,
+    STOP_TIMEOUT,
+)
+
+ALL = (
+    *MANAGER_SETTINGS,
+    MAX_WORKERS,
+    CA_CERTS,
+    ORCHESTRATION_DIR,
+    WORKSPACE,
+    TASK_ID,
+    WORKER_TYPE,
+    TASK_TIMEOUT,
+    TASK_ATTEMPT,
+)
+
+# --- Inside a worker, for tests and images of other layouts.
+AGENT_USER = Var("ORCHESTRATOR_AGENT_USER", "agent")  # the user the agent runs as
+RUNTIME_DIR = Var("ORCHESTRATOR_RUNTIME_DIR", "/var/lib/orchestrator")  # the runtime's own folder

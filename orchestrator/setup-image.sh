@@ -1,0 +1,54 @@
+#!/bin/sh
+# The users and folders of both images, in one place. Run as root at build time:
+#   setup-image.sh manager    (orchestrator/Dockerfile)
+#   setup-image.sh worker     (every worker image, from the runtime image's copy)
+set -eu
+role="$1"
+
+# claude (1000): the orchestrator's user. The manager runs as it, and its group owns the
+# shared volume. ~/.local/bin/claude is where Claude Code looks for itself (it warns
+# "missing or broken" otherwise).
+groupadd --gid 1000 claude
+useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash claude
+mkdir -p /home/claude/.local/bin
+ln -s /usr/local/bin/claude /home/claude/.local/bin/claude
+chown -R claude:claude /home/claude/.local
+
+# The shared volume's folders. A new volume takes them from the first image that mounts it:
+# group claude, no access for anyone else (a worker's agent is not in the group).
+for folder in /orchestration /orchestration/tasks /orchestration/results /orchestration/status \
+              /orchestration/logs /orchestration/attempts /orchestration/bundles; do
+  mkdir -p "$folder"
+  chown claude:claude "$folder"
+  chmod 2770 "$folder"
+done
+
+case "$role" in
+  manager)
+    mkdir -p /workspace
+    chown claude:claude /workspace
+    ;;
+  worker)
+    # agent (1001): runs Claude Code on the task. No capability, no secret, no access to
+    # /orchestration or to root's files; its clone is /workspace/repo, in a folder it cannot
+    # change (the runtime reads the clone back as root).
+    useradd --uid 1001 --user-group --create-home --shell /bin/bash agent
+    mkdir -p /home/agent/.local/bin
+    ln -s /usr/local/bin/claude /home/agent/.local/bin/claude
+    chown -R agent:agent /home/agent/.local
+    mkdir -p /workspace/repo
+    chown root:root /workspace
+    chmod 755 /workspace
+    chown agent:agent /workspace/repo
+    # The worker runtime runs as root, with no capability to read past file modes: the group
+    # claude lets it write the shared volume.
+    usermod -aG claude root
+    # The runtime's own clone lives here; the agent may read it (it clones from it), not write it.
+    mkdir -p /var/lib/orchestrator
+    chmod 755 /var/lib/orchestrator
+    ;;
+  *)
+    echo "setup-image.sh: unknown role $role (manager or worker)" >&2
+    exit 2
+    ;;
+esac
