@@ -23,7 +23,6 @@ import pytest
 
 from .helpers import ROOT, STANDIN, seed_repo
 
-
 AGENT_USER = "orch-test-agent"
 
 
