@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from orchestrator import environment
 from orchestrator.secrets import SECRET_ENV
 
-from .engine import engine, git_server, run, test_images  # noqa: F401  (end-to-end fixtures)
+from .engine import api, engine, git_server, run, test_images  # noqa: F401  (end-to-end fixtures)
 from .helpers import TESTS, FakeDocker
 from .http_git import http_git_server  # noqa: F401  (a git server over HTTP that wants a token)
 from .ssh_git import ssh_git_server  # noqa: F401  (the SSH git server)

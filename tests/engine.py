@@ -1,5 +1,7 @@
 """Fixtures for the end-to-end tests: the real engine, images built from the real
-Dockerfiles, a git server of the tests' own on loopback, and a volume per test.
+Dockerfiles, a scripted Claude API and a git server of the tests' own on loopback, and a
+volume per test. Every agent is the real Claude Code of the images, talking to the scripted
+API (tests/scripted_api.py): each task's prompt carries a marker that picks its scenario.
 
 Every name carries the prefix orch-test- (and task ids a per-test run id), so that the
 tests never touch a user's own images, volume or workers. ORCH_TEST_PREFIX sets another
@@ -25,12 +27,12 @@ import pytest
 
 from orchestrator import images
 
-from .helpers import ROOT, STANDIN, seed_repo
+from .helpers import ROOT, seed_repo
+from .scripted_api import ScriptedAPI, Turn
 
 PREFIX = os.environ.get("ORCH_TEST_PREFIX") or "orch-test-"
 MANAGER_IMAGE = f"{PREFIX}orchestrator"
-WORKER_BASE_IMAGE = f"{PREFIX}flutter-base"  # flutter/Dockerfile without the SDK
-WORKER_IMAGE = f"{PREFIX}flutter"  # the same, with the stand-in agent
+WORKER_IMAGE = f"{PREFIX}flutter"  # flutter/Dockerfile without the SDK
 
 
 def sh(
@@ -61,8 +63,15 @@ def test_images(engine: None) -> None:
     """The manager and worker images from the real Dockerfiles, and the stand-in layer."""
     certs = [images.read_ca_cert(p) for p in CA_CERTS.split(os.pathsep) if p]
     images.build_manager_image(MANAGER_IMAGE, certs)
-    images.build_worker_image(WORKER_BASE_IMAGE, "flutter", MANAGER_IMAGE, {"FLUTTER_VERSION": "none"})
-    images.build_image(WORKER_IMAGE, STANDIN, build_args={"WORKER_IMAGE": WORKER_BASE_IMAGE})
+    images.build_worker_image(WORKER_IMAGE, "flutter", MANAGER_IMAGE, {"FLUTTER_VERSION": "none"})
+
+
+@pytest.fixture(scope="session")
+def api() -> Iterator[ScriptedAPI]:
+    """The Claude API of every agent in the tests: on 127.0.0.1, reached from the containers
+    through the host network (a worker's relay passes requests on to it)."""
+    with ScriptedAPI() as server:
+        yield server
 
 
 @dataclass
@@ -109,13 +118,27 @@ def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
 
 @dataclass
 class Run:
-    """One test's names: task ids, its volume and its manager."""
+    """One test's names: task ids, its volume and its manager; and its agents' scenarios."""
 
     id: str
     volume: str
+    api: ScriptedAPI
 
     def task_id(self, name: str) -> str:
         return f"{self.id}-{name}"
+
+    def prompt(self, name: str, *turns: Turn, words: str = "Do the task.") -> str:
+        """A prompt whose agent follows ``turns`` (the scripted API's answers), marked ``name``."""
+        marker = self.marker(name)
+        self.api.script(marker, *turns)
+        return f"[{marker}] {words}"
+
+    def marker(self, name: str) -> str:
+        return f"scenario-{self.id}-{name}"
+
+    def tool_results(self, name: str) -> list[str]:
+        """What the agent's tools printed, in order, as its Claude Code sent it back to the API."""
+        return self.api.tool_results(self.marker(name))
 
     @property
     def manager(self) -> str:
@@ -125,19 +148,19 @@ class Run:
     def read(self, path: str) -> str:
         """A file on the volume, read through a throwaway container."""
         return sh("docker", "run", "--rm", "--volume", f"{self.volume}:/orchestration", "--entrypoint", "cat",
-                  WORKER_BASE_IMAGE, f"/orchestration/{path}").stdout  # fmt: skip
+                  WORKER_IMAGE, f"/orchestration/{path}").stdout  # fmt: skip
 
     def result(self, task_id: str) -> dict:
         return json.loads(self.read(f"results/{task_id}.json"))
 
     def write(self, path: str, content: str) -> None:
         sh("docker", "run", "--rm", "-i", "--volume", f"{self.volume}:/orchestration", "--entrypoint", "sh",
-           WORKER_BASE_IMAGE, "-c", f"cat > /orchestration/{path}", input=content)  # fmt: skip
+           WORKER_IMAGE, "-c", f"cat > /orchestration/{path}", input=content)  # fmt: skip
 
     def volume_contains(self, needle: str) -> list[str]:
         """Files on the volume that contain ``needle``."""
         proc = sh("docker", "run", "--rm", "--volume", f"{self.volume}:/orchestration", "--entrypoint", "grep",
-                  WORKER_BASE_IMAGE, "-r", "-l", "-F", needle, "/orchestration", check=False)  # fmt: skip
+                  WORKER_IMAGE, "-r", "-l", "-F", needle, "/orchestration", check=False)  # fmt: skip
         return proc.stdout.split()
 
 
@@ -150,8 +173,8 @@ def container_file(container: str, path: str) -> str:
 
 
 @pytest.fixture
-def run(test_images: None) -> Iterator[Run]:
-    run = Run(id=uuid.uuid4().hex[:8], volume=f"{PREFIX}volume-{uuid.uuid4().hex[:8]}")
+def run(test_images: None, api: ScriptedAPI) -> Iterator[Run]:
+    run = Run(id=uuid.uuid4().hex[:8], volume=f"{PREFIX}volume-{uuid.uuid4().hex[:8]}", api=api)
     yield run
     names = sh(
         "docker", "ps", "-aq", "--filter", f"name=worker-{run.id}-", "--filter", f"name={run.manager}"
@@ -163,10 +186,11 @@ def run(test_images: None) -> Iterator[Run]:
     sh("docker", "volume", "rm", "--force", run.volume, check=False)
 
 
-def run_py(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """bin/run.py as a person would run it, with the test images and the host network."""
+def run_py(run: Run, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """bin/run.py as a person would run it, with the test images, the host network and the scripted API."""
     return subprocess.run(
-        ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host", *args],
+        ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host",
+         "--api-url", run.api.url, *args],
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
     )  # fmt: skip
 
@@ -207,8 +231,8 @@ def start_manager(run: Run, repo: str, token_file: Path, *options: str, name: st
     name = name or run.manager
     process = subprocess.Popen(
         ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host",
-         "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", name, *options,
-         "--", "sleep", "infinity"],
+         "--api-url", run.api.url, "--repo", repo, "--token", str(token_file), "--volume", run.volume,
+         "--name", name, *options, "--", "sleep", "infinity"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
