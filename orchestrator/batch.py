@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from . import config
+from . import config, limits
 from .errors import InvalidInput, UserError
 from .tasks import (
     ACTIVE_STATES,
@@ -345,6 +345,9 @@ def submit(
     timeout: int | None,
     max_turns: int | None,
     model: str | None,
+    memory: str | None = None,
+    cpus: str | None = None,
+    pids_limit: str | None = None,
 ) -> Task:
     """Write a new task (never over an existing one) and mark it submitted."""
     if task_id is not None:
@@ -373,6 +376,9 @@ def submit(
         worker=worker,
         depends_on=tuple(deps),
         max_turns=max_turns,
+        memory=limits.check_memory(memory) if memory else None,
+        cpus=limits.check_cpus(cpus) if cpus else None,
+        pids_limit=limits.check_pids(pids_limit) if pids_limit else None,
     )
     if task.id in deps:
         raise InvalidInput("--depends-on names the task itself")

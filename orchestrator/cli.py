@@ -87,7 +87,7 @@ def add_api_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_limit_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+def add_limit_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, defaults: bool = True) -> None:
     """What one worker may use. Without ``defaults`` an option left out means "as before"."""
 
     def default(var: environment.Var) -> str | None:

@@ -45,16 +45,16 @@ from .docker import (
 )
 from .errors import UserError
 from .git import CLONE_TIMEOUT
+from .limits import WorkerLimits
 from .secrets import env_secrets, scrubber
-from .spawn import WorkerExists, WorkerLimits, spawn, worker_spec
+from .spawn import WorkerExists, spawn, worker_spec
 from .tasks import (
     ACTIVE_STATES,
     FINISHED_STATES,
     OrchestrationDir,
     State,
+    Task,
     parse_time,
-    read_json,
-    write_json,
 )
 from .worker import DEFAULT_TIMEOUT
 
@@ -66,23 +66,13 @@ TIMEOUT_GRACE_SECONDS = 120
 STOP_AFTER_SECONDS = 120
 STOP_GRACE_SECONDS = 60  # what a stopped worker gets to commit, push and write its result
 
-DISPATCHER_LOCK = ".dispatcher.lock"
-SETTINGS_FILE = "dispatcher.json"
-LOG_FILE = "dispatcher.log"
-
-
-# --- Settings: the limit lives on the volume, so that `orch start --max-workers` reaches a
-# dispatcher that is already running, and a new manager keeps it.
+# --- Settings: the worker limit and the batch's resource limits live on the volume
+# (BatchSettings), so that `orch start` reaches a dispatcher that is already running, and a
+# new manager keeps them.
 
 
 def max_workers(orch: OrchestrationDir, env: Mapping[str, str]) -> int:
-    try:
-        value = read_json(orch.root / SETTINGS_FILE).get("max_workers")
-        if isinstance(value, int) and value > 0:
-            return value
-    except (UserError, AttributeError):
-        pass
-    return env_max_workers(env)
+    return orch.load_settings().max_workers or env_max_workers(env)
 
 
 def env_max_workers(env: Mapping[str, str]) -> int:
@@ -92,15 +82,18 @@ def env_max_workers(env: Mapping[str, str]) -> int:
     return int(text)
 
 
-def set_max_workers(orch: OrchestrationDir, value: int) -> None:
-    write_json(orch.root / SETTINGS_FILE, {"max_workers": value})
+def worker_limits(orch: OrchestrationDir, task: Task | None, env: Mapping[str, str]) -> WorkerLimits:
+    """The task's own limits, else the batch's, else the manager's defaults."""
+    settings = orch.load_settings()
+    limits = WorkerLimits.from_env(env).over(settings.memory, settings.cpus, settings.pids_limit)
+    return limits if task is None else limits.over(task.memory, task.cpus, task.pids_limit)
 
 
 # --- One dispatcher at a time.
 
 
 def _try_lock(orch: OrchestrationDir) -> IO[bytes] | None:
-    handle = open(orch.root / DISPATCHER_LOCK, "a+b")  # noqa: SIM115 (held for the dispatcher's life)
+    handle = open(orch.dispatcher_lock_path, "a+b")  # noqa: SIM115 (held for the dispatcher's life)
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -127,7 +120,7 @@ def ensure_dispatcher(orch: OrchestrationDir, env: Mapping[str, str]) -> bool:
         "ORCHESTRATION_DIR": str(orch.root),
         "PYTHONPATH": os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p),
     }
-    with open(orch.root / "logs" / LOG_FILE, "ab") as log:
+    with open(orch.dispatcher_log_path, "ab") as log:
         # Its own session: it outlives the orch command that started it, and Ctrl-C there.
         subprocess.Popen(
             [sys.executable, "-P", "-m", "orchestrator.orch", "dispatch"],
@@ -433,7 +426,7 @@ class Dispatcher:
             volume=environment.VOLUME.require(env),
             network=environment.NETWORK.get(env),
             image_prefix=environment.IMAGE_PREFIX.require(env),
-            limits=WorkerLimits.from_env(env),
+            limits=worker_limits(self.orch, view.task, env),
             attempt=view.attempt,
         )
         try:

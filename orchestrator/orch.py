@@ -18,12 +18,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import batch, config, environment, merge
+from . import batch, config, environment, limits, merge
 from .batch import TaskView, load_view, load_views, reconcile, select
-from .cli import HelpFormatter, run_command
+from .cli import HelpFormatter, add_limit_options, run_command
 from .dispatcher import (
     ENGINE_CHECK_SECONDS,
     ROUND_SECONDS,
@@ -34,7 +35,6 @@ from .dispatcher import (
     ensure_dispatcher,
     env_max_workers,
     max_workers,
-    set_max_workers,
 )
 from .docker import docker, text
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
@@ -173,6 +173,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             max_turns=args.max_turns,
             model=args.model,
+            memory=args.memory,
+            cpus=args.cpus,
+            pids_limit=args.pids_limit,
         )
         if args.start:
             views = load_views(orch)
@@ -204,7 +207,7 @@ def with_submitted_dependencies(views: list[TaskView], chosen: list[TaskView]) -
 
 def cmd_start(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    if not args.ids and not args.all and args.max_workers is None:
+    if not args.ids and not args.all and args.max_workers is None and not (args.memory or args.cpus or args.pids_limit):
         raise InvalidInput("name the tasks to start, or --all")
     if args.ids and args.all:
         raise InvalidInput("give task ids or --all, not both")
@@ -217,8 +220,15 @@ def cmd_start(args: argparse.Namespace) -> int:
         else:
             chosen = with_submitted_dependencies(views, select(views, args.ids))
         queued = batch.queue(orch, chosen)
-        if args.max_workers is not None:
-            set_max_workers(orch, args.max_workers)
+        settings = orch.load_settings()
+        changes = {
+            "max_workers": args.max_workers,
+            "memory": limits.check_memory(args.memory) if args.memory else None,
+            "cpus": limits.check_cpus(args.cpus) if args.cpus else None,
+            "pids_limit": limits.check_pids(args.pids_limit) if args.pids_limit else None,
+        }
+        if any(value is not None for value in changes.values()):
+            orch.write_settings(replace(settings, **{k: v for k, v in changes.items() if v is not None}))
     limit = max_workers(orch, os.environ)
     if queued:
         print(f"queued {len(queued)} task{'s' if len(queued) != 1 else ''}: {' '.join(queued)}")
@@ -620,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, metavar="SECONDS", help="how long the agent may run (default: 3600)")
     p.add_argument("--max-turns", type=int, metavar="N", help="stop the agent after N turns")
     p.add_argument("--model", help="model for this task (default: the manager's)")
+    add_limit_options(p, defaults=False)
     p.add_argument("--start", action="store_true", help="queue the task right away (as orch start ID)")
     p.set_defaults(func=cmd_submit)
 
@@ -639,6 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how many workers may run at once, from now on (default: ${environment.MAX_WORKERS.name}, else "
         f"{env_max_workers({})}; kept on the volume)",
     )
+    limit_options = p.add_argument_group(
+        "limits of each worker from now on, kept on the volume (a task's own come first)"
+    )
+    add_limit_options(limit_options, defaults=False)
     p.set_defaults(func=cmd_start)
 
     p = command(

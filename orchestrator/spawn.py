@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,47 +39,13 @@ from .docker import (
     remove_container,
 )
 from .errors import InvalidInput, UserError
+from .limits import WorkerLimits
 from .secrets import DEFAULT_TOKEN_FILE, Secrets
 from .tasks import State, validate_task_id
 from .volume import volume_for
 
-MEMORY_PATTERN = re.compile(r"\d+(\.\d+)?[bkmg]?", re.IGNORECASE)
 # The runtime's capabilities: to start the agent as its own user, and to end its processes.
 RUNTIME_CAPABILITIES = ("SETUID", "SETGID", "KILL")
-
-
-@dataclass(frozen=True)
-class WorkerLimits:
-    """What one worker container may use."""
-
-    memory: str
-    cpus: str
-    pids: int
-
-    @classmethod
-    def parse(cls, memory: str | None, cpus: str | None, pids: str | int | None) -> WorkerLimits:
-        memory = memory or environment.WORKER_MEMORY.require({})
-        if not MEMORY_PATTERN.fullmatch(memory):
-            raise InvalidInput(f"memory limit {memory!r} is not a size such as 512m or 4g")
-        cpus = cpus or environment.WORKER_CPUS.require({})
-        try:
-            if float(cpus) <= 0:
-                raise ValueError
-        except ValueError:
-            raise InvalidInput(f"CPU limit {cpus!r} is not a positive number") from None
-        pids_text = str(pids or environment.WORKER_PIDS.require({}))
-        if not pids_text.isdigit() or int(pids_text) <= 0:
-            raise InvalidInput(f"process limit {pids_text!r} is not a positive whole number")
-        return cls(memory, cpus, int(pids_text))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> WorkerLimits:
-        return cls.parse(
-            environment.WORKER_MEMORY.get(env), environment.WORKER_CPUS.get(env), environment.WORKER_PIDS.get(env)
-        )
-
-    def argv(self) -> list[str]:
-        return ["--memory", self.memory, "--cpus", self.cpus, "--pids-limit", str(self.pids)]
 
 
 def stop_timeout(env: Mapping[str, str]) -> int:

@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import config, limits
 from .errors import InvalidInput, UserError
 
 FORMAT_VERSION = 1
@@ -129,9 +129,13 @@ class Task:
     worker: str | None = None  # worker type, for orch start (spawn-worker is told it)
     depends_on: tuple[str, ...] = ()  # tasks that must succeed before this one starts
     max_turns: int | None = None
+    # What its worker may use (see limits.py); unset: the batch's or the manager's defaults.
+    memory: str | None = None
+    cpus: str | None = None
+    pids_limit: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    KNOWN = ("id", "prompt", "model", "timeout", "worker", "depends_on", "max_turns")
+    KNOWN = ("id", "prompt", "model", "timeout", "worker", "depends_on", "max_turns", "memory", "cpus", "pids_limit")
 
     @classmethod
     def from_json(cls, data: Any) -> Task:
@@ -157,6 +161,12 @@ class Task:
             validate_task_id(dep, f"{what}: field 'depends_on' has")
         if task_id in depends_on:
             raise InvalidInput(f"{what}: field 'depends_on' names the task itself")
+        try:
+            memory = limits.check_memory(data["memory"]) if data.get("memory") is not None else None
+            cpus = limits.check_cpus(data["cpus"]) if data.get("cpus") is not None else None
+            pids_limit = limits.check_pids(data["pids_limit"]) if data.get("pids_limit") is not None else None
+        except InvalidInput as exc:
+            raise InvalidInput(f"{what}: {exc}") from None
         return cls(
             id=task_id,
             prompt=prompt,
@@ -165,6 +175,9 @@ class Task:
             worker=worker,
             depends_on=tuple(dict.fromkeys(depends_on)),
             max_turns=max_turns,
+            memory=memory,
+            cpus=cpus,
+            pids_limit=pids_limit,
             extra={k: v for k, v in data.items() if k not in cls.KNOWN},
         )
 
@@ -180,6 +193,9 @@ class Task:
             data["depends_on"] = list(self.depends_on)
         if self.max_turns is not None:
             data["max_turns"] = self.max_turns
+        for name in ("memory", "cpus", "pids_limit"):
+            if getattr(self, name) is not None:
+                data[name] = getattr(self, name)
         return {**data, **self.extra}
 
 
@@ -295,6 +311,34 @@ class TaskStatus:
         return _document(self)
 
 
+@dataclass(frozen=True)
+class BatchSettings:
+    """``dispatcher.json``: what ``orch start`` set for the batch. On the volume, so that it
+    reaches a dispatcher that is running already, and a new manager keeps it."""
+
+    max_workers: int | None = None
+    memory: str | None = None
+    cpus: str | None = None
+    pids_limit: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Any) -> BatchSettings:
+        data = _require_object(data, "dispatcher.json")
+        max_workers = _field(data, "max_workers", int, "dispatcher.json")
+        if max_workers is not None and max_workers <= 0:
+            raise InvalidInput("dispatcher.json: field 'max_workers' must be a positive number")
+        memory, cpus, pids = data.get("memory"), data.get("cpus"), data.get("pids_limit")
+        return cls(
+            max_workers=max_workers,
+            memory=limits.check_memory(memory) if memory is not None else None,
+            cpus=limits.check_cpus(cpus) if cpus is not None else None,
+            pids_limit=limits.check_pids(pids) if pids is not None else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o660) -> None:
     """Write a file so that a reader sees the old content or the new, never half of it."""
     data = content.encode("utf-8") if isinstance(content, str) else content
@@ -396,6 +440,28 @@ class OrchestrationDir:
         """What the worker printed: the same lines as ``docker logs``, kept after the container."""
         return self.root / "logs" / f"{task_id}.log"
 
+    def bundle_path(self, task_id: str, attempt: int | None) -> Path:
+        """Where a worker saves its commits when its push fails."""
+        return self.root / "bundles" / f"{task_id}-attempt-{attempt or 1}.bundle"
+
+    @property
+    def settings_path(self) -> Path:
+        """The batch's settings (BatchSettings): the worker limit and default resource limits."""
+        return self.root / "dispatcher.json"
+
+    @property
+    def dispatcher_lock_path(self) -> Path:
+        """Held by the one dispatcher of the volume for as long as it runs."""
+        return self.root / ".dispatcher.lock"
+
+    @property
+    def dispatcher_log_path(self) -> Path:
+        return self.root / "logs" / "dispatcher.log"
+
+    @property
+    def state_lock_path(self) -> Path:
+        return self.root / ".state.lock"
+
     def attempt_dir(self, task_id: str) -> Path:
         return self.root / "attempts" / task_id
 
@@ -415,12 +481,22 @@ class OrchestrationDir:
         flock works across containers, because they share the kernel and the volume.
         The lock is released when the holder dies, whatever the cause.
         """
-        with open(self.root / ".state.lock", "a+b") as handle:
+        with open(self.state_lock_path, "a+b") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def load_settings(self) -> BatchSettings:
+        """The batch's settings; a missing or damaged file counts as none set."""
+        try:
+            return BatchSettings.from_json(read_json(self.settings_path))
+        except InvalidInput:
+            return BatchSettings()
+
+    def write_settings(self, settings: BatchSettings) -> None:
+        write_json(self.settings_path, settings.to_json())
 
     def load_task(self, task_id: str) -> Task:
         path = self.task_path(task_id)

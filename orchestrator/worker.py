@@ -281,7 +281,7 @@ class Worker:
         assert self.workspace is not None
         config = self.config
         user = AgentUser.named(config.agent_user)
-        bundle = config.orch.root / "bundles" / f"{config.task_id}-attempt-{config.attempt or 1}.bundle"
+        bundle = config.orch.bundle_path(config.task_id, config.attempt)
         try:
             # The agent's processes are gone (the run ends them all); its files are opened for
             # the runtime, which can read no further than their modes say.

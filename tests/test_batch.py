@@ -14,9 +14,9 @@ import pytest
 
 from orchestrator import batch
 from orchestrator.batch import TaskView, load_view, load_views, reconcile
-from orchestrator.dispatcher import Dispatcher, _try_lock, set_max_workers
+from orchestrator.dispatcher import Dispatcher, _try_lock
 from orchestrator.errors import InvalidInput, UserError
-from orchestrator.tasks import OrchestrationDir, State, TaskResult, utc_now
+from orchestrator.tasks import BatchSettings, OrchestrationDir, State, TaskResult, utc_now
 
 
 class FakeEngine:
@@ -105,7 +105,7 @@ def test_a_task_file_with_a_bad_dependency_is_refused_naming_the_field(orch):
 
 
 def dispatcher(orch: OrchestrationDir, engine: FakeEngine, started: list[str], limit: int = 2) -> Dispatcher:
-    set_max_workers(orch, limit)
+    orch.write_settings(BatchSettings(max_workers=limit))
 
     def spawner(view: TaskView) -> None:
         started.append(view.id)
@@ -454,3 +454,23 @@ def test_the_dispatcher_log_hides_every_secret_of_its_environment(orch):
         "push failed for ghp_secretgittoken, sk-ant-oat01-secretvalue"
     )
     assert "secret" not in out.getvalue() and out.getvalue().count("[REDACTED]") == 2
+
+
+def test_a_task_s_limits_come_before_the_batch_s_and_the_manager_s(orch: OrchestrationDir):
+    from orchestrator.dispatcher import worker_limits
+
+    own = submit(orch, memory="8g", pids_limit="300")
+    plain = submit(orch)
+    env = {"ORCHESTRATOR_WORKER_CPUS": "3"}
+    orch.write_settings(BatchSettings(max_workers=2, memory="2g"))
+    limits = {task_id: worker_limits(orch, orch.load_task(task_id), env) for task_id in (own, plain)}
+    assert (limits[own].memory, limits[own].cpus, limits[own].pids) == ("8g", "3", 300)
+    assert (limits[plain].memory, limits[plain].cpus, limits[plain].pids) == ("2g", "3", 1024)
+    assert json.loads(orch.task_path(own).read_text())["memory"] == "8g"
+
+
+@pytest.mark.parametrize(("option", "value"), [("memory", "lots"), ("cpus", "-1"), ("pids_limit", "0")])
+def test_bad_limits_are_refused_at_submit(orch: OrchestrationDir, option: str, value: str):
+    with pytest.raises(InvalidInput, match="limit"):
+        submit(orch, **{option: value})
+    assert orch.task_ids() == []
