@@ -93,7 +93,7 @@ def worker_limits(orch: OrchestrationDir, task: Task | None, env: Mapping[str, s
 
 
 def _try_lock(orch: OrchestrationDir) -> IO[bytes] | None:
-    handle = open(orch.dispatcher_lock_path, "a+b")  # noqa: SIM115 (held for the dispatcher's life)
+    handle = orch.open_lock(orch.dispatcher_lock_path)  # held for the dispatcher's life
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -87,7 +87,7 @@ def prepare(env: dict[str, str]) -> Path:
     """Everything before the final exec; returns the folder to work in."""
     # The shared volume's files are for the group of the orchestrator's user, and no one else:
     # a worker's agent runs as a user outside it.
-    os.umask(0o007)
+    os.umask(OrchestrationDir.UMASK)
     home = Path(env.get("HOME") or Path.home())
     workspace = Path(environment.WORKSPACE.require(env))
     load_secrets(home, env)

@@ -773,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(OrchestrationDir.UMASK)
     return run_command(f"orch {args.command}", lambda: args.func(args), debug=args.debug)
 
 

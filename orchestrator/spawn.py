@@ -41,7 +41,7 @@ from .docker import (
 from .errors import InvalidInput, UserError
 from .limits import WorkerLimits
 from .secrets import DEFAULT_TOKEN_FILE, Secrets
-from .tasks import State, validate_task_id
+from .tasks import OrchestrationDir, State, validate_task_id
 from .volume import volume_for
 
 # The runtime's capabilities: to start the agent as its own user, and to end its processes.
@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(OrchestrationDir.UMASK)
 
     def work() -> int:
         spec = worker_spec(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import config, limits
 from .errors import InvalidInput, UserError
@@ -408,6 +408,8 @@ class OrchestrationDir:
     SUBDIRS = ("tasks", "results", "status", "logs", "attempts", "bundles")
     # Group (the orchestrator's user) only, new files taking the group; a worker's agent is not in it.
     MODE = 0o2770
+    # What every process that writes the volume sets, whoever started it (docker exec gives 022).
+    UMASK = 0o007
 
     @classmethod
     def from_env(cls) -> OrchestrationDir:
@@ -474,6 +476,16 @@ class OrchestrationDir:
         names = [p.stem for p in (self.root / "tasks").glob("*.json") if not p.name.startswith(".")]
         return sorted(names, key=natural_key)
 
+    @staticmethod
+    def open_lock(path: Path) -> IO[bytes]:
+        """A lock file of the volume, open for flock: read-write for the group, whoever made it
+        and whatever their umask (docker exec starts processes with 022)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_uid == os.getuid():
+                os.fchmod(fd, 0o660)
+        return os.fdopen(fd, "r+b")
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the volume's state lock: one reader-modifier-writer of the batch at a time.
@@ -481,7 +493,7 @@ class OrchestrationDir:
         flock works across containers, because they share the kernel and the volume.
         The lock is released when the holder dies, whatever the cause.
         """
-        with open(self.state_lock_path, "a+b") as handle:
+        with self.open_lock(self.state_lock_path) as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield

@@ -156,7 +156,7 @@ class Worker:
         config = self.config
         orch = config.orch
         # The volume's files are for the manager's group; the agent's user is in no group of them.
-        os.umask(0o007)
+        os.umask(OrchestrationDir.UMASK)
         secrets = Secrets.take(config.home)
         self.scrub = scrubber(secrets.values())
         orch.ensure()

@@ -150,6 +150,12 @@ class Run:
         return sh("docker", "run", "--rm", "--volume", f"{self.volume}:/orchestration", "--entrypoint", "cat",
                   WORKER_IMAGE, f"/orchestration/{path}").stdout  # fmt: skip
 
+    def read_many(self, paths: list[str]) -> str:
+        """Files on the volume, each after a line naming it; a missing one reads as MISSING."""
+        script = 'for f in "$@"; do echo "== $f"; cat "/orchestration/$f" 2>/dev/null || echo MISSING; done'
+        return sh("docker", "run", "--rm", "--volume", f"{self.volume}:/orchestration", "--entrypoint", "sh",
+                  WORKER_IMAGE, "-c", script, "sh", *paths).stdout  # fmt: skip
+
     def result(self, task_id: str) -> dict:
         return json.loads(self.read(f"results/{task_id}.json"))
 
