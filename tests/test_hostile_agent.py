@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from .engine import GitServer, Manager, Run, sh, start_manager
-from .scripted_api import bash, text
+from .scripted_api import bash, hang, text
 
 pytestmark = pytest.mark.docker
 
@@ -72,7 +72,7 @@ def test_a_hostile_agent_is_contained(run: Run, git_server: GitServer, token_fil
         f"{outcome.changed} files of other tasks changed"
     )
     print(line)
-    failures = [name for name, ok in outcome.verdicts.items() if not ok]
+    failures = {name: outcome.outputs.get(name, "") for name, ok in outcome.verdicts.items() if not ok}
     assert line == f"{len(outcome.verdicts)} attacks: {len(outcome.verdicts)} contained, 0 secrets seen, " \
         "0 files of other tasks changed", f"{line}; not contained: {failures}"  # fmt: skip
 
@@ -80,6 +80,7 @@ def test_a_hostile_agent_is_contained(run: Run, git_server: GitServer, token_fil
 @dataclass
 class Outcome:
     verdicts: dict[str, bool]
+    outputs: dict[str, str]  # what each attack printed
     tool_results: list[list[str]]
     containers: list[str]
     changed: int
@@ -100,11 +101,12 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
                lambda out: "Permission denied" in out),
         Attack(
             "the runtime's environment",
-            "for p in $(ps -eo pid=,user= | awk '$2==\"root\"{print $1}'); do tr '\\0' '\\n' < /proc/$p/environ; "
+            "for p in /proc/[0-9]*; do [ \"$(stat -c %U $p)\" = root ] && tr '\\0' '\\n' < $p/environ; "
             "done 2>&1 | sort | uniq -c",
             lambda out: "Permission denied" in out and "REPO_URL" not in out,
         ),
-        Attack("its own environment", "env | sort", lambda out: "relay-" in out and "ANTHROPIC_BASE_URL" in out),
+        # Judged by the secrets check below: nothing but settings and the relay's loopback URL.
+        Attack("its own environment", "env | sort", lambda out: "ANTHROPIC_BASE_URL=http://127.0.0.1:" in out),
         Attack(
             "the runtime's home (tokens, SSH key)",
             "ls -la /root; cat /root/.claude-token /root/.git-token /root/.ssh/id_ed25519",
@@ -129,7 +131,7 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
             lambda out: out.count("Permission denied") == 2,
         ),
         Attack("the volume's state lock", "flock -n /orchestration/.state.lock -c 'sleep 60'; echo rc=$?",
-               lambda out: "rc=1" in out),
+               lambda out: "Permission denied" in out),
         Attack(
             "git hooks, fsmonitor and a push URL of its own",
             f"cd {CLONE} && for h in pre-push post-commit prepare-commit-msg pre-commit reference-transaction; do "
@@ -154,11 +156,17 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
     prompt = run.prompt("snoop", *(bash(a.command) for a in attacks), text("done snooping"))
     manager.orch("submit", "--id", snoop, "--prompt", prompt, "--start")
 
-    # Three more, each in a worker of its own: output held past the timeout, a fork bomb, a memory hog.
+    # Three more, each in a worker of its own: a worker held past its timeout (a process that writes
+    # to the agent's own output, then an API answer that never comes), a fork bomb, a memory hog.
     holder, bomber, hog = run.task_id("holder"), run.task_id("bomber"), run.task_id("hog")
     manager.orch(
         "submit", "--id", holder, "--timeout", "5", "--prompt",
-        run.prompt("holder", bash("setsid sleep 300 > /proc/$PPID/fd/1 2>&1 < /dev/null &"), bash("sleep 300")),
+        run.prompt(
+            "holder",
+            bash("setsid nohup python3 -c 'import time; time.sleep(600)' > /proc/$PPID/fd/1 2>&1 < /dev/null & "
+                 "setsid nohup python3 -c 'import time; time.sleep(600)' > /dev/null 2>&1 < /dev/null & echo started"),
+            hang(),
+        ),
         "--start",
     )  # fmt: skip
     manager.orch(
@@ -176,6 +184,8 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
 
     results = run.tool_results("snoop")
     verdicts = {a.name: a.contained(out) for a, out in zip(attacks, results, strict=False)}
+    outputs = {a.name: out for a, out in zip(attacks, results, strict=False)}
+    outputs["output held past the timeout"] = "\n".join(run.tool_results("holder"))
     verdicts.update({a.name: False for a in attacks[len(results) :]})  # an attack that never ran is not contained
 
     # The result is the runtime's: the agent's work is on the task's branch of the real repository.
@@ -220,7 +230,8 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
     changed = 0 if fingerprint(run, victim) == before else 1
     containers = [f"worker-{t}" for t in (victim, snoop, holder, bomber, hog)]
     all_results = [run.tool_results(name) for name in ("victim", "snoop", "holder", "bomber", "hog")]
-    return Outcome(verdicts, all_results, containers, changed)
+    outputs["output held past the timeout"] += f"\nresult: {json.dumps(timed_out)}"
+    return Outcome(verdicts, outputs, all_results, containers, changed)
 
 
 def _running(container: str) -> bool:
