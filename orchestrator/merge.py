@@ -113,6 +113,15 @@ def merge_branches(
             if here("rev-parse", "--verify", "--quiet", ref, check=False) is None:
                 outcomes.append(Outcome(view.id, "not merged", branch, message=f"{branch} is not on origin"))
                 continue
+            # What is merged is the commit the result names, and only once origin's branch holds
+            # it: a result that names work origin never received is not taken on its word.
+            head = view.result.head_commit or ""
+            if not head or here("merge-base", "--is-ancestor", head, ref, check=False) is None:
+                outcomes.append(Outcome(view.id, "not merged", branch,
+                                        message=f"origin's {branch} does not hold the commit its result names "
+                                        f"({head[:12] or 'none'})"))  # fmt: skip
+                continue
+            ref = head
             if here("merge-base", "--is-ancestor", ref, "HEAD", check=False) is not None:
                 outcomes.append(Outcome(view.id, "already merged", branch))
                 continue

@@ -3,6 +3,7 @@ the manager's clone. tests/test_git_flow.py runs it in containers over SSH."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 from pathlib import Path
@@ -45,7 +46,8 @@ class Origin:
         git(work, "add", "-A")
         git(work, "commit", "-qm", f"{task_id}: edit {path}")
         git(work, "push", "-q", "origin", branch)
-        result = TaskResult(task_id, state, "", utc_now(), branch=branch, commits=1, pushed=True)
+        head = git(work, "rev-parse", "HEAD").strip()
+        result = TaskResult(task_id, state, "", utc_now(), branch=branch, commits=1, pushed=True, head_commit=head)
         return TaskView(task_id, state, result=result)
 
     def show(self, ref: str, path: str) -> str:
@@ -127,3 +129,27 @@ def test_choose_takes_successes_for_all_and_says_why_others_are_left_out():
 def test_merge_needs_a_clone(tmp_path: Path):
     with pytest.raises(UserError, match="is not a git clone"):
         merge.merge_branches(tmp_path, [], into="x", base_branch="main", push=False, scrub=lambda s: s)
+
+
+def test_a_result_whose_head_origin_does_not_hold_is_not_merged(origin: Origin):
+    honest = origin.task_branch("task-001", "lib/a.dart", "a\n")
+    forged = origin.task_branch("task-002", "lib/b.dart", "b\n")
+    assert forged.result is not None
+    claimed = dataclasses.replace(forged.result, head_commit="0" * 40)
+    report = run(origin, [honest, TaskView("task-002", State.SUCCESS, result=claimed)])
+    assert [o.state for o in report.outcomes] == ["merged", "not merged"]
+    assert "does not hold the commit its result names (000000000000)" in (report.outcomes[1].message or "")
+    assert not report.ok
+
+
+def test_the_commit_the_result_names_is_merged_not_what_came_after(origin: Origin):
+    view = origin.task_branch("task-001", "lib/a.dart", "mine\n")
+    work = origin.tmp / "work-task-001"
+    (work / "lib" / "late.dart").write_text("pushed later by someone else\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "later")
+    git(work, "push", "-q", "origin", "orchestrator/task-001")
+    report = run(origin, [view])
+    assert [o.state for o in report.outcomes] == ["merged"]
+    assert origin.show("orchestrator/integration", "lib/a.dart") == "mine\n"
+    assert "late.dart" not in git(origin.bare, "ls-tree", "-r", "--name-only", "orchestrator/integration")
