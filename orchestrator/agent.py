@@ -83,7 +83,9 @@ def render_event(event: Mapping[str, Any]) -> list[str]:
             return [f"session {event.get('session_id')} started (model {event.get('model')}, cwd {event.get('cwd')})"]
         if subtype == "api_retry":
             return [f"API retry {event.get('attempt')}/{event.get('max_retries')} ({event.get('error')})"]
-        return [f"system: {subtype}"]
+        # Bookkeeping of the CLI's own (task_started, task_notification around every Bash call,
+        # ...): the transcript keeps it; the log would only repeat the tool lines.
+        return []
     if kind in ("assistant", "user"):
         message = event.get("message")
         content = message.get("content") if isinstance(message, Mapping) else None

@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import git, sandbox
+from .errors import UserError
 from .git import GitError
 from .sandbox import AgentUser
 from .tasks import Task
@@ -36,11 +37,28 @@ UPLOAD_PACK = "git -c safe.directory=* upload-pack"
 
 
 @dataclass(frozen=True)
+class StartPoint:
+    """A dependency's work, which the task starts from: its pushed branch and head commit."""
+
+    task_id: str
+    branch: str
+    commit: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"task_id": self.task_id, "branch": self.branch, "commit": self.commit}
+
+
+class Blocked(UserError):
+    """The task cannot start from its dependencies' work (they conflict, or origin lacks it)."""
+
+
+@dataclass(frozen=True)
 class Workspace:
     own: Path  # the runtime's clone
     agent: Path  # the agent's clone
     branch: str  # the task's branch, under a name origin does not have
     base: str  # the commit it starts from
+    started_from: tuple[StartPoint, ...] = ()  # the dependencies' work it starts from
 
 
 @dataclass(frozen=True)
@@ -100,15 +118,21 @@ def prepare(
     git_env: Mapping[str, str],
     scrub: Callable[[str], str],
     say: Callable[[str], None],
+    task_id: str = "",
+    start_from: Sequence[StartPoint] = (),
 ) -> Workspace:
-    """Clone origin for the runtime, create the task's branch, and give the agent its clone."""
+    """Clone origin for the runtime, create the task's branch, and give the agent its clone.
+
+    The branch starts from ``branch``, or from the work of the tasks in ``start_from``: the one
+    dependency's head commit, or a merge of several made here (a conflict there: Blocked).
+    """
     check_agent_folder(agent, user)
     # Readable by the agent's user, which clones from it (the runtime's umask keeps the
     # shared volume's files from it).
     umask = os.umask(0o022)
     try:
         git.clone(url, branch, own, scrub=scrub, env=git_env)
-        base = git.head(own)
+        base = _start(own, task_id, start_from, say) if start_from else git.head(own)
         name = free_name(own, wanted)
         if name != wanted:
             say(f"origin has a branch {wanted} already (from an earlier batch?); this task's branch is {name}")
@@ -116,7 +140,34 @@ def prepare(
     finally:
         os.umask(umask)
     _clone_for_agent(own, agent, name, url, user, agent_env, scrub)
-    return Workspace(own, agent, name, base)
+    return Workspace(own, agent, name, base, tuple(start_from))
+
+
+def _start(own: Path, task_id: str, points: Sequence[StartPoint], say: Callable[[str], None]) -> str:
+    """The commit the task starts from: its dependencies' work, merged when there are several."""
+    for point in points:
+        if (
+            git.try_git("merge-base", "--is-ancestor", point.commit, f"refs/remotes/origin/{point.branch}", cwd=own)
+            is None
+        ):
+            raise Blocked(
+                f"it starts from {point.task_id}'s work, but origin's {point.branch} does not hold {point.commit[:12]}"
+            )
+    first, *others = points
+    git.git("checkout", "--quiet", "--detach", first.commit, cwd=own)
+    for point in others:
+        title = f"Start of {task_id}: the work of {point.task_id} ({point.branch})"
+        if git.try_git("merge", "--no-ff", "--no-edit", "--message", title, point.commit, cwd=own) is None:
+            files = (git.try_git("diff", "--name-only", "--diff-filter=U", cwd=own) or "").split()
+            git.try_git("merge", "--abort", cwd=own)
+            merged = ", ".join(p.task_id for p in points[: points.index(point)])
+            raise Blocked(
+                f"the work of its dependencies conflicts: {point.task_id} and {merged} both change "
+                f"{', '.join(files) or 'the same lines'}"
+            )
+    names = " and ".join(f"{p.task_id} ({p.branch})" for p in points)
+    say(f"starting from the work of {names}")
+    return git.head(own)
 
 
 def _clone_for_agent(

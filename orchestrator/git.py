@@ -78,6 +78,14 @@ def git(
     return proc.stdout
 
 
+def try_git(*args: str, cwd: str | os.PathLike[str] | None = None, timeout: float = 120.0) -> str | None:
+    """``git ARGS``'s output, or None when it fails (for questions such as "is this an ancestor?")."""
+    try:
+        return git(*args, cwd=cwd, timeout=timeout)
+    except GitError:
+        return None
+
+
 def configure_identity(name: str | None, email: str | None) -> None:
     git("config", "--global", "user.name", name or environment.GIT_USER_NAME.require({}))
     git("config", "--global", "user.email", email or environment.GIT_USER_EMAIL.require({}))

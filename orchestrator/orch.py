@@ -459,7 +459,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
             if view.state not in SETTLED_STATES:
                 raise UserError(f"task {view.id} is {view.state.value}; cancel it first (`orch cancel {view.id}`)")
         for view in views:
-            if view.state is State.BLOCKED:
+            if view.state is State.BLOCKED and view.result is None:
                 orch.update_status(view.id, State.QUEUED, message="queued again")
                 print(f"{view.id}: queued again")
                 continue
@@ -472,7 +472,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
             print(f"{view.id}: attempt {number + 1} queued (attempt {number} kept: {kept_in}{kept_note})")
         # Blocked tasks get another look: those whose dependencies can now succeed will run.
         for other in load_views(orch):
-            if other.state is State.BLOCKED:
+            if other.state is State.BLOCKED and other.result is None:
                 orch.update_status(other.id, State.QUEUED, message="queued again")
     ensure_dispatcher(orch, os.environ)
     return EXIT_OK

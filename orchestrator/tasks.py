@@ -225,6 +225,8 @@ class TaskResult:
     files_changed: tuple[Mapping[str, Any], ...] = ()  # {"path", "added", "deleted"}; counts null for binary files
     pushed: bool | None = None  # the branch is on origin
     bundle: str | None = None  # when the push failed: the commits, saved on the volume
+    # The dependencies' work the branch started from ({"task_id", "branch", "commit"}); empty: REPO_BRANCH.
+    started_from: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -238,7 +240,7 @@ class TaskResult:
         number = (int, float)
         return cls(
             task_id=task_id,
-            status=_state(data, "status", what, FINISHED_STATES),
+            status=_state(data, "status", what, SETTLED_STATES),
             output=_field(data, "output", str, what, required=True),
             completed_at=_field(data, "completed_at", str, what, required=True),
             started_at=_field(data, "started_at", str, what),
@@ -258,11 +260,13 @@ class TaskResult:
             files_changed=tuple(_file_changes(data, what)),
             pushed=_field(data, "pushed", bool, what),
             bundle=_field(data, "bundle", str, what),
+            started_from=tuple(_field(data, "started_from", list, what) or ()),
         )
 
     def to_json(self) -> dict[str, Any]:
         data = _document(self)
         data["files_changed"] = [dict(change) for change in self.files_changed]
+        data["started_from"] = [dict(point) for point in self.started_from]
         return data
 
 

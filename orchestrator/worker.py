@@ -190,6 +190,7 @@ class Worker:
             git.configure_identity(config.git_user_name, config.git_user_email)
             git.configure_credentials()
             git.prepare_ssh(config.home)
+            start_from = self.start_points(task)
             self.say(f"cloning {config.repo_url} (branch {config.branch})")
             self.workspace = delivery.prepare(
                 url=config.repo_url,
@@ -202,6 +203,8 @@ class Worker:
                 git_env=self.git_env,
                 scrub=self.scrub,
                 say=self.say,
+                task_id=config.task_id,
+                start_from=start_from,
             )
             self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
             # For orch's dispatcher, which stops a worker that outlives this by far.
@@ -223,6 +226,8 @@ class Worker:
             status, error = agent.judge(run, timeout)
         except Stopped as stop:
             status, error = stop.state, f"the worker was stopped ({stop.state.value}) before the agent started"
+        except delivery.Blocked as exc:
+            status, error = State.BLOCKED, str(exc)
         except UserError as exc:
             status, error = State.FAILED, str(exc)
         except BaseException as exc:  # noqa: BLE001 (a bug must still leave a result behind)
@@ -257,6 +262,22 @@ class Worker:
             self.set_state(status, error)
         print(f"[worker {config.task_id}] result written to {orch.result_path(config.task_id)} (status {status.value})")
         return EXIT_OK if status is State.SUCCESS else EXIT_FAILURE
+
+    def start_points(self, task: Task) -> list[delivery.StartPoint]:
+        """The work of the tasks this one depends on, which it starts from. A dependency that
+        changed nothing adds nothing; one that did not succeed blocks the task."""
+        points = []
+        for dep in task.depends_on:
+            try:
+                result = self.config.orch.load_result(dep)
+            except UserError as exc:
+                raise delivery.Blocked(f"it depends on {dep}, whose result cannot be read: {exc}") from None
+            if result is None or not result.succeeded:
+                how = "has no result" if result is None else f"ended {result.status.value}"
+                raise delivery.Blocked(f"it depends on {dep}, which {how}")
+            if result.branch and result.pushed and result.head_commit:
+                points.append(delivery.StartPoint(dep, result.branch, result.head_commit))
+        return points
 
     def agent_env(self, user: AgentUser, model: str | None) -> dict[str, str]:
         """The agent's environment: the container's, which holds no secret, without the real API
@@ -344,6 +365,7 @@ class Worker:
             files_changed=tuple(handed_back.files_changed),
             pushed=handed_back.pushed,
             bundle=handed_back.bundle,
+            started_from=tuple(point.to_json() for point in self.workspace.started_from) if self.workspace else (),
         )
 
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,16 @@ from .ssh_git import ssh_git_server  # noqa: F401  (the SSH git server)
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No setting or secret of the person running the tests reaches a test."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No setting or secret of the person running the tests reaches a test, and every test
+    starts with the usual umask (the commands set their own, and some tests call them here)."""
     for var in environment.ALL:
         monkeypatch.delenv(var.name, raising=False)
     for name in SECRET_ENV:
         monkeypatch.delenv(name, raising=False)
+    umask = os.umask(0o022)
+    yield
+    os.umask(umask)
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def box(token: str):
     (workspace / "repo").mkdir(parents=True)
     workspace.chmod(0o755)
     shutil.chown(workspace / "repo", AGENT_USER, AGENT_USER)
-    (root / "runtime").mkdir()
+    (root / "runtime").mkdir(mode=0o755)
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(ROOT),
