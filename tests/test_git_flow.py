@@ -2,7 +2,9 @@
 the tests' own, the manager merges them, and a push that fails keeps the work in a bundle.
 
 The server (tests/ssh_git.py) listens on 127.0.0.1; the manager and the workers reach it
-through the host network, with the test's key and its host key pinned (--known-hosts).
+through the host network, with the test's key and its host key pinned (--known-hosts). Every
+agent is the real Claude Code of the images, its answers scripted by the tests' API: it edits
+the clone with its real tools and leaves the commit and the push to its worker.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import pytest
 from .engine import PREFIX, Manager, Run, sh, start_manager
 from .helpers import ROOT
 from .http_git import HttpGitServer
+from .scripted_api import bash, read, reply, text, write
 from .ssh_git import SshGitServer, keygen
 
 pytestmark = pytest.mark.docker
+
+CLONE = "/workspace/repo"  # the agent's clone in a worker
 
 
 @pytest.fixture
@@ -51,8 +56,17 @@ def test_three_workers_push_three_branches_and_the_manager_merges_them(
     run: Run, manager: Manager, ssh_git_server: SshGitServer, repo_name: str
 ):
     ids = [run.task_id(f"n{n}") for n in (1, 2, 3)]
-    for n, task_id in enumerate(ids, 1):
-        submit(manager, task_id, f"Add note {n}.\n@write notes/{n}.txt note {n}\\nsecond line\n@say added note {n}")
+    prompts = {
+        task_id: run.prompt(
+            task_id,
+            reply(text(f"Adding note {n}."), write(f"{CLONE}/notes/{n}.txt", f"note {n}\nsecond line")),
+            text(f"added note {n}"),
+            words=f"Add note {n}.",
+        )
+        for n, task_id in enumerate(ids, 1)
+    }
+    for task_id, prompt in prompts.items():
+        submit(manager, task_id, prompt)
     manager.orch("start", "--all")
     assert manager.orch("wait", "--all").returncode == 0
 
@@ -65,8 +79,9 @@ def test_three_workers_push_three_branches_and_the_manager_merges_them(
         assert done["base_commit"] == main and done["head_commit"] == branches[branch] and done["commits"] == 1
         assert done["files_changed"] == [{"path": f"notes/{n}.txt", "added": 2, "deleted": 0}]
         assert ssh_git_server.show(repo_name, branch, f"notes/{n}.txt") == f"note {n}\nsecond line"
-        author = ssh_git_server.git(repo_name, "log", "-1", "--format=%s", branch).strip()
-        assert author == f"{task_id}: Add note {n}."
+        subject = ssh_git_server.git(repo_name, "log", "-1", "--format=%s", branch).strip()
+        assert subject == f"{task_id}: {prompts[task_id]}"  # the prompt's first line, marker and all
+        assert done["output"] == f"added note {n}"
     assert f"orchestrator/{ids[0]}" in manager.orch("status").stdout  # the BRANCH column
 
     merged = manager.orch("merge", "--all", "--push")
@@ -82,8 +97,12 @@ def test_two_workers_on_the_same_line_give_one_merge_and_a_conflict_report(
     run: Run, manager: Manager, ssh_git_server: SshGitServer, repo_name: str
 ):
     first, second = run.task_id("title-a"), run.task_id("title-b")
-    submit(manager, first, "Retitle.\n@write README.md # App by A")
-    submit(manager, second, "Retitle.\n@write README.md # App by B")
+    for task_id, who in ((first, "A"), (second, "B")):
+        # The Write tool replaces a file only once the agent has read it.
+        prompt = run.prompt(
+            task_id, read(f"{CLONE}/README.md"), write(f"{CLONE}/README.md", f"# App by {who}"), words="Retitle."
+        )
+        submit(manager, task_id, prompt)
     manager.orch("start", "--all")
     assert manager.orch("wait", "--all").returncode == 0
     before = ssh_git_server.branches(repo_name)
@@ -116,11 +135,15 @@ def test_a_rejected_key_fails_the_task_naming_the_error_and_keeps_the_work_in_a_
     key = keygen(tmp_path / "id_revoked")
     ssh_git_server.authorize(key)
     task_id = run.task_id("revoked")
-    submit(manager, task_id, "Write the precious file.\n@write notes/precious.txt precious work\n@sleep 4\n@say done")
+    prompt = run.prompt(
+        task_id, write(f"{CLONE}/notes/precious.txt", "precious work"), bash("sleep 4"), text("done"),
+        words="Write the precious file.",
+    )  # fmt: skip
+    submit(manager, task_id, prompt)
     spawn = subprocess.run(
         ["python3", str(ROOT / "bin" / "spawn-worker.py"), "flutter", task_id, "--repo", ssh_git_server.url(repo_name),
          "--token", str(token_file), "--ssh-key", str(key), "--known-hosts", str(ssh_git_server.known_hosts),
-         "--volume", run.volume, "--image-prefix", PREFIX, "--network", "host"],
+         "--volume", run.volume, "--image-prefix", PREFIX, "--network", "host", "--api-url", run.api.url],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert spawn.returncode == 0, spawn.stderr
@@ -142,6 +165,7 @@ def test_a_rejected_key_fails_the_task_naming_the_error_and_keeps_the_work_in_a_
     sh("docker", "exec", manager.name, "git", "-C", "/workspace/repo", "fetch", "--quiet", bundle,
        f"orchestrator/{task_id}:recovered")  # fmt: skip
     assert manager_git(manager, "show", "recovered:notes/precious.txt") == "precious work"
+    assert failed["output"] == "done"  # the agent itself finished
     assert "(not pushed)" in manager.orch("status", task_id).stdout
     assert "its branch was not pushed; its work is in " + bundle in manager.orch("merge", task_id, check=False).stdout
 
@@ -155,14 +179,23 @@ def test_over_https_the_token_reaches_git_only_through_the_credential_helper(
     manager = start_manager(run, url, token_file, "--git-token", str(git_token))
     try:
         task_id = run.task_id("web")
-        submit(manager, task_id, "Add a page.\n@write web/index.html <h1>hi</h1>\n@run env | grep -c GIT_TOKEN || true")
+        prompt = run.prompt(
+            task_id,
+            write(f"{CLONE}/web/index.html", "<h1>hi</h1>"),
+            bash("env | grep -c GIT_TOKEN || true"),
+            text("Added the page."),
+            words="Add a page.",
+        )
+        submit(manager, task_id, prompt)
         manager.orch("start", task_id)
         assert manager.orch("wait", task_id).returncode == 0
         done = result(manager, task_id)
         assert done["pushed"] is True and done["branch"] == f"orchestrator/{task_id}"
         assert http_git_server.show(f"web-{run.id}", done["branch"], "web/index.html") == "<h1>hi</h1>"
         logs = manager.orch("logs", task_id).stdout
-        assert "[agent] <- 0" in logs  # the agent's environment has no GIT_TOKEN
+        # The agent's environment has no GIT_TOKEN: its command counted none.
+        assert run.tool_results(task_id)[1] == "0"
+        assert "[agent] -> Bash env | grep -c GIT_TOKEN || true" in logs and "[agent] <- 0" in logs
         # The token is in no URL, no file of the volume, no log, no git configuration.
         secret = http_git_server.token
         assert run.volume_contains(secret) == []
@@ -177,10 +210,12 @@ def test_over_https_the_token_reaches_git_only_through_the_credential_helper(
 
 def spawn_from_host(run: Run, task_id: str, url: str, token_file, *options: str) -> dict:
     """spawn-worker on the host for a task written on the volume; its result once the worker exits."""
-    run.write(f"tasks/{task_id}.json", json.dumps({"id": task_id, "prompt": "@say hi"}))
+    prompt = run.prompt(task_id, text("hi"), words="Say hi.")
+    run.write(f"tasks/{task_id}.json", json.dumps({"id": task_id, "prompt": prompt}))
     spawn = subprocess.run(
         ["python3", str(ROOT / "bin" / "spawn-worker.py"), "flutter", task_id, "--repo", url,
-         "--token", str(token_file), "--volume", run.volume, "--image-prefix", PREFIX, "--network", "host", *options],
+         "--token", str(token_file), "--volume", run.volume, "--image-prefix", PREFIX, "--network", "host",
+         "--api-url", run.api.url, *options],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert spawn.returncode == 0, spawn.stderr
@@ -200,6 +235,7 @@ def test_a_pinned_host_key_that_does_not_match_refuses_the_server(
                              "--ssh-key", str(ssh_git_server.key), "--known-hosts", str(known_hosts))  # fmt: skip
     assert failed["status"] == "failed" and "Host key verification failed" in failed["error"]
     assert failed["exit_code"] is None  # the agent never ran
+    assert run.api.requests_for(run.marker(run.task_id("pinned"))) == []
 
 
 def test_a_key_the_server_never_knew_fails_at_the_clone_naming_the_error(
@@ -210,3 +246,4 @@ def test_a_key_the_server_never_knew_fails_at_the_clone_naming_the_error(
     failed = spawn_from_host(run, run.task_id("stranger"), url, token_file, *options)
     assert failed["status"] == "failed" and "Permission denied (publickey)" in failed["error"]
     assert failed["exit_code"] is None and failed["branch"] is None  # no clone, so no work to keep
+    assert run.api.requests_for(run.marker(run.task_id("stranger"))) == []  # the agent never ran

@@ -1,7 +1,13 @@
-"""Every command the Smart Manager prompt shows runs, exactly as written, in the manager."""
+"""Every command the Smart Manager prompt shows runs, exactly as written, in the manager.
+
+The tasks those commands submit are answered by the real Claude Code of the worker image against
+the scripted API: their fixed prompts carry no marker of the tests', so the scenarios are
+registered under a part of each prompt's text.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
@@ -9,12 +15,28 @@ import pytest
 
 from .engine import GitServer, Run, run_py, sh
 from .helpers import ROOT
+from .scripted_api import ScriptedAPI, Turn, bash, text
 
 PROMPT = ROOT / "orchestrator" / "system-prompt.md"
+
+# Parts of the prompts the prompt's commands submit (task-001, then task-002).
+LIST_DART = "List all Dart files in the lib/ directory"
+COUNT_DART = "Count the Dart files in lib/ and write the total to notes/dart-count.txt."
 
 
 def shell_blocks() -> list[str]:
     return re.findall(r"```bash\n(.*?)```", PROMPT.read_text(), re.DOTALL)
+
+
+def script_once(api: ScriptedAPI, marker: str, *turns: Turn) -> None:
+    """Register a scenario under a fixed marker, once per session.
+
+    The API lives for the whole session and refuses a marker registered before (ValueError): this
+    test's markers are fixed parts of the prompt's own text, so a second run of it in one session
+    (pytest --count, a rerun plugin) finds its scenario already there, with the same turns.
+    """
+    with contextlib.suppress(ValueError):
+        api.script(marker, *turns)
 
 
 def test_the_prompt_shows_the_whole_cycle():
@@ -30,10 +52,17 @@ def test_the_prompt_s_commands_work_as_written(run: Run, git_server: GitServer, 
     # The prompt's task ids are fixed; they must not collide with leftover containers.
     workers = ["worker-task-001", "worker-task-002"]
     sh("docker", "rm", "--force", *workers, check=False)
+    blocks = shell_blocks()
+    assert LIST_DART in blocks[0] and COUNT_DART in blocks[1]
+    # The agents look and answer; neither changes a file, so there is nothing to merge.
+    script_once(run.api, LIST_DART, bash("find lib -name '*.dart'"), text("lib/main.dart"))
+    # task-002 takes a while, so that the prompt's `orch cancel task-002` finds it queued or running,
+    # never finished. Its retry is a new conversation: it starts the scenario over and succeeds.
+    script_once(run.api, COUNT_DART, bash("sleep 5"), bash("find lib -name '*.dart' | wc -l"), text("1"))
     repo = git_server.repo(f"p-{run.id}")
-    script = "set -eu\n" + "\n".join(shell_blocks())
+    script = "set -eu\n" + "\n".join(blocks)
     try:
-        proc = run_py("--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", run.manager,
+        proc = run_py(run, "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", run.manager,
                       "--", "bash", "-c", script)  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out = proc.stdout
@@ -47,7 +76,9 @@ def test_the_prompt_s_commands_work_as_written(run: Run, git_server: GitServer, 
         for task_id in ("task-001", "task-002"):
             assert run.result(task_id)["status"] == "success"
             assert json.loads(run.read(f"status/{task_id}.json"))["state"] == "success"
-        assert run.result("task-002")["attempt"] == 2
+        assert run.result("task-001")["output"] == "lib/main.dart"
+        assert run.result("task-002")["attempt"] == 2 and run.result("task-002")["output"] == "1"
+        assert "lib/main.dart" in run.api.tool_results(LIST_DART)
         assert json.loads(run.read("attempts/task-002/1.json"))["status"] == "cancelled"
         assert sh("docker", "ps", "-aq", "--filter", "name=worker-task-00").stdout == ""
     finally:
