@@ -14,11 +14,13 @@ volume's state lock.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from . import config, limits
@@ -26,13 +28,13 @@ from .errors import InvalidInput, UserError
 from .tasks import (
     ACTIVE_STATES,
     FINISHED_STATES,
-    MAX_PROMPT_CHARS,
     AlreadyExists,
     OrchestrationDir,
     State,
     Task,
     TaskResult,
     TaskStatus,
+    check_prompt,
     parse_time,
     utc_now,
     validate_task_id,
@@ -59,6 +61,7 @@ class TaskView:
     status: TaskStatus | None = None
     result: TaskResult | None = None
     problem: str | None = None  # a file of the task that cannot be read
+    archived: int = 0  # the number of the last attempt kept under attempts/ID/
 
     @property
     def worker_type(self) -> str:
@@ -77,7 +80,7 @@ class TaskView:
         for source in (self.result, self.status):
             if source is not None and source.attempt:
                 return source.attempt
-        return 1
+        return self.archived + 1
 
     @property
     def started_at(self) -> str | None:
@@ -131,19 +134,40 @@ def _round(value: float | None) -> float | None:
 
 
 def load_view(orch: OrchestrationDir, task_id: str) -> TaskView:
-    try:
-        task = orch.load_task(task_id)
-        status = orch.load_status(task_id)
-        result = orch.load_result(task_id)
-    except InvalidInput as exc:
-        return TaskView(task_id, State.FAILED, problem=str(exc))
-    if result is not None:
+    """The task's files and the state they add up to. A file that cannot be read is reported
+    (``problem``) and does not hide the others: a damaged result still counts as an attempt
+    that ended (``orch retry`` runs the task again), a damaged status as a worker to look for."""
+    problems: list[str] = []
+
+    def load(what: Callable[[str], Any]) -> Any:
+        try:
+            return what(task_id)
+        except InvalidInput as exc:
+            problems.append(str(exc).replace(f"{orch.root}/", ""))  # results/ID.json is ...: short for the table
+            return None
+
+    task = load(orch.load_task)
+    status = load(orch.load_status)
+    damaged_status = bool(problems) and task is not None
+    result = load(orch.load_result)
+    damaged_result = result is None and orch.result_path(task_id).exists()
+    if task is None or damaged_result:
+        state = State.FAILED
+    elif result is not None:
         state = result.status
+    elif damaged_status:
+        state = State.STARTING  # reconcile asks the engine whether a worker is there
     elif status is not None:
         state = status.state
     else:
         state = State.SUBMITTED  # a task file written by hand, not started yet
-    return TaskView(task_id, state, task, status, result)
+    problem = "; ".join(problems) or None
+    if problem and damaged_result:
+        problem += f" (`orch retry {task_id}` runs the task again)"
+    # Attempts kept under attempts/ID/ matter only when neither file says which attempt this is.
+    known = (result and result.attempt) or (status and status.attempt)
+    archived = 0 if known else max(attempt_files(orch, task_id), default=0)
+    return TaskView(task_id, state, task, status, result, problem, archived)
 
 
 def load_views(orch: OrchestrationDir, ids: Iterable[str] | None = None) -> list[TaskView]:
@@ -278,9 +302,9 @@ def unstarted_dependencies(view: TaskView, by_id: Mapping[str, TaskView]) -> lis
     until someone starts them, this one cannot run."""
     found: list[str] = []
     seen: set[str] = set()
-    todo = list(view.depends_on)
+    todo = collections.deque(view.depends_on)
     while todo:
-        dep = todo.pop(0)
+        dep = todo.popleft()
         other = by_id.get(dep)
         if dep in seen or other is None:
             continue
@@ -291,19 +315,96 @@ def unstarted_dependencies(view: TaskView, by_id: Mapping[str, TaskView]) -> lis
     return found
 
 
-def dependency_cycle(view: TaskView, by_id: Mapping[str, TaskView]) -> list[str] | None:
-    """A chain of dependencies that leads back to the task (possible in hand-written files)."""
-    stack: list[tuple[str, list[str]]] = [(dep, [view.id, dep]) for dep in view.depends_on]
-    seen: set[str] = set()
-    while stack:
-        task_id, path = stack.pop()
-        if task_id == view.id:
-            return path
-        if task_id in seen or task_id not in by_id:
+def dependency_cycles(by_id: Mapping[str, TaskView]) -> list[list[str]]:
+    """Chains of dependencies that lead back where they started (possible in hand-written
+    files), each as the ids round it: [a, b, a]. A walk with a stack of its own: a chain may be
+    thousands of tasks deep."""
+    color: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+    for start in by_id:
+        if start in color:
             continue
-        seen.add(task_id)
-        stack.extend((dep, [*path, dep]) for dep in by_id[task_id].depends_on)
+        color[start] = 1
+        path = [start]
+        stack = [iter(by_id[start].depends_on)]
+        while stack:
+            dep = next(stack[-1], None)
+            if dep is None:
+                color[path.pop()] = 2
+                stack.pop()
+            elif dep in by_id and color.get(dep) == 1:
+                cycles.append([*path[path.index(dep) :], dep])
+            elif dep in by_id and dep not in color:
+                color[dep] = 1
+                path.append(dep)
+                stack.append(iter(by_id[dep].depends_on))
+    return cycles
+
+
+def blocking_reasons(views: Sequence[TaskView]) -> dict[str, str]:
+    """Why each queued task will not run, for those that will not: a dependency that does not
+    exist, did not succeed, is blocked itself, or goes round in a circle. One pass, dependencies
+    before dependents, so that a chain blocks at once however long it is."""
+    by_id = {v.id: v for v in views}
+    reasons: dict[str, str] = {}
+    for cycle in dependency_cycles(by_id):
+        ring = cycle[:-1]
+        for task_id in ring:
+            if by_id[task_id].state is State.QUEUED and task_id not in reasons:
+                turn = ring.index(task_id)
+                path = [*ring[turn:], *ring[:turn], task_id]
+                reasons[task_id] = f"its dependencies go round in a circle: {' -> '.join(path)}"
+    done: set[str] = set()
+    for start in by_id:
+        walk: list[tuple[str, bool]] = [(start, False)]
+        on_path: set[str] = set()
+        while walk:
+            task_id, deps_done = walk.pop()
+            if task_id in done:
+                continue
+            view = by_id[task_id]
+            if not deps_done:
+                if task_id in on_path:
+                    continue  # round a circle: reported above
+                on_path.add(task_id)
+                walk.append((task_id, True))
+                walk.extend((dep, False) for dep in view.depends_on if dep in by_id and dep not in done)
+                continue
+            on_path.discard(task_id)
+            done.add(task_id)
+            if view.state is State.QUEUED and task_id not in reasons:
+                reason = _blocking_reason(view, by_id, reasons)
+                if reason:
+                    reasons[task_id] = reason
+    return reasons
+
+
+def _blocking_reason(view: TaskView, by_id: Mapping[str, TaskView], reasons: Mapping[str, str]) -> str | None:
+    for dep in view.depends_on:
+        other = by_id.get(dep)
+        if other is None:
+            return f"it depends on {dep}, which does not exist"
+        if other.state in FINISHED_STATES and other.state is not State.SUCCESS:
+            return f"{dep} ended {other.state.value}"
+        if other.state is State.BLOCKED or dep in reasons:
+            return f"{dep} is blocked"
     return None
+
+
+def with_submitted_dependencies(views: list[TaskView], chosen: list[TaskView]) -> list[TaskView]:
+    """The chosen tasks and the submitted tasks they depend on, directly or not (so the chain
+    can run). A walk with a list of its own: a chain may be thousands of tasks deep."""
+    by_id = {v.id: v for v in views}
+    ordered: dict[str, TaskView] = {}
+    todo = list(reversed(chosen))
+    while todo:
+        view = todo.pop()
+        if view.id in ordered:
+            continue
+        ordered[view.id] = view  # first, so that a cycle in hand-written files ends
+        deps = [by_id[dep] for dep in view.depends_on if dep in by_id and by_id[dep].state is State.SUBMITTED]
+        todo.extend(reversed(deps))
+    return list(ordered.values())
 
 
 def needs_dispatcher(views: Iterable[TaskView]) -> bool:
@@ -353,10 +454,7 @@ def submit(
     if task_id is not None:
         validate_task_id(task_id, "--id")
     config.worker_image(worker, "")  # validates the type
-    if not prompt.strip():
-        raise InvalidInput("the prompt is empty")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidInput(f"the prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    check_prompt(prompt, "the prompt")
     if timeout is not None and timeout <= 0:
         raise InvalidInput("--timeout must be a positive number of seconds")
     if max_turns is not None and max_turns <= 0:
@@ -412,14 +510,19 @@ def archive_attempt(orch: OrchestrationDir, view: TaskView) -> int:
     """Move the finished attempt's result, transcript and log under attempts/ID/; returns its number."""
     number = view.attempt
     orch.attempt_dir(view.id).mkdir(parents=True, exist_ok=True)
-    moves = [
-        (orch.result_path(view.id), orch.attempt_path(view.id, number, "json")),
-        (orch.log_path(view.id), orch.attempt_path(view.id, number, "jsonl")),
-        (orch.worker_log_path(view.id), orch.attempt_path(view.id, number, "log")),
-    ]
-    for source, target in moves:
-        if source.exists() and target.exists():
-            raise UserError(f"{target} exists already; attempt {number} of {view.id} was archived before")
+
+    def moves_for(n: int) -> list[tuple[Path, Path]]:
+        return [
+            (orch.result_path(view.id), orch.attempt_path(view.id, n, "json")),
+            (orch.log_path(view.id), orch.attempt_path(view.id, n, "jsonl")),
+            (orch.worker_log_path(view.id), orch.attempt_path(view.id, n, "log")),
+        ]
+
+    # A number taken already (files edited by hand, a damaged status): the next free one, so
+    # that nothing kept is replaced and the retry still goes ahead.
+    while any(source.exists() and target.exists() for source, target in moves_for(number)):
+        number += 1
+    moves = moves_for(number)
     # The result moves last: until then the attempt still counts as finished, and a retry
     # cut short is simply run again.
     for source, target in reversed(moves):

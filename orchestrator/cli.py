@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -10,7 +11,7 @@ import textwrap
 from collections.abc import Callable
 
 from . import config, environment
-from .errors import EXIT_INTERRUPTED, InvalidInput, UserError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, InvalidInput, UserError
 
 log = logging.getLogger("orchestrator")
 
@@ -117,8 +118,18 @@ def add_limit_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
 
 
 def check_branch_prefix(prefix: str) -> str:
-    if not config.BRANCH_PREFIX_PATTERN.fullmatch(prefix) or ".." in prefix or "//" in prefix:
-        raise InvalidInput(f"--branch-prefix {prefix!r} is not usable in a branch name")
+    """A prefix that git takes at the start of a branch name (git check-ref-format's rules)."""
+    components = prefix.split("/")[:-1] if prefix.endswith("/") else prefix.split("/")
+    if (
+        not config.BRANCH_PREFIX_PATTERN.fullmatch(prefix)
+        or ".." in prefix
+        or "//" in prefix
+        or any(part.startswith(".") or part.endswith(".lock") for part in components)
+    ):
+        raise InvalidInput(
+            f"--branch-prefix {prefix!r} is not usable in a branch name (git refuses '..', '//', and a part "
+            "that starts with '.' or ends with '.lock')"
+        )
     return prefix
 
 
@@ -142,3 +153,12 @@ def run_command(prog: str, func: Callable[[], int], *, debug: bool = False) -> i
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        # A full or read-only disk is the machine's state, not a bug: one line, no traceback.
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        if debug:
+            log.exception("expected failure")
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{prog}: error: cannot write{where}: {exc.strerror}; free some space and run it again", file=sys.stderr)
+        return EXIT_FAILURE

@@ -26,7 +26,7 @@ from typing import IO, Any
 from . import config, environment
 from .batch import (
     TaskView,
-    dependency_cycle,
+    blocking_reasons,
     load_view,
     load_views,
     needs_dispatcher,
@@ -50,7 +50,6 @@ from .secrets import env_secrets, scrubber
 from .spawn import WorkerExists, spawn, worker_spec
 from .tasks import (
     ACTIVE_STATES,
-    FINISHED_STATES,
     OrchestrationDir,
     State,
     Task,
@@ -336,35 +335,11 @@ class Dispatcher:
 
     def block_dependents(self, views: list[TaskView]) -> list[TaskView]:
         """Queued tasks that depend on a task that did not succeed will not run: blocked."""
-        by_id = {v.id: v for v in views}
-        changed = True
-        while changed:  # a chain blocks link by link
-            changed = False
-            for view in list(by_id.values()):
-                if view.state is not State.QUEUED:
-                    continue
-                reason = self.block_reason(view, by_id)
-                if reason:
-                    self.orch.update_status(view.id, State.BLOCKED, message=reason)
-                    self.say(f"{view.id} blocked: {reason}")
-                    by_id[view.id] = load_view(self.orch, view.id)
-                    changed = True
-        return [by_id[v.id] for v in views]
-
-    @staticmethod
-    def block_reason(view: TaskView, by_id: Mapping[str, TaskView]) -> str | None:
-        cycle = dependency_cycle(view, by_id)
-        if cycle:
-            return f"its dependencies go round in a circle: {' -> '.join(cycle)}"
-        for dep in view.depends_on:
-            other = by_id.get(dep)
-            if other is None:
-                return f"it depends on {dep}, which does not exist"
-            if other.state in FINISHED_STATES and other.state is not State.SUCCESS:
-                return f"{dep} ended {other.state.value}"
-            if other.state is State.BLOCKED:
-                return f"{dep} is blocked"
-        return None
+        reasons = blocking_reasons(views)
+        for task_id, reason in reasons.items():
+            self.orch.update_status(task_id, State.BLOCKED, message=reason)
+            self.say(f"{task_id} blocked: {reason}")
+        return [load_view(self.orch, v.id) if v.id in reasons else v for v in views]
 
     def enforce_timeouts(self, views: list[TaskView]) -> None:
         now = datetime.now(UTC)

@@ -34,6 +34,7 @@ from .docker import (
 )
 from .errors import UserError
 from .git import host_config
+from .login import check_login
 from .secrets import DEFAULT_TOKEN_FILE, Secrets
 from .spawn import WorkerLimits, stop_timeout
 
@@ -170,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a stopped worker gets to hand its work back before Docker kills it (default: "
         f"${environment.STOP_TIMEOUT.name}, else {environment.STOP_TIMEOUT.default})",
     )
+    parser.add_argument(
+        "--no-login-check",
+        action="store_true",
+        help="start without asking the API first whether it accepts the token",
+    )
     parser.add_argument("--build", action="store_true", help="rebuild the images even if they exist")
     parser.add_argument(
         "--claude-code-version",
@@ -236,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             env=os.environ,
         )
         settings = manager_settings(args)
+        if not args.no_login_check and secrets.claude is not None:
+            check_login(secrets.claude, args.api_url)
         ca_certs = ca_cert_paths(args)
         socket = docker_socket()
         check_daemon()

@@ -32,13 +32,15 @@ from .dispatcher import (
     Dispatcher,
     DockerEngine,
     EngineEvents,
+    dispatcher_running,
     ensure_dispatcher,
     env_max_workers,
     max_workers,
 )
 from .docker import docker, text
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
-from .secrets import env_secrets, scrubber
+from .login import check_login
+from .secrets import ClaudeCredential, env_secrets, scrubber
 from .tasks import (
     ACTIVE_STATES,
     SETTLED_STATES,
@@ -154,13 +156,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     if args.prompt is not None:
         prompt = args.prompt
-    elif args.file is not None:
+    elif args.file is not None and args.file != "-":
         try:
-            prompt = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+            prompt = _utf8(Path(args.file).read_bytes(), f"--file {args.file}")
         except OSError as exc:
             raise InvalidInput(f"cannot read --file {args.file}: {exc.strerror}") from None
-    elif not sys.stdin.isatty():
-        prompt = sys.stdin.read()
+    elif args.file == "-" or not sys.stdin.isatty():
+        prompt = _utf8(sys.stdin.buffer.read(), "the prompt on stdin")
     else:
         raise InvalidInput("no prompt: give --prompt TEXT, --file FILE, or the prompt on stdin")
     with orch.locked():
@@ -179,30 +181,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
         if args.start:
             views = load_views(orch)
-            batch.queue(orch, with_submitted_dependencies(views, select(views, [task.id])))
+            batch.queue(orch, batch.with_submitted_dependencies(views, select(views, [task.id])))
     if args.start:
         ensure_dispatcher(orch, os.environ)
     print(task.id)
     return EXIT_OK
 
 
-def with_submitted_dependencies(views: list[TaskView], chosen: list[TaskView]) -> list[TaskView]:
-    """The chosen tasks and, before them, the submitted tasks they depend on (so the chain can run)."""
-    by_id = {v.id: v for v in views}
-    ordered: dict[str, TaskView] = {}
-
-    def add(view: TaskView) -> None:
-        if view.id in ordered:
-            return
-        ordered[view.id] = view  # first, so that a cycle in hand-written files ends
-        for dep in view.depends_on:
-            other = by_id.get(dep)
-            if other is not None and other.state is State.SUBMITTED:
-                add(other)
-
-    for view in chosen:
-        add(view)
-    return list(ordered.values())
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} is not UTF-8 text (byte {exc.start})") from None
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -213,12 +203,15 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise InvalidInput("give task ids or --all, not both")
     if args.max_workers is not None and args.max_workers <= 0:
         raise InvalidInput("--max-workers must be a positive number")
+    if not args.no_login_check and not dispatcher_running(orch):
+        # A new batch: a refused login stops it here, before any worker spends its time on it.
+        check_login(ClaudeCredential.find(None, os.environ), environment.ANTHROPIC_BASE_URL.get(os.environ))
     with orch.locked():
         views = load_views(orch)
         if args.all:
             chosen = [v for v in views if v.state is State.SUBMITTED]
         else:
-            chosen = with_submitted_dependencies(views, select(views, args.ids))
+            chosen = batch.with_submitted_dependencies(views, select(views, args.ids))
         queued = batch.queue(orch, chosen)
         settings = orch.load_settings()
         changes = {
@@ -649,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"how many workers may run at once, from now on (default: ${environment.MAX_WORKERS.name}, else "
         f"{env_max_workers({})}; kept on the volume)",
+    )
+    p.add_argument(
+        "--no-login-check",
+        action="store_true",
+        help="start a new batch without asking the API first whether it accepts the token",
     )
     limit_options = p.add_argument_group(
         "limits of each worker from now on, kept on the volume (a task's own come first)"

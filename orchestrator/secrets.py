@@ -127,6 +127,16 @@ class ClaudeCredential:
         """The request headers that carry it."""
         return {"x-api-key": self.value} if self.is_api_key else {"Authorization": f"Bearer {self.value}"}
 
+    @classmethod
+    def find(cls, token_file: str | None, env: Mapping[str, str]) -> ClaudeCredential:
+        """From the file given, else ``$CLAUDE_CODE_OAUTH_TOKEN`` or ``$ANTHROPIC_API_KEY`` (which the
+        manager's own processes have), else ``~/.claude-token``."""
+        if token_file is None and env.get(OAUTH_TOKEN_ENV):
+            return cls(env[OAUTH_TOKEN_ENV])
+        if token_file is None and env.get(API_KEY_ENV):
+            return cls(env[API_KEY_ENV])
+        return cls(read_secret_file(token_file or DEFAULT_TOKEN_FILE, "token file"))
+
 
 @dataclass(frozen=True)
 class Secrets:
@@ -150,12 +160,7 @@ class Secrets:
         """From the files given, else the defaults: ``~/.claude-token`` (or ``$CLAUDE_CODE_OAUTH_TOKEN``),
         ``~/.ssh/id_ed25519`` and ``~/.ssh/known_hosts_pinned`` when they exist, and ``~/.git-token``
         (or ``$GIT_TOKEN``) when it exists."""
-        if token_file is None and env.get(OAUTH_TOKEN_ENV):
-            claude = env[OAUTH_TOKEN_ENV]
-        elif token_file is None and env.get(API_KEY_ENV):
-            claude = env[API_KEY_ENV]
-        else:
-            claude = read_secret_file(token_file or DEFAULT_TOKEN_FILE, "token file")
+        claude = ClaudeCredential.find(token_file, env)
         if git_token_file is not None:
             git_token: str | None = read_secret_file(git_token_file, "git token file")
         elif env.get(GIT_TOKEN_ENV):
@@ -163,7 +168,7 @@ class Secrets:
         else:
             git_token = _read_optional_file(f"~/{GIT_TOKEN_NAME}", "git token file", required=False)
         return cls(
-            claude=ClaudeCredential(claude),
+            claude=claude,
             git_token=git_token,
             ssh_key=read_ssh_key(ssh_key or DEFAULT_SSH_KEY, required=ssh_key is not None),
             known_hosts=read_known_hosts(known_hosts or PINNED_KNOWN_HOSTS, required=known_hosts is not None),

@@ -34,8 +34,9 @@ DEFAULT_ROOT = Path("/orchestration")
 
 # Task ids become container names (worker-ID) and file names: Docker's name rules, kept short.
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-# Long prompts go on claude's command line; Linux refuses a single argument over 128 KiB.
-MAX_PROMPT_CHARS = 100_000
+# The prompt reaches Claude Code on its standard input, which has no size limit of its own;
+# this one keeps a prompt well inside what a model's context can take (1 MiB of UTF-8).
+MAX_PROMPT_BYTES = 1_048_576
 
 
 class State(StrEnum):
@@ -73,12 +74,37 @@ def utc_now() -> str:
 
 
 def validate_task_id(task_id: object, field_name: str = "id") -> str:
+    """A task id names a container (worker-ID), files and a git branch (orchestrator/ID):
+    Docker's name rules, kept short, and git's ref rules."""
     if not isinstance(task_id, str) or not TASK_ID_PATTERN.fullmatch(task_id):
         raise InvalidInput(
             f"{field_name} {task_id!r} is not a valid task id: use 1 to 63 letters, digits, '.', '_' or '-',"
             " starting with a letter or digit"
         )
+    if ".." in task_id or task_id.endswith((".", ".lock")):
+        raise InvalidInput(
+            f"{field_name} {task_id!r} is not a valid task id: git refuses it in a branch name "
+            "(no '..', and no '.' or '.lock' at the end)"
+        )
     return task_id
+
+
+def check_prompt(prompt: object, what: str) -> str:
+    """A prompt that can reach the agent whole: text, not empty, no NUL, valid Unicode, and
+    at most MAX_PROMPT_BYTES of UTF-8."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInput(f"{what} must be a non-empty string")
+    if "\0" in prompt:
+        raise InvalidInput(
+            f"{what} holds a NUL character (at character {prompt.index(chr(0))}), which cannot reach the agent"
+        )
+    try:
+        size = len(prompt.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} is not valid Unicode text (a lone surrogate at character {exc.start})") from None
+    if size > MAX_PROMPT_BYTES:
+        raise InvalidInput(f"{what} is {size:,} bytes of UTF-8; the limit is {MAX_PROMPT_BYTES:,} bytes (1 MiB)")
+    return prompt
 
 
 def _require_object(data: Any, what: str) -> Mapping[str, Any]:
@@ -142,11 +168,7 @@ class Task:
         data = _require_object(data, "task")
         task_id = validate_task_id(_field(data, "id", str, "task", required=True), "field 'id'")
         what = f"task {task_id}"
-        prompt = data.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InvalidInput(f"{what}: field 'prompt' must be a non-empty string")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise InvalidInput(f"{what}: field 'prompt' is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+        prompt = check_prompt(data.get("prompt"), f"{what}: field 'prompt'")
         timeout = _field(data, "timeout", int, what)
         if timeout is not None and timeout <= 0:
             raise InvalidInput(f"{what}: field 'timeout' must be a positive number of seconds")

@@ -350,6 +350,7 @@ class ScriptedAPI:
         self._numbers = itertools.count(1)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._refused: set[str] = set()
         self._httpd = _Server((host, port), _Handler, self)
         self._thread: threading.Thread | None = None
 
@@ -406,6 +407,17 @@ class ScriptedAPI:
             if marker in self._scenarios:
                 raise ValueError(f"a scenario is already registered under {marker!r}")
             self._scenarios[marker] = turns
+
+    def refuse(self, credential: str) -> None:
+        """Answer every request that carries this token or key with 401, as the API does for one
+        it does not accept."""
+        with self._lock:
+            self._refused.add(credential)
+
+    def refuses(self, headers: Mapping[str, str]) -> bool:
+        offered = headers.get("x-api-key") or (headers.get("authorization") or "").removeprefix("Bearer ")
+        with self._lock:
+            return offered in self._refused
 
     # what arrived
 
@@ -510,6 +522,13 @@ class _Handler(BaseHTTPRequestHandler):
     def api(self) -> ScriptedAPI:
         return self.server.api
 
+    def _refused(self, number: int) -> bool:
+        if not self.api.refuses({k.lower(): v for k, v in self.headers.items()}):
+            return False
+        self.api._record(self._request(number, None, "refused", answer="401 refused credential"))
+        self._error(Error(401, "invalid authentication credentials"))
+        return True
+
     def do_HEAD(self) -> None:
         number = self.api._number()
         status = 200 if self._route() == "/api/hello" else 404
@@ -519,11 +538,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self) -> None:
-        self._other(self.api._number(), None)
+        number = self.api._number()
+        if not self._refused(number):
+            self._other(number, None)
 
     def do_POST(self) -> None:
         number = self.api._number()
         body = self._body()
+        if self._refused(number):
+            return
         route = self._route()
         if route == "/v1/messages/count_tokens":
             self.api._record(self._request(number, body, "count_tokens", answer="input_tokens 100"))

@@ -84,7 +84,7 @@ def test_submit_writes_the_original_design_s_fields_and_the_new_ones(orch):
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        ({"prompt": "  "}, "prompt is empty"),
+        ({"prompt": "  "}, "the prompt must be a non-empty string"),
         ({"task_id": "bad id"}, "--id"),
         ({"depends_on": ["nope"]}, "--depends-on names nope, which does not exist"),
         ({"timeout": 0}, "--timeout"),
@@ -259,7 +259,7 @@ def test_orch_submit_and_status_from_the_command_line(orch, capsys, monkeypatch)
     from orchestrator.orch import main
 
     where = ["--orchestration-dir", str(orch.root)]
-    monkeypatch.setattr("sys.stdin", io.StringIO("A prompt from stdin\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"A prompt from stdin\n")))
     assert main(["submit", *where]) == 0
     assert main(["submit", "--prompt", "p", "--id", "two", "--depends-on", "task-001", "--max-turns", "3", *where]) == 0
     assert capsys.readouterr().out == "task-001\ntwo\n"
@@ -474,3 +474,60 @@ def test_bad_limits_are_refused_at_submit(orch: OrchestrationDir, option: str, v
     with pytest.raises(InvalidInput, match="limit"):
         submit(orch, **{option: value})
     assert orch.task_ids() == []
+
+
+def test_a_damaged_result_is_reported_and_retry_runs_the_task_again(orch, capsys, fake_docker):
+    from orchestrator.orch import main
+
+    where = ["--orchestration-dir", str(orch.root)]
+    task = submit(orch)
+    orch.update_status(task, State.RUNNING, attempt=2)
+    orch.attempt_dir(task).mkdir(parents=True)
+    orch.attempt_path(task, 1, "json").write_text('{"kept": "attempt 1"}')
+    orch.result_path(task).write_text('{"task_id": "' + task + '", "status": "succ')  # cut short
+    assert main(["status", *where]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert row.split()[:2] == [task, "failed"] and "is not valid JSON" in row
+    assert main(["retry", task, *where]) == 0
+    assert f"{task}: attempt 3 queued (attempt 2 kept" in capsys.readouterr().out
+    assert orch.attempt_path(task, 2, "json").read_text().endswith('"succ')
+    assert orch.attempt_path(task, 1, "json").read_text() == '{"kept": "attempt 1"}'
+    assert load_view(orch, task).state is State.QUEUED
+
+
+def test_a_damaged_status_is_not_taken_for_an_ended_task(orch):
+    task = submit(orch)
+    orch.status_path(task).write_text("{not json")
+    view = load_view(orch, task)
+    assert view.state is State.STARTING and "is not valid JSON" in (view.problem or "")
+
+
+def test_a_full_volume_is_one_line(orch, capsys, monkeypatch):
+    import errno
+
+    from orchestrator.orch import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(orch.root / "tasks" / "x.json"))
+
+    monkeypatch.setattr("orchestrator.tasks.tempfile.mkstemp", full)
+    assert main(["submit", "--prompt", "p", "--orchestration-dir", str(orch.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("orch submit: error: cannot write") and "No space left on device" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_chain_a_thousand_deep_starts_and_blocks_without_recursion(orch):
+    ids = [submit(orch)]
+    for _ in range(999):
+        ids.append(submit(orch, depends_on=[ids[-1]]))
+    with orch.locked():
+        views = load_views(orch)
+        queued = batch.queue(orch, batch.with_submitted_dependencies(views, batch.select(views, [ids[-1]])))
+    assert len(queued) == 1000
+    orch.result_path(ids[0]).write_text(json.dumps(
+        {"task_id": ids[0], "status": "failed", "output": "", "completed_at": "2026-01-01T00:00:00Z", "error": "x"}
+    ))  # fmt: skip
+    reasons = batch.blocking_reasons(load_views(orch))
+    assert len(reasons) == 999 and reasons[ids[-1]] == f"{ids[-2]} is blocked"
+    assert reasons[ids[1]] == f"{ids[0]} ended failed"

@@ -256,3 +256,9 @@ def test_bad_limits_are_refused(fake_docker: FakeDocker, orch: Path, capsys, opt
     assert run("flutter", "task-001", f"{option}={value}") == 2
     assert message in capsys.readouterr().err
     assert not fake_docker.find("create")
+
+
+@pytest.mark.parametrize("prefix", ["ai/.hidden/", "x.lock/", "a//b/", "bad..prefix/"])
+def test_branch_prefixes_git_refuses_are_refused(fake_docker: FakeDocker, orch: Path, capsys, prefix: str):
+    assert run("flutter", "task-001", "--branch-prefix", prefix) == 2
+    assert "not usable in a branch name" in capsys.readouterr().err
