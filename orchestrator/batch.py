@@ -28,6 +28,7 @@ from .errors import InvalidInput, UserError
 from .tasks import (
     ACTIVE_STATES,
     FINISHED_STATES,
+    SETTLED_STATES,
     AlreadyExists,
     OrchestrationDir,
     State,
@@ -36,6 +37,7 @@ from .tasks import (
     TaskStatus,
     check_prompt,
     parse_time,
+    read_json,
     utc_now,
     validate_task_id,
     write_json_once,
@@ -184,9 +186,17 @@ def select(views: list[TaskView], ids: Iterable[str]) -> list[TaskView]:
 
 
 class Engine(Protocol):
+    """What the batch's rules ask of the engine (engine.py has Docker's)."""
+
     def containers(self, names: list[str]) -> dict[str, Mapping[str, Any]]: ...
 
     def remove(self, name: str) -> None: ...
+
+    def rename(self, name: str, new_name: str) -> bool: ...
+
+    def stop(self, name: str, grace: int | None = None) -> None: ...
+
+    def workers(self) -> list[tuple[str, bool]]: ...
 
 
 def _age_seconds(stamp: str | None, now: datetime) -> float:
@@ -502,8 +512,112 @@ def queue(orch: OrchestrationDir, views: list[TaskView]) -> list[str]:
     return queued
 
 
-def cancel_unstarted(orch: OrchestrationDir, view: TaskView) -> TaskView:
-    return record_outcome(orch, view, State.CANCELLED, "cancelled before its worker started")
+class NothingToCancel(UserError):
+    pass
+
+
+def cancel(orch: OrchestrationDir, engine: Engine, task_id: str) -> TaskView:
+    """Stop the task's worker, or take the task off the queue; the task as it ends up.
+
+    A running worker gets SIGTERM with its stop timeout (docker stop): it stops the agent, hands
+    back what it has and writes a cancelled result.
+    """
+    with orch.locked():
+        view = select(load_views(orch), [task_id])[0]
+        if view.state in SETTLED_STATES:
+            raise NothingToCancel(f"already {view.state.value}; nothing to cancel")
+        if view.state not in ACTIVE_STATES:
+            return record_outcome(orch, view, State.CANCELLED, "cancelled before its worker started")
+        orch.update_status(task_id, view.state, message="cancel requested", stop_reason="cancelled")
+    engine.stop(view.container)
+    with orch.locked():
+        view = load_view(orch, task_id)
+        if view.result is not None:
+            return view
+        info = engine.containers([view.container]).get(view.container)
+        if info is not None and (info.get("State") or {}).get("Status") == "created":
+            engine.remove(view.container)  # created, never started: nothing to keep
+            info = None
+        if info is None:
+            return record_outcome(orch, view, State.CANCELLED, "cancelled before its worker started")
+        return reconcile(orch, [view], engine)[0]
+
+
+@dataclass(frozen=True)
+class Retried:
+    task_id: str
+    attempt: int | None  # the new attempt's number; None for a blocked task queued again
+    kept_container: str | None = None  # where the earlier attempt's container is kept
+
+
+def retry(orch: OrchestrationDir, engine: Engine, ids: Iterable[str]) -> list[Retried]:
+    """Queue a new attempt of each task that ended without success; the earlier attempt's
+    files move under attempts/ID/, its container is renamed worker-ID-attempt-N."""
+    retried = []
+    with orch.locked():
+        views = select(reconcile(orch, load_views(orch), engine), ids)
+        for view in views:
+            if view.state is State.SUCCESS:
+                raise UserError(f"task {view.id} succeeded; submit a new task to do more")
+            if view.state not in SETTLED_STATES:
+                raise UserError(f"task {view.id} is {view.state.value}; cancel it first (`orch cancel {view.id}`)")
+        for view in views:
+            if view.state is State.BLOCKED and view.result is None:
+                orch.update_status(view.id, State.QUEUED, message="queued again")
+                retried.append(Retried(view.id, None))
+                continue
+            number = archive_attempt(orch, view)
+            # The new worker needs the name; the old container (and its clone) is kept under another.
+            kept = f"{view.container}-attempt-{number}"
+            renamed = engine.rename(view.container, kept)
+            orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=f"attempt {number + 1}")
+            retried.append(Retried(view.id, number + 1, kept if renamed else None))
+        # Blocked tasks get another look: those whose dependencies can now succeed will run.
+        for other in load_views(orch):
+            if other.state is State.BLOCKED and other.result is None:
+                orch.update_status(other.id, State.QUEUED, message="queued again")
+    return retried
+
+
+def cleanup(orch: OrchestrationDir, engine: Engine, *, force: bool) -> tuple[list[str], list[str]]:
+    """Remove the containers of finished workers of this volume, and those kept by retry; keep
+    (and name) those whose work was neither pushed nor bundled, unless ``force``."""
+    removed: list[str] = []
+    kept: list[str] = []
+    with orch.locked():
+        # Whatever a dead worker's container says is written down before the container goes.
+        views = {v.id: v for v in reconcile(orch, load_views(orch), engine)}
+        for name, running in engine.workers():
+            if running:
+                continue
+            task_id = config.container_task_id(name)
+            view = views.get(task_id or "")
+            earlier = config.container_attempt(name)
+            if earlier is not None and task_id:
+                result = attempt_result(orch, task_id, earlier)
+            elif view is not None and view.state not in SETTLED_STATES:
+                continue  # its task is not over: a worker being started
+            else:
+                result = view.result if view is not None else None
+            if not force and not work_is_safe(result):
+                kept.append(name)
+                continue
+            engine.remove(name)
+            removed.append(name)
+    return removed, kept
+
+
+def attempt_result(orch: OrchestrationDir, task_id: str, attempt: int | None) -> TaskResult | None:
+    """The result of an attempt of the task (None: the latest)."""
+    if attempt is None:
+        return orch.load_result(task_id)
+    path = orch.attempt_path(task_id, attempt, "json")
+    if not path.exists():
+        view = load_view(orch, task_id)
+        if view.attempt == attempt:
+            return view.result
+        raise UserError(f"task {task_id} has no attempt {attempt}")
+    return TaskResult.from_json(read_json(path))
 
 
 def archive_attempt(orch: OrchestrationDir, view: TaskView) -> int:

@@ -26,18 +26,15 @@ from . import batch, config, environment, limits, merge
 from .batch import TaskView, load_view, load_views, reconcile, select
 from .cli import HelpFormatter, add_limit_options, run_command
 from .dispatcher import (
-    ENGINE_CHECK_SECONDS,
     ROUND_SECONDS,
-    STOP_GRACE_SECONDS,
     Dispatcher,
-    DockerEngine,
-    EngineEvents,
     dispatcher_running,
     ensure_dispatcher,
     env_max_workers,
     max_workers,
 )
 from .docker import docker, text
+from .engine import ENGINE_CHECK_SECONDS, DockerEngine, EngineEvents
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
 from .login import check_login
 from .secrets import ClaudeCredential, env_secrets, scrubber
@@ -46,9 +43,7 @@ from .tasks import (
     SETTLED_STATES,
     OrchestrationDir,
     State,
-    TaskResult,
     natural_key,
-    read_json,
 )
 
 FOLLOW_SECONDS = 0.5
@@ -321,22 +316,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return EXIT_OK if all(v.state is State.SUCCESS for v in views) else EXIT_FAILURE
 
 
-def _load_attempt_result(orch: OrchestrationDir, task_id: str, attempt: int | None) -> TaskResult | None:
-    if attempt is None:
-        return orch.load_result(task_id)
-    path = orch.attempt_path(task_id, attempt, "json")
-    if not path.exists():
-        view = load_view(orch, task_id)
-        if view.attempt == attempt:
-            return view.result
-        raise UserError(f"task {task_id} has no attempt {attempt}")
-    return TaskResult.from_json(read_json(path))
-
-
 def cmd_result(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     view = select(load_views(orch), [args.id])[0]
-    result = _load_attempt_result(orch, args.id, args.attempt)
+    result = batch.attempt_result(orch, args.id, args.attempt)
     if result is None:
         raise UserError(f"task {args.id} has no result yet ({view.state.value})")
     if args.json:
@@ -413,95 +396,33 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     engine = DockerEngine.for_env(os.environ)
     failures = 0
     for task_id in dict.fromkeys(args.ids):
-        with orch.locked():
-            view = select(load_views(orch), [task_id])[0]
-            if view.state in SETTLED_STATES:
-                print(f"{task_id}: already {view.state.value}; nothing to cancel", file=sys.stderr)
-                failures += 1
-                continue
-            if view.state not in ACTIVE_STATES:
-                view = batch.cancel_unstarted(orch, view)
-                print(f"{task_id}: {view.state.value}")
-                continue
-            orch.update_status(task_id, view.state, message="cancel requested", stop_reason="cancelled")
-        # The worker gets SIGTERM: it stops the agent and writes a cancelled result with what it has.
-        engine.stop(view.container, grace=STOP_GRACE_SECONDS)
-        with orch.locked():
-            view = load_view(orch, task_id)
-            if view.result is None:
-                info = engine.containers([view.container]).get(view.container)
-                if info is not None and (info.get("State") or {}).get("Status") == "created":
-                    engine.remove(view.container)  # created, never started: nothing to keep
-                    info = None
-                if info is None:
-                    view = batch.record_outcome(orch, view, State.CANCELLED, "cancelled before its worker started")
-                else:
-                    view = reconcile(orch, [view], engine)[0]
+        try:
+            view = batch.cancel(orch, engine, task_id)
+        except batch.NothingToCancel as exc:
+            print(f"{task_id}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
         print(f"{task_id}: {view.state.value}")
     return EXIT_FAILURE if failures else EXIT_OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    engine = DockerEngine.for_env(os.environ)
-    with orch.locked():
-        views = select(reconcile(orch, load_views(orch), engine), args.ids)
-        for view in views:
-            if view.state is State.SUCCESS:
-                raise UserError(f"task {view.id} succeeded; submit a new task to do more")
-            if view.state not in SETTLED_STATES:
-                raise UserError(f"task {view.id} is {view.state.value}; cancel it first (`orch cancel {view.id}`)")
-        for view in views:
-            if view.state is State.BLOCKED and view.result is None:
-                orch.update_status(view.id, State.QUEUED, message="queued again")
-                print(f"{view.id}: queued again")
-                continue
-            number = batch.archive_attempt(orch, view)
-            # The new worker needs the name; the old container (and its clone) is kept under another.
-            kept = f"{view.container}-attempt-{number}"
-            kept_note = f", container {kept}" if engine.rename(view.container, kept) else ""
-            orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=f"attempt {number + 1}")
-            kept_in = orch.attempt_dir(view.id)
-            print(f"{view.id}: attempt {number + 1} queued (attempt {number} kept: {kept_in}{kept_note})")
-        # Blocked tasks get another look: those whose dependencies can now succeed will run.
-        for other in load_views(orch):
-            if other.state is State.BLOCKED and other.result is None:
-                orch.update_status(other.id, State.QUEUED, message="queued again")
+    for retried in batch.retry(orch, DockerEngine.for_env(os.environ), args.ids):
+        if retried.attempt is None:
+            print(f"{retried.task_id}: queued again")
+            continue
+        kept_note = f", container {retried.kept_container}" if retried.kept_container else ""
+        kept_in = orch.attempt_dir(retried.task_id)
+        print(f"{retried.task_id}: attempt {retried.attempt} queued (attempt {retried.attempt - 1} kept: "
+              f"{kept_in}{kept_note})")  # fmt: skip
     ensure_dispatcher(orch, os.environ)
     return EXIT_OK
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    engine = DockerEngine(args.volume)
-    with orch.locked():
-        # Whatever a dead worker's container says is written down before the container goes.
-        views = {v.id: v for v in reconcile(orch, load_views(orch), engine)}
-        proc = docker(
-            "ps", "--all", "--filter", f"label={config.LABEL_ROLE}=worker",
-            "--filter", f"label={config.LABEL_VOLUME}={args.volume}", "--format", "{{json .}}",
-            timeout=60,
-        )  # fmt: skip
-        removed, kept = [], []
-        for line in text(proc).splitlines():
-            info = json.loads(line)
-            name, state = info.get("Names", ""), info.get("State", "")
-            if state == "running":
-                continue
-            task_id = config.container_task_id(name)
-            view = views.get(task_id or "")
-            earlier = config.container_attempt(name)
-            if earlier is not None and task_id:
-                result = _load_attempt_result(orch, task_id, earlier)
-            elif view is not None and view.state not in SETTLED_STATES:
-                continue  # its task is not over: a worker being started
-            else:
-                result = view.result if view is not None else None
-            if not args.force and not batch.work_is_safe(result):
-                kept.append(name)
-                continue
-            engine.remove(name)
-            removed.append(name)
+    removed, kept = batch.cleanup(orch, DockerEngine(args.volume), force=args.force)
     print(f"removed {len(removed)} finished worker container{'s' if len(removed) != 1 else ''}" +
           (f": {' '.join(removed)}" if removed else ""))  # fmt: skip
     if kept:

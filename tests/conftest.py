@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from orchestrator import environment
 from orchestrator.secrets import SECRET_ENV
+from orchestrator.tasks import OrchestrationDir
 
 from .engine import api, engine, git_server, run, test_images  # noqa: F401  (end-to-end fixtures)
 from .helpers import TESTS, FakeDocker
@@ -34,6 +32,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     umask = os.umask(0o022)
     yield
     os.umask(umask)
+
+
+@pytest.fixture
+def orch(tmp_path: Path) -> OrchestrationDir:
+    """A shared folder of the tests' own, with its subfolders."""
+    orch = OrchestrationDir(tmp_path / "orchestration")
+    orch.ensure()
+    return orch
 
 
 @pytest.fixture
