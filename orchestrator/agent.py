@@ -133,6 +133,10 @@ def judge(run: AgentRun, timeout: float | None) -> tuple[State, str | None]:
         return State.TIMEOUT, f"the agent did not finish within {timeout:g} s and was stopped"
     if run.stopped == "cancelled":
         return State.CANCELLED, "the worker was stopped before the agent finished"
+    if run.stopped == "interrupted":
+        return State.INTERRUPTED, (
+            "the worker was stopped from outside (an engine shutdown, docker stop) before the agent finished"
+        )
     final = run.final
     if final is None:
         detail = f": {run.stderr_tail}" if run.stderr_tail else ""

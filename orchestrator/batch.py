@@ -64,6 +64,7 @@ class TaskView:
     result: TaskResult | None = None
     problem: str | None = None  # a file of the task that cannot be read
     archived: int = 0  # the number of the last attempt kept under attempts/ID/
+    resumed: int = 0  # how often it was queued again by itself after an interruption
 
     @property
     def worker_type(self) -> str:
@@ -169,7 +170,8 @@ def load_view(orch: OrchestrationDir, task_id: str) -> TaskView:
     # Attempts kept under attempts/ID/ matter only when neither file says which attempt this is.
     known = (result and result.attempt) or (status and status.attempt)
     archived = 0 if known else max(attempt_files(orch, task_id), default=0)
-    return TaskView(task_id, state, task, status, result, problem, archived)
+    resumed = interruptions(orch, task_id) if state is State.INTERRUPTED else 0
+    return TaskView(task_id, state, task, status, result, problem, archived, resumed)
 
 
 def load_views(orch: OrchestrationDir, ids: Iterable[str] | None = None) -> list[TaskView]:
@@ -211,7 +213,14 @@ def death_notice(container: str, state: Mapping[str, Any]) -> str:
         return f"the worker container {container} was killed: out of memory (exit code {code})"
     detail = " (killed by SIGKILL)" if code == 137 else " (killed by SIGTERM)" if code == 143 else ""
     error = f": {state['Error']}" if state.get("Error") else ""
-    return f"the worker container {container} exited with code {code}{detail} without writing a result{error}"
+    kept = f"; whatever it did is in the container ({container})" if interrupted(state) else ""
+    return f"the worker container {container} exited with code {code}{detail} without writing a result{error}{kept}"
+
+
+def interrupted(state: Mapping[str, Any]) -> bool:
+    """Whether a worker that ended without a result was stopped from outside (killed by a signal
+    or by the engine going away) rather than failing by itself (a crash, out of memory)."""
+    return not state.get("OOMKilled") and state.get("ExitCode") in (137, 143, 255)
 
 
 def record_outcome(
@@ -291,17 +300,17 @@ def reconcile(
             updated[view.id] = record_outcome(
                 orch,
                 view,
-                _stopped_state(view),
+                _stopped_state(view, State.INTERRUPTED if interrupted(state) else State.FAILED),
                 death_notice(view.container, state),
                 worker_exit_code=code if isinstance(code, int) else None,
             )
     return [updated.get(view.id, view) for view in views]
 
 
-def _stopped_state(view: TaskView) -> State:
-    """What a worker that died without a result amounts to: what orch asked for, else a failure."""
+def _stopped_state(view: TaskView, otherwise: State = State.FAILED) -> State:
+    """What a worker that died without a result amounts to: what orch asked for, else ``otherwise``."""
     reason = view.status.stop_reason if view.status else None
-    return {"cancelled": State.CANCELLED, "timeout": State.TIMEOUT}.get(reason or "", State.FAILED)
+    return {"cancelled": State.CANCELLED, "timeout": State.TIMEOUT}.get(reason or "", otherwise)
 
 
 # --- Dependencies.
@@ -417,14 +426,58 @@ def with_submitted_dependencies(views: list[TaskView], chosen: list[TaskView]) -
     return list(ordered.values())
 
 
-def needs_dispatcher(views: Iterable[TaskView]) -> bool:
-    """Work a dispatcher can move on: a worker under way, or a queued task that does not wait
-    for a task nobody started."""
+def needs_dispatcher(views: Iterable[TaskView], resume_limit: int = 0) -> bool:
+    """Work a dispatcher can move on: a worker under way, a queued task that does not wait for
+    a task nobody started, or an interrupted task to run again."""
     views = list(views)
     by_id = {v.id: v for v in views}
     return any(
-        v.state in ACTIVE_STATES or (v.state is State.QUEUED and not unstarted_dependencies(v, by_id)) for v in views
+        v.state in ACTIVE_STATES
+        or (v.state is State.QUEUED and not unstarted_dependencies(v, by_id))
+        or resumable(v, resume_limit)
+        for v in views
     )
+
+
+# --- Interruptions: an engine shutdown, a docker stop by hand, a host reboot.
+
+
+def interruptions(orch: OrchestrationDir, task_id: str) -> int:
+    """How many earlier attempts of the task were interrupted (and so run again)."""
+    count = 0
+    for number in attempt_files(orch, task_id):
+        try:
+            earlier = TaskResult.from_json(read_json(orch.attempt_path(task_id, number, "json")))
+        except InvalidInput:
+            continue
+        count += earlier.status is State.INTERRUPTED
+    return count
+
+
+def resumable(view: TaskView, limit: int) -> bool:
+    return view.state is State.INTERRUPTED and view.result is not None and view.resumed < limit
+
+
+def resume(orch: OrchestrationDir, engine: Engine, view: TaskView) -> TaskView:
+    """Queue an interrupted task again, as orch retry would: the new attempt starts from what the
+    interrupted one handed back (its pushed branch or its bundle); a container that holds the
+    only copy of its work is kept under another name. Call it under the state lock."""
+    result = view.result
+    assert result is not None
+    number = archive_attempt(orch, view)
+    kept = f"{view.container}-attempt-{number}"
+    renamed = engine.rename(view.container, kept)
+    if result.pushed and result.branch:
+        saved = f"it starts from {result.branch}, which attempt {number} pushed"
+    elif result.bundle:
+        saved = f"it starts from the bundle attempt {number} saved"
+    elif renamed and not work_is_safe(result):
+        saved = f"attempt {number}'s work, if any, is in the container {kept}"
+    else:
+        saved = f"attempt {number} had handed nothing back"
+    message = f"resumed after attempt {number} was interrupted; {saved}"
+    orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=message)
+    return load_view(orch, view.id)
 
 
 def work_is_safe(result: TaskResult | None) -> bool:

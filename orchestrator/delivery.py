@@ -17,8 +17,11 @@ volume as a git bundle (``bundles/ID-attempt-N.bundle``), and the result says wh
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import stat
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,9 +46,11 @@ class StartPoint:
     task_id: str
     branch: str
     commit: str
+    bundle: str | None = None  # where the commits are when they never reached origin
 
     def to_json(self) -> dict[str, str]:
-        return {"task_id": self.task_id, "branch": self.branch, "commit": self.commit}
+        data = {"task_id": self.task_id, "branch": self.branch, "commit": self.commit}
+        return {**data, "bundle": self.bundle} if self.bundle else data
 
 
 class Blocked(UserError):
@@ -146,10 +151,14 @@ def prepare(
 def _start(own: Path, task_id: str, points: Sequence[StartPoint], say: Callable[[str], None]) -> str:
     """The commit the task starts from: its dependencies' work, merged when there are several."""
     for point in points:
-        if (
-            git.try_git("merge-base", "--is-ancestor", point.commit, f"refs/remotes/origin/{point.branch}", cwd=own)
-            is None
-        ):
+        if point.bundle:
+            # Work that never reached origin (a push that failed as the worker was stopped).
+            fetched = git.try_git("fetch", "--quiet", "--no-tags", point.bundle, f"refs/heads/{point.branch}", cwd=own)
+            if fetched is None or git.head(own, "FETCH_HEAD") != point.commit:
+                raise Blocked(f"it starts from {point.task_id}'s work, but {point.bundle} does not hold it")
+            continue
+        origin = f"refs/remotes/origin/{point.branch}"
+        if git.try_git("merge-base", "--is-ancestor", point.commit, origin, cwd=own) is None:
             raise Blocked(
                 f"it starts from {point.task_id}'s work, but origin's {point.branch} does not hold {point.commit[:12]}"
             )
@@ -188,6 +197,22 @@ def _clone_for_agent(
             raise GitError(f"the agent's clone could not be made (`{' '.join(argv[:2])}`): {message}")
 
 
+# What git says when the server could not be reached, as opposed to refusing the push.
+_UNREACHABLE = ("could not resolve host", "connection refused", "connection timed out", "operation timed out",
+                "connection reset", "remote end hung up unexpectedly", "early eof", "failed to connect",
+                "no route to host", "network is unreachable", "could not read from remote repository",
+                "unable to access")  # fmt: skip
+_REFUSED = ("permission denied", "authentication failed", "host key verification failed", "403", "401",
+            "protected branch", "pre-receive hook declined", "rejected")  # fmt: skip
+PUSH_BACKOFF = (2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def unreachable(error: GitError) -> bool:
+    """Whether a push failed because the server was away, which may pass, rather than refused."""
+    text = str(error).lower()
+    return any(m in text for m in _UNREACHABLE) and not any(m in text for m in _REFUSED)
+
+
 def hand_back(
     workspace: Workspace,
     message: str,
@@ -197,6 +222,8 @@ def hand_back(
     git_env: Mapping[str, str],
     scrub: Callable[[str], str],
     say: Callable[[str], None],
+    retry_for: float = 0.0,
+    stopping: threading.Event | None = None,
 ) -> Delivery:
     """Take the agent's commits and working tree into the runtime's clone, commit what was left
     uncommitted, and push the task's branch; bundle it when the push fails.
@@ -216,7 +243,7 @@ def hand_back(
     done = Delivery(base_commit=base, head_commit=tip, commits=commits, files_changed=files, branch=branch)
     say(f"pushing {branch} ({commits} commit{'s' if commits != 1 else ''}, {len(files)} file(s) changed)")
     try:
-        git.push(own, url, branch, scrub=scrub, env=git_env)
+        _push(own, url, branch, scrub, git_env, say, retry_for, stopping or threading.Event())
     except GitError as exc:
         push_error = f"the push of {branch} failed: {exc}"
         try:
@@ -227,6 +254,32 @@ def hand_back(
         say(f"the push failed; the commits are saved in {bundle_path}")
         return replace(done, bundle=str(bundle_path), error=f"{push_error}; the work is saved in {bundle_path}")
     return replace(done, pushed=True)
+
+
+def _push(
+    repo: Path,
+    url: str,
+    branch: str,
+    scrub: Callable[[str], str],
+    env: Mapping[str, str],
+    say: Callable[[str], None],
+    retry_for: float,
+    stopping: threading.Event,
+) -> None:
+    """Push, and while the server cannot be reached, try again for up to ``retry_for`` seconds
+    (a server that restarts, a network that comes back); never once the worker is stopping."""
+    deadline = time.monotonic() + retry_for
+    for attempt in itertools.count():
+        try:
+            git.push(repo, url, branch, scrub=scrub, env=env)
+            return
+        except GitError as exc:
+            pause = PUSH_BACKOFF[min(attempt, len(PUSH_BACKOFF) - 1)]
+            if not unreachable(exc) or stopping.is_set() or time.monotonic() + pause > deadline:
+                raise
+            say(f"the push failed, the server is out of reach; trying again in {pause:.0f} s")
+            if stopping.wait(pause):
+                raise
 
 
 def _take_agent_work(workspace: Workspace, message: str, say: Callable[[str], None]) -> str:

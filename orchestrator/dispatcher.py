@@ -30,6 +30,8 @@ from .batch import (
     needs_dispatcher,
     reconcile,
     record_outcome,
+    resumable,
+    resume,
     unstarted_dependencies,
 )
 from .docker import (
@@ -186,11 +188,12 @@ class Dispatcher:
             views = load_views(self.orch)
             if check_engine:
                 views = reconcile(self.orch, views, self.engine, starting_grace=0)
+            views = self.resume_interrupted(views)
             views = self.block_dependents(views)
             self.enforce_timeouts(views)
             active = [v for v in views if v.state in ACTIVE_STATES]
             queued = [v for v in views if v.state is State.QUEUED]
-            if not needs_dispatcher(views):
+            if not needs_dispatcher(views, self.orch.load_settings().resume_limit(self.env)):
                 # Released before the state lock: an `orch start` that queues after this
                 # finds no dispatcher and starts a new one.
                 lock.close()
@@ -202,6 +205,17 @@ class Dispatcher:
             for view in to_start:
                 self.orch.update_status(view.id, State.STARTING, message="its worker is being started")
             return [load_view(self.orch, view.id) for view in to_start]
+
+    def resume_interrupted(self, views: list[TaskView]) -> list[TaskView]:
+        """Tasks whose workers were stopped from outside go back to the queue, as often as the
+        batch allows (once by default), before their dependents are judged."""
+        limit = self.orch.load_settings().resume_limit(self.env)
+        resumed = {}
+        for view in views:
+            if resumable(view, limit):
+                resumed[view.id] = resume(self.orch, self.engine, view)
+                self.say(f"{view.id} was interrupted; {resumed[view.id].message}")
+        return [resumed.get(v.id, v) for v in views]
 
     def ready(self, view: TaskView, by_id: Mapping[str, TaskView]) -> bool:
         pending = [dep for dep in view.depends_on if by_id[dep].state is not State.SUCCESS]

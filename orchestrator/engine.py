@@ -31,31 +31,44 @@ class EngineEvents:
     """Wakes a sleeping loop when a worker container starts or dies, and says when the engine
     is worth asking: after such an event, and every ENGINE_CHECK_SECONDS in any case.
 
-    Without events (the stream ended, no docker) ``wait`` is a plain sleep.
+    When the stream ends (the engine restarted) it is opened again, and the engine asked at
+    once: workers may have come and gone meanwhile. Without docker ``wait`` is a plain sleep.
     """
 
     def __init__(self) -> None:
         self._event = threading.Event()
         self._proc: subprocess.Popen[str] | None = None
+        self._closed = threading.Event()
         self._seen = True  # the first look always asks the engine
         self._last_look = float("-inf")
 
     def start(self) -> EngineEvents:
-        try:
-            self._proc = docker_stream(
-                "events", "--filter", "type=container", "--filter", f"label={config.LABEL_ROLE}=worker",
-                "--format", "{{.Action}}",
-            )  # fmt: skip
-        except DockerMissing:
-            return self
-        threading.Thread(target=self._read, args=(self._proc,), daemon=True).start()
+        threading.Thread(target=self._follow, name="engine-events", daemon=True).start()
         return self
 
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.strip() in ("start", "die", "destroy", "oom"):
-                self._event.set()
+    def _follow(self) -> None:
+        pause = 1.0
+        while not self._closed.is_set():
+            try:
+                proc = docker_stream(
+                    "events", "--filter", "type=container", "--filter", f"label={config.LABEL_ROLE}=worker",
+                    "--format", "{{.Action}}",
+                )  # fmt: skip
+            except DockerMissing:
+                return
+            self._proc = proc
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                pause = 1.0
+                if line.strip() in ("start", "die", "destroy", "oom"):
+                    self._event.set()
+            proc.wait()
+            if self._closed.is_set():
+                return
+            self._seen = True
+            self._event.set()
+            self._closed.wait(pause)
+            pause = min(pause * 2, 15.0)
 
     def wait(self, timeout: float) -> None:
         """Sleep until an event or ``timeout``."""
@@ -76,6 +89,7 @@ class EngineEvents:
         return False
 
     def close(self) -> None:
+        self._closed.set()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:

@@ -69,7 +69,7 @@ def resume_batch(orch: OrchestrationDir, env: Mapping[str, str]) -> None:
     """A manager started on a volume with work under way takes it over (see orch's dispatcher)."""
     views = load_views(orch)
     pending = [v.id for v in views if v.state is State.QUEUED or v.state in ACTIVE_STATES]
-    if needs_dispatcher(views) and ensure_dispatcher(orch, env):
+    if needs_dispatcher(views, orch.load_settings().resume_limit(env)) and ensure_dispatcher(orch, env):
         print(f"manager: resuming the batch: {len(pending)} task(s) queued or running", file=sys.stderr, flush=True)
 
 

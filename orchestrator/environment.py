@@ -46,12 +46,18 @@ VOLUME = Var("ORCHESTRATOR_VOLUME", "orchestration-volume")
 NETWORK = Var("ORCHESTRATOR_NETWORK")
 IMAGE_PREFIX = Var("ORCHESTRATOR_IMAGE_PREFIX", "claude-")
 MAX_WORKERS = Var("ORCHESTRATOR_MAX_WORKERS", "4")
+# How often a task whose worker was stopped from outside (an engine restart, a reboot) is queued
+# again by itself, from what it had handed back.
+RESUME_INTERRUPTED = Var("ORCHESTRATOR_RESUME_INTERRUPTED", "1")
 # What one worker may use (docker run --memory, --cpus, --pids-limit).
 WORKER_MEMORY = Var("ORCHESTRATOR_WORKER_MEMORY", "4g")
 WORKER_CPUS = Var("ORCHESTRATOR_WORKER_CPUS", "2")
 WORKER_PIDS = Var("ORCHESTRATOR_WORKER_PIDS", "1024")
 # Seconds a stopped worker gets to commit and push before Docker kills it.
 STOP_TIMEOUT = Var("ORCHESTRATOR_STOP_TIMEOUT", "120")
+# Seconds a worker keeps trying a push while the git server cannot be reached, before it saves
+# the work in a bundle instead.
+PUSH_RETRY_SECONDS = Var("ORCHESTRATOR_PUSH_RETRY_SECONDS", "180")
 
 # --- Host only.
 CA_CERTS = Var("ORCHESTRATOR_CA_CERTS")  # extra CA certificates for the image builds, separated by ':'
@@ -83,11 +89,17 @@ MANAGER_SETTINGS = (
     WORKER_CPUS,
     WORKER_PIDS,
     STOP_TIMEOUT,
+    PUSH_RETRY_SECONDS,
 )
+
+# --- Inside a worker, for tests and images of other layouts.
+AGENT_USER = Var("ORCHESTRATOR_AGENT_USER", "agent")  # the user the agent runs as
+RUNTIME_DIR = Var("ORCHESTRATOR_RUNTIME_DIR", "/var/lib/orchestrator")  # the runtime's own folder
 
 ALL = (
     *MANAGER_SETTINGS,
     MAX_WORKERS,
+    RESUME_INTERRUPTED,
     CA_CERTS,
     ORCHESTRATION_DIR,
     WORKSPACE,
@@ -95,8 +107,6 @@ ALL = (
     WORKER_TYPE,
     TASK_TIMEOUT,
     TASK_ATTEMPT,
+    AGENT_USER,
+    RUNTIME_DIR,
 )
-
-# --- Inside a worker, for tests and images of other layouts.
-AGENT_USER = Var("ORCHESTRATOR_AGENT_USER", "agent")  # the user the agent runs as
-RUNTIME_DIR = Var("ORCHESTRATOR_RUNTIME_DIR", "/var/lib/orchestrator")  # the runtime's own folder

@@ -120,8 +120,8 @@ def task_branch(prefix: str, task_id: str, attempt: int | None) -> str:
     return name if not attempt or attempt == 1 else f"{name}-attempt-{attempt}"
 
 
-def head(repo: Path) -> str:
-    return git("rev-parse", "HEAD", cwd=repo).strip()
+def head(repo: Path, ref: str = "HEAD") -> str:
+    return git("rev-parse", "--verify", f"{ref}^{{commit}}", cwd=repo).strip()
 
 
 def commit_all(repo: Path, message: str) -> bool:

@@ -224,6 +224,7 @@ def manager_settings(args: argparse.Namespace) -> dict[str, str]:
         environment.WORKER_CPUS: limits.cpus,
         environment.WORKER_PIDS: str(limits.pids),
         environment.STOP_TIMEOUT: str(stop_timeout({environment.STOP_TIMEOUT.name: args.stop_timeout or ""})),
+        environment.PUSH_RETRY_SECONDS: env.get(environment.PUSH_RETRY_SECONDS.name),
     }
     assert set(values) == set(environment.MANAGER_SETTINGS)
     return {var.name: value for var, value in values.items() if value}

@@ -69,7 +69,7 @@ def current_views(orch: OrchestrationDir, engine: DockerEngine | None = None) ->
         views = load_views(orch)
         if engine is not None:
             views = reconcile(orch, views, engine)
-    if batch.needs_dispatcher(views):
+    if batch.needs_dispatcher(views, orch.load_settings().resume_limit(os.environ)):
         ensure_dispatcher(orch, os.environ)
     return views
 
@@ -192,12 +192,15 @@ def _utf8(data: bytes, what: str) -> str:
 
 def cmd_start(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    if not args.ids and not args.all and args.max_workers is None and not (args.memory or args.cpus or args.pids_limit):
+    settings_given = args.max_workers is not None or args.resume_interrupted is not None
+    if not args.ids and not args.all and not settings_given and not (args.memory or args.cpus or args.pids_limit):
         raise InvalidInput("name the tasks to start, or --all")
     if args.ids and args.all:
         raise InvalidInput("give task ids or --all, not both")
     if args.max_workers is not None and args.max_workers <= 0:
         raise InvalidInput("--max-workers must be a positive number")
+    if args.resume_interrupted is not None and args.resume_interrupted < 0:
+        raise InvalidInput("--resume-interrupted must be 0 or more")
     if not args.no_login_check and not dispatcher_running(orch):
         # A new batch: a refused login stops it here, before any worker spends its time on it.
         check_login(ClaudeCredential.find(None, os.environ), environment.ANTHROPIC_BASE_URL.get(os.environ))
@@ -214,6 +217,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             "memory": limits.check_memory(args.memory) if args.memory else None,
             "cpus": limits.check_cpus(args.cpus) if args.cpus else None,
             "pids_limit": limits.check_pids(args.pids_limit) if args.pids_limit else None,
+            "resume_interrupted": args.resume_interrupted,
         }
         if any(value is not None for value in changes.values()):
             orch.write_settings(replace(settings, **{k: v for k, v in changes.items() if v is not None}))
@@ -563,6 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"how many workers may run at once, from now on (default: ${environment.MAX_WORKERS.name}, else "
         f"{env_max_workers({})}; kept on the volume)",
+    )
+    p.add_argument(
+        "--resume-interrupted",
+        type=int,
+        metavar="N",
+        help="how often a task whose worker was stopped from outside (an engine restart, a reboot) is "
+        f"queued again by itself, from what it handed back; 0: never (default: ${environment.RESUME_INTERRUPTED.name}, "
+        f"else {environment.RESUME_INTERRUPTED.default}; kept on the volume)",
     )
     p.add_argument(
         "--no-login-check",

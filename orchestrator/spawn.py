@@ -85,6 +85,7 @@ class WorkerSpec:
     stop_timeout: int
     attempt: int | None = None
     branch_prefix: str = environment.BRANCH_PREFIX.require({})
+    push_retry: str | None = None  # seconds a push waits for an unreachable server
 
     @property
     def container(self) -> str:
@@ -106,6 +107,7 @@ class WorkerSpec:
             environment.TASK_TIMEOUT.name: str(self.timeout) if self.timeout else "",
             environment.TASK_ATTEMPT.name: str(self.attempt) if self.attempt else "",
             environment.BRANCH_PREFIX.name: self.branch_prefix,
+            environment.PUSH_RETRY_SECONDS.name: self.push_retry or "",
         }
         return {name: value for name, value in env.items() if value}
 
@@ -234,6 +236,7 @@ def worker_spec(
         limits=limits,
         stop_timeout=stop_timeout(env),
         attempt=attempt,
+        push_retry=env.get(environment.PUSH_RETRY_SECONDS.name),
         branch_prefix=check_branch_prefix(branch_prefix or environment.BRANCH_PREFIX.require(env)),
     )
 

@@ -26,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-from . import config, limits
+from . import config, environment, limits
 from .errors import InvalidInput, UserError
 
 FORMAT_VERSION = 1
@@ -49,9 +49,12 @@ class State(StrEnum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
+    # Stopped by anyone but orch cancel: an engine shutdown, docker stop or kill by hand, a host
+    # reboot. Not the task's fault: the batch runs it again (BatchSettings.resume_interrupted).
+    INTERRUPTED = "interrupted"
 
 
-FINISHED_STATES = frozenset({State.SUCCESS, State.FAILED, State.TIMEOUT, State.CANCELLED})
+FINISHED_STATES = frozenset({State.SUCCESS, State.FAILED, State.TIMEOUT, State.CANCELLED, State.INTERRUPTED})
 ACTIVE_STATES = frozenset({State.STARTING, State.RUNNING})
 # Nothing more happens to these without someone acting (orch retry, orch start).
 SETTLED_STATES = FINISHED_STATES | {State.BLOCKED}
@@ -346,6 +349,7 @@ class BatchSettings:
     memory: str | None = None
     cpus: str | None = None
     pids_limit: int | None = None
+    resume_interrupted: int | None = None  # how often an interrupted task is run again by itself
 
     @classmethod
     def from_json(cls, data: Any) -> BatchSettings:
@@ -353,16 +357,30 @@ class BatchSettings:
         max_workers = _field(data, "max_workers", int, "dispatcher.json")
         if max_workers is not None and max_workers <= 0:
             raise InvalidInput("dispatcher.json: field 'max_workers' must be a positive number")
+        resume = _field(data, "resume_interrupted", int, "dispatcher.json")
+        if resume is not None and resume < 0:
+            raise InvalidInput("dispatcher.json: field 'resume_interrupted' must be 0 or more")
         memory, cpus, pids = data.get("memory"), data.get("cpus"), data.get("pids_limit")
         return cls(
             max_workers=max_workers,
             memory=limits.check_memory(memory) if memory is not None else None,
             cpus=limits.check_cpus(cpus) if cpus is not None else None,
             pids_limit=limits.check_pids(pids) if pids is not None else None,
+            resume_interrupted=resume,
         )
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def resume_limit(self, env: Mapping[str, str]) -> int:
+        """How often an interrupted task is queued again by itself: this batch's setting, else
+        $ORCHESTRATOR_RESUME_INTERRUPTED, else once."""
+        if self.resume_interrupted is not None:
+            return self.resume_interrupted
+        text = environment.RESUME_INTERRUPTED.require(env)
+        if not text.isdigit():
+            raise InvalidInput(f"{environment.RESUME_INTERRUPTED.name} must be 0 or more, not {text!r}")
+        return int(text)
 
 
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o660) -> None:
@@ -555,6 +573,11 @@ class OrchestrationDir:
             if path.exists():
                 raise
             return None
+
+    def load_archived_result(self, task_id: str, attempt: int) -> TaskResult | None:
+        """An earlier attempt's result, kept by orch retry (or a resume) under attempts/ID/."""
+        path = self.attempt_path(task_id, attempt, "json")
+        return TaskResult.from_json(read_json(path)) if path.exists() else None
 
     def load_status(self, task_id: str) -> TaskStatus | None:
         path = self.status_path(task_id)

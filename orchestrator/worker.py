@@ -18,6 +18,7 @@ import dataclasses
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -46,9 +47,11 @@ class Stopped(Exception):
         self.state = state
 
 
-# docker stop sends SIGTERM: the task is cancelled. orch sends SIGUSR1 (docker kill --signal)
-# to a worker that outlived its task's timeout, so that the result says timeout instead.
-STOP_SIGNALS = {signal.SIGTERM: State.CANCELLED, signal.SIGINT: State.CANCELLED, signal.SIGUSR1: State.TIMEOUT}
+# docker stop sends SIGTERM: the task is cancelled when orch cancel asked for it (it says so in
+# the status first), interrupted otherwise (an engine shutdown, a docker stop by hand). orch
+# sends SIGUSR1 (docker kill --signal) to a worker that outlived its task's timeout.
+STOP_SIGNALS = {signal.SIGTERM: State.INTERRUPTED, signal.SIGINT: State.INTERRUPTED, signal.SIGUSR1: State.TIMEOUT}
+ASKED_BY_ORCH = {"cancelled": State.CANCELLED, "timeout": State.TIMEOUT}
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class Worker:
         self.scrub = scrubber([])
         self.agent: agent.AgentProcess | None = None
         self.finishing = False
+        self.stopping = False  # a stop signal came: no time for a push to wait for its server
+        self.stop_event = threading.Event()
         self.log_file: TextIO | None = None
         self.workspace: delivery.Workspace | None = None
         self.git_env: dict[str, str] = {}
@@ -144,6 +149,10 @@ class Worker:
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         state = STOP_SIGNALS[signal.Signals(signum)]
+        if state is State.INTERRUPTED:
+            state = ASKED_BY_ORCH.get(self.stop_reason() or "", state)
+        self.stopping = True
+        self.stop_event.set()
         self.say(f"received {signal.Signals(signum).name}, stopping ({state.value})")
         if self.finishing:
             return  # the result is being written; let it be
@@ -151,6 +160,14 @@ class Worker:
             self.agent.stop(state.value)
         else:
             raise Stopped(state)
+
+    def stop_reason(self) -> str | None:
+        """Why orch asked this worker to stop, as it wrote in the status before it did."""
+        try:
+            status = self.config.orch.load_status(self.config.task_id)
+        except UserError:
+            return None
+        return status.stop_reason if status is not None else None
 
     def run(self) -> int:
         config = self.config
@@ -264,8 +281,12 @@ class Worker:
         return EXIT_OK if status is State.SUCCESS else EXIT_FAILURE
 
     def start_points(self, task: Task) -> list[delivery.StartPoint]:
-        """The work of the tasks this one depends on, which it starts from. A dependency that
-        changed nothing adds nothing; one that did not succeed blocks the task."""
+        """Where the task's branch starts: where an interrupted attempt before it left off, else
+        the work of the tasks it depends on. A dependency that changed nothing adds nothing;
+        one that did not succeed blocks the task."""
+        resumed = self.interrupted_work()
+        if resumed is not None:
+            return [resumed]
         points = []
         for dep in task.depends_on:
             try:
@@ -278,6 +299,27 @@ class Worker:
             if result.branch and result.pushed and result.head_commit:
                 points.append(delivery.StartPoint(dep, result.branch, result.head_commit))
         return points
+
+    def interrupted_work(self) -> delivery.StartPoint | None:
+        """What the attempt before this one handed back, when it was interrupted (orch queued
+        this one to carry on from there): its pushed branch, or its bundle."""
+        config = self.config
+        if not config.attempt or config.attempt < 2:
+            return None
+        try:
+            earlier = config.orch.load_archived_result(config.task_id, config.attempt - 1)
+        except UserError:
+            return None
+        if earlier is None or earlier.status is not State.INTERRUPTED or not earlier.branch or not earlier.head_commit:
+            return None
+        if earlier.pushed:
+            point = delivery.StartPoint(config.task_id, earlier.branch, earlier.head_commit)
+        elif earlier.bundle:
+            point = delivery.StartPoint(config.task_id, earlier.branch, earlier.head_commit, earlier.bundle)
+        else:
+            return None
+        self.say(f"attempt {config.attempt - 1} was interrupted; carrying on from its work ({earlier.branch})")
+        return point
 
     def agent_env(self, user: AgentUser, model: str | None) -> dict[str, str]:
         """The agent's environment: the container's, which holds no secret, without the real API
@@ -317,6 +359,8 @@ class Worker:
                 git_env=self.git_env,
                 scrub=self.scrub,
                 say=self.say,
+                retry_for=0.0 if self.stopping else float(environment.PUSH_RETRY_SECONDS.require(self.env)),
+                stopping=self.stop_event,
             )
         except UserError as exc:
             # Not committed: the work stays in the agent's clone, in the kept container.

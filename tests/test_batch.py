@@ -62,7 +62,8 @@ def test_a_task_file_with_a_bad_dependency_is_refused_naming_the_field(orch):
 @pytest.mark.parametrize(
     ("container", "stop_reason", "expected", "says"),
     [
-        ({"Status": "exited", "ExitCode": 137}, None, State.FAILED, "exited with code 137 (killed by SIGKILL)"),
+        ({"Status": "exited", "ExitCode": 137}, None, State.INTERRUPTED, "exited with code 137 (killed by SIGKILL)"),
+        ({"Status": "exited", "ExitCode": 255}, None, State.INTERRUPTED, "whatever it did is in the container"),
         ({"Status": "exited", "ExitCode": 137, "OOMKilled": True}, None, State.FAILED, "out of memory"),
         ({"Status": "exited", "ExitCode": 2}, None, State.FAILED, "exited with code 2 without writing a result"),
         (None, None, State.FAILED, "is gone and left no result"),

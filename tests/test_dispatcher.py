@@ -212,3 +212,38 @@ def test_a_task_s_limits_come_before_the_batch_s_and_the_manager_s(orch: Orchest
     assert (limits[own].memory, limits[own].cpus, limits[own].pids) == ("8g", "3", 300)
     assert (limits[plain].memory, limits[plain].cpus, limits[plain].pids) == ("2g", "3", 1024)
     assert json.loads(orch.task_path(own).read_text())["memory"] == "8g"
+
+
+def test_an_interrupted_task_is_resumed_once_then_left_as_it_is(orch):
+    engine, started = FakeEngine(), []
+    d = dispatcher(orch, engine, started)
+    task = submit(orch)
+    queue_all(orch)
+    one_round(d)
+    # The engine went away under it: its worker was killed without a result.
+    engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 137, "Running": False}
+    one_round(d)
+    view = load_view(orch, task)
+    assert view.state is State.RUNNING and view.attempt == 2 and started == [task, task]
+    assert json.loads(orch.attempt_path(task, 1, "json").read_text())["status"] == "interrupted"
+    assert engine.removed == [] and f"worker-{task}-attempt-1" in engine.state  # kept: it may hold the work
+    assert f"{task} was interrupted; resumed after attempt 1 was interrupted" in d.out.getvalue()  # type: ignore[attr-defined]
+    engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 143, "Running": False}
+    one_round(d)
+    view = load_view(orch, task)
+    assert view.state is State.INTERRUPTED and view.attempt == 2 and view.resumed == 1 and started == [task, task]
+
+
+def test_resuming_can_be_turned_off_and_dependents_then_block(orch):
+    engine, started = FakeEngine(), []
+    d = dispatcher(orch, engine, started)
+    orch.write_settings(BatchSettings(max_workers=2, resume_interrupted=0))
+    first = submit(orch)
+    second = submit(orch, depends_on=[first])
+    queue_all(orch)
+    one_round(d)
+    engine.state[f"worker-{first}"] = {"Status": "exited", "ExitCode": 137, "Running": False}
+    one_round(d)
+    assert state(orch, first) is State.INTERRUPTED
+    assert state(orch, second) is State.BLOCKED
+    assert load_view(orch, second).message == f"{first} ended interrupted"

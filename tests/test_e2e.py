@@ -150,7 +150,8 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
     repo = git_server.repo(f"h-{run.id}")
     task = run.task_id("host")
     sh("docker", "volume", "create", run.volume)
-    prompt = run.prompt("host", reply(text("Working on it."), bash("sleep 120")))
+    # Not `sleep 120`: Claude Code refuses a Bash command that starts with a long sleep.
+    prompt = run.prompt("host", reply(text("Working on it."), bash("python3 -c 'import time; time.sleep(120)'")))
     run.write(f"tasks/{task}.json", task_file(task, prompt))
     spawn = [
         "python3", "bin/spawn-worker.py", "flutter", task, "--repo", repo, "--token", str(token_file),
@@ -166,7 +167,7 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
     assert second.stderr.strip() == f"spawn-worker: error: task {task} already has a running worker (worker-{task})"
 
     # docker stop: the worker stops its agent and still records how the task ended.
-    wait_for_log(f"worker-{task}", "-> Bash sleep 120")
+    wait_for_log(f"worker-{task}", "-> Bash python3 -c")
     sh("docker", "stop", f"worker-{task}")
     assert sh("docker", "wait", f"worker-{task}").stdout.strip() == "1"
     result = run.result(task)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -185,11 +186,22 @@ def test_the_task_timeout_applies_unless_spawn_worker_set_one(box: Box):
     assert code == 1 and box.result()["status"] == "timeout"
 
 
-# docker stop sends SIGTERM; orch's dispatcher sends SIGUSR1 to a worker past its deadline.
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, "cancelled"), (signal.SIGUSR1, "timeout")])
-def test_a_stop_signal_ends_the_agent_and_still_writes_a_result(box: Box, signum, status):
+# docker stop sends SIGTERM: orch cancel says so in the status first; anyone else (an engine
+# shutdown, a person) interrupts. orch's dispatcher sends SIGUSR1 to a worker past its deadline.
+@pytest.mark.parametrize(
+    ("signum", "asked", "status"),
+    [
+        (signal.SIGTERM, None, "interrupted"),
+        (signal.SIGTERM, "cancelled", "cancelled"),
+        (signal.SIGUSR1, None, "timeout"),
+    ],
+)
+def test_a_stop_signal_ends_the_agent_and_still_writes_a_result(box: Box, signum, asked, status):
     box.task("@sleep 60")
     proc = box.start_until_the_agent_sleeps()
+    if asked:
+        status_file = box.orch / "status" / "task-001.json"
+        status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "stop_reason": asked}))
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, out
@@ -324,13 +336,13 @@ def test_a_refused_push_fails_the_task_and_keeps_the_work_in_a_bundle(box: Box, 
     assert shown.stdout == "precious work"
 
 
-def test_a_cancelled_agent_s_work_is_still_handed_back(box: Box):
+def test_an_interrupted_agent_s_work_is_still_handed_back(box: Box):
     box.task("@write notes/partial.txt half done\n@sleep 60")
     proc = box.start_until_the_agent_sleeps()
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     result = box.result()
-    assert result["status"] == "cancelled" and result["pushed"] is True, out
+    assert result["status"] == "interrupted" and result["pushed"] is True, out
     assert remote_git(box, "show", "orchestrator/task-001:notes/partial.txt") == "half done"
 
 
@@ -375,3 +387,78 @@ def test_a_branch_name_origin_has_already_is_not_reused(box: Box):
     # The earlier branches are untouched.
     main = remote_git(box, "rev-parse", "main")
     assert remote_git(box, "rev-parse", "orchestrator/task-001") == main
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def git_daemon(base: Path, port: int) -> subprocess.Popen[bytes]:
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", f"--base-path={base}",
+         "--listen=127.0.0.1", f"--port={port}", str(base)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/remote"], capture_output=True,
+                         check=False).returncode:  # fmt: skip
+        assert time.monotonic() < deadline, "git daemon did not start"
+        time.sleep(0.2)
+    return daemon
+
+
+def test_a_push_waits_for_a_git_server_that_went_away_and_came_back(box: Box):
+    port = free_port()
+    daemon = git_daemon(box.root, port)
+    try:
+        box.task("@write notes/kept.txt kept\n@sleep 60")
+        proc = box.start(REPO_URL=f"git://127.0.0.1:{port}/remote", ORCHESTRATOR_PUSH_RETRY_SECONDS="120")
+        transcript = box.orch / "logs" / "task-001.jsonl"
+        deadline = time.monotonic() + 60
+        while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        daemon.terminate()  # the server goes away while the agent works
+        daemon.wait(10)
+        # The stand-in's sleep is over when its process is told so: end the agent's run early.
+        subprocess.run(["pkill", "-u", AGENT_USER, "-f", "standin|claude"], check=False)
+        log = box.orch / "logs" / "task-001.log"
+        deadline = time.monotonic() + 60
+        while "the server is out of reach; trying again" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, log.read_text() if log.exists() else ""
+            time.sleep(0.2)
+        daemon = git_daemon(box.root, port)  # and comes back
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        daemon.terminate()
+    result = box.result()
+    assert result["pushed"] is True and result["bundle"] is None, out
+    assert remote_git(box, "show", "orchestrator/task-001:notes/kept.txt") == "kept"
+
+
+def test_an_attempt_after_an_interruption_carries_on_from_its_work(box: Box):
+    # Attempt 1 was interrupted after it pushed its branch; orch queued attempt 2.
+    remote_git(box, "checkout", "-q", "-b", "orchestrator/task-001")
+    (box.root / "remote" / "notes").mkdir()
+    (box.root / "remote" / "notes" / "first.txt").write_text("from attempt 1")
+    remote_git(box, "add", "-A")
+    subprocess.run(["git", "-C", str(box.root / "remote"), "-c", "user.name=t", "-c", "user.email=t@t", "commit",
+                    "-qm", "attempt 1"], check=True)  # fmt: skip
+    head = remote_git(box, "rev-parse", "HEAD").strip()
+    remote_git(box, "checkout", "-q", "main")
+    (box.orch / "attempts" / "task-001").mkdir(parents=True)
+    (box.orch / "attempts" / "task-001" / "1.json").write_text(json.dumps({
+        "task_id": "task-001", "status": "interrupted", "output": "", "completed_at": "2026-01-01T00:00:00Z",
+        "error": "stopped", "attempt": 1, "branch": "orchestrator/task-001", "head_commit": head, "pushed": True,
+    }))  # fmt: skip
+    box.task("@run cat notes/first.txt\n@write notes/second.txt from attempt 2")
+    code, out = box.run(TASK_ATTEMPT="2")
+    assert code == 0, out
+    assert "[agent] <- from attempt 1" in out and "carrying on from its work" in out
+    result = box.result()
+    assert result["base_commit"] == head and result["started_from"][0]["commit"] == head
+    assert result["branch"] == "orchestrator/task-001-attempt-2"
+    shown = remote_git(box, "show", "orchestrator/task-001-attempt-2:notes/first.txt")
+    assert shown == "from attempt 1"
