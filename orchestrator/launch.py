@@ -21,7 +21,7 @@ from .cli import (
     check_branch_prefix,
     run_command,
 )
-from .config import CONTAINER_ORCHESTRATION_DIR
+from .config import CONTAINER_ORCHESTRATION_DIR, CONTAINER_WORKSPACE
 from .docker import (
     NameConflict,
     check_daemon,
@@ -61,6 +61,7 @@ class ManagerSpec:
     name: str
     image: str
     volume: str
+    workspace_volume: str
     network: str | None
     socket: Path
     socket_gid: int
@@ -86,6 +87,8 @@ class ManagerSpec:
             # The socket's group, so that the non-root user may use it.
             "--group-add", str(self.socket_gid),
             "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
+            # The manager's clone outlives the container: a new manager carries on in it.
+            "--volume", f"{self.workspace_volume}:{CONTAINER_WORKSPACE}",
             *flag("--network", self.network),
             *[arg for name in self.environment() for arg in env_pass(name)],
             self.image,
@@ -111,6 +114,7 @@ def ensure_images(args: argparse.Namespace, ca_certs: Sequence[Path]) -> str:
 
 def start_manager(spec: ManagerSpec) -> int:
     docker("volume", "create", spec.volume, timeout=60)
+    docker("volume", "create", spec.workspace_volume, timeout=60)
     try:
         docker(*spec.create_argv(), env=spec.environment(), timeout=120)
     except NameConflict:
@@ -191,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: the files in ${environment.CA_CERTS.name}, separated by '{os.pathsep}')",
     )
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"manager container name (default: {DEFAULT_NAME})")
+    parser.add_argument(
+        "--workspace-volume",
+        metavar="NAME",
+        help="the volume of the manager's own clone, kept when the container goes (default: NAME-workspace, "
+        f"{DEFAULT_NAME}-workspace)",
+    )
     add_placement_options(parser)
     return parser
 
@@ -253,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name=args.name,
             image=image,
             volume=args.volume,
+            workspace_volume=args.workspace_volume or f"{args.name}-workspace",
             network=args.network,
             socket=socket,
             socket_gid=socket.stat().st_gid,

@@ -189,7 +189,9 @@ def run(test_images: None, api: ScriptedAPI) -> Iterator[Run]:
     names += sh("docker", "ps", "-aq", "--filter", f"name={run.manager}-").stdout.split()
     if names:
         sh("docker", "rm", "--force", *names, check=False)
-    sh("docker", "volume", "rm", "--force", run.volume, check=False)
+    # The shared volume, and the workspaces of its managers (NAME-workspace).
+    volumes = sh("docker", "volume", "ls", "-q", "--filter", f"name={run.manager}").stdout.split()
+    sh("docker", "volume", "rm", "--force", run.volume, *volumes, check=False)
 
 
 def run_py(run: Run, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -210,3 +210,16 @@ def test_the_debugging_recipes_work(run: Run, git_server: GitServer, token_file)
         "docker", "run", "--rm", "-v", f"{run.volume}:/data", "debian:bookworm-slim", "ls", "-la", "/data/"
     ).stdout
     assert all(name in listing for name in ("tasks", "results", "status", "logs"))
+
+
+def test_the_manager_s_clone_outlives_its_container(run: Run, git_server: GitServer, token_file):
+    repo = git_server.repo(f"ws-{run.id}")
+    first = run_py(run, "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", run.manager,
+                   "--", "sh", "-c", "echo unpushed > notes.txt && git add notes.txt")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    # A new manager (the old one is gone with --rm) carries on in the same clone, with its work in it.
+    second = run_py(run, "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", run.manager,
+                    "--", "sh", "-c", "git status --short; cat notes.txt")  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == ["A  notes.txt", "unpushed"]
+    assert "cloning" not in second.stderr

@@ -43,6 +43,9 @@ def test_starts_the_manager_with_socket_volume_and_environment(
     assert f"{host}:/var/run/docker.sock" in argv
     assert argv[argv.index("--group-add") + 1] == str(host.stat().st_gid)
     assert "orchestration-volume:/orchestration" in argv
+    assert "claude-manager-workspace:/workspace" in argv and fake_docker.find(
+        "volume", "create", "claude-manager-workspace"
+    )
     assert "--rm" in argv and "--interactive" in argv
     assert "--tty" not in argv  # stdin is not a terminal under pytest
     assert argv[-1] == "claude-orchestrator"
