@@ -47,6 +47,7 @@ class StartPoint:
     branch: str
     commit: str
     bundle: str | None = None  # where the commits are when they never reached origin
+    base: str | None = None  # for an interrupted attempt's work: where that attempt's branch started
 
     def to_json(self) -> dict[str, str]:
         data = {"task_id": self.task_id, "branch": self.branch, "commit": self.commit}
@@ -62,8 +63,9 @@ class Workspace:
     own: Path  # the runtime's clone
     agent: Path  # the agent's clone
     branch: str  # the task's branch, under a name origin does not have
-    base: str  # the commit it starts from
-    started_from: tuple[StartPoint, ...] = ()  # the dependencies' work it starts from
+    base: str  # where its work is counted from (REPO_BRANCH's head, or its dependencies' work)
+    started_from: tuple[StartPoint, ...] = ()  # the dependencies' (or interrupted attempt's) work
+    start: str = ""  # the commit the branch starts at: base, or an interrupted attempt's head
 
 
 @dataclass(frozen=True)
@@ -137,15 +139,19 @@ def prepare(
     umask = os.umask(0o022)
     try:
         git.clone(url, branch, own, scrub=scrub, env=git_env)
-        base = _start(own, task_id, start_from, say) if start_from else git.head(own)
+        start = _start(own, task_id, start_from, say) if start_from else git.head(own)
+        # An attempt that carries on from an interrupted one counts its work from where that
+        # one started: its branch holds the whole of it.
+        resumed = start_from[0].base if len(start_from) == 1 else None
+        base = resumed or start
         name = free_name(own, wanted)
         if name != wanted:
             say(f"origin has a branch {wanted} already (from an earlier batch?); this task's branch is {name}")
-        git.git("branch", "--quiet", "--no-track", name, base, cwd=own)
+        git.git("branch", "--quiet", "--no-track", name, start, cwd=own)
     finally:
         os.umask(umask)
     _clone_for_agent(own, agent, name, url, user, agent_env, scrub)
-    return Workspace(own, agent, name, base, tuple(start_from))
+    return Workspace(own, agent, name, base, tuple(start_from), start)
 
 
 def _start(own: Path, task_id: str, points: Sequence[StartPoint], say: Callable[[str], None]) -> str:
@@ -291,7 +297,7 @@ def _take_agent_work(workspace: Workspace, message: str, say: Callable[[str], No
         agent_head = git.git("rev-parse", "--verify", "FETCH_HEAD^{commit}", cwd=own).strip()
     except GitError as exc:
         say(f"the agent's commits could not be read ({exc}); its files are handed back on top of the branch's start")
-        agent_head = workspace.base
+        agent_head = workspace.start or workspace.base
     # The working tree, read with the runtime's repository and an index of its own: the agent's
     # .git is not consulted, and .gitignore files in the tree are honoured as in any checkout.
     index = own / ".git" / "orchestrator-handback-index"

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from . import config, environment, images
@@ -25,10 +26,12 @@ from .config import CONTAINER_ORCHESTRATION_DIR, CONTAINER_WORKSPACE
 from .docker import (
     NameConflict,
     check_daemon,
+    container_label,
     docker,
     env_pass,
     flag,
     image_exists,
+    inspect_container,
     labels,
     remove_container,
 )
@@ -39,7 +42,10 @@ from .secrets import DEFAULT_TOKEN_FILE, Secrets
 from .spawn import WorkerLimits, stop_timeout
 
 DEFAULT_NAME = "claude-manager"
-SOCKET_IN_CONTAINER = "/var/run/docker.sock"
+# The folder of the engine's socket, not the socket file: an engine that restarts without
+# systemd's socket activation makes a new socket file, which a mounted file would never see
+# (a manager that lives through a restart, with live-restore, would lose its engine).
+SOCKET_FOLDER_IN_CONTAINER = "/run/host-docker"
 
 
 def docker_socket() -> Path:
@@ -73,17 +79,19 @@ class ManagerSpec:
     def environment(self) -> dict[str, str]:
         """The manager's environment: settings only (the secrets are copied in as files).
         Values travel through docker's environment, not argv."""
-        return {name: value for name, value in self.settings.items() if value}
+        env = {name: value for name, value in self.settings.items() if value}
+        return {**env, "DOCKER_HOST": f"unix://{SOCKET_FOLDER_IN_CONTAINER}/{self.socket.name}"}
 
     def create_argv(self) -> list[str]:
         return [
             "create",
             "--name", self.name,
-            "--rm",
+            # Not --rm: the engine would remove it when it restarts, even with live-restore;
+            # run.py removes it once it has ended.
             "--interactive",
             *(["--tty"] if self.tty else []),
             *labels({config.LABEL_ROLE: "manager"}),
-            "--volume", f"{self.socket}:{SOCKET_IN_CONTAINER}",
+            "--volume", f"{self.socket.parent}:{SOCKET_FOLDER_IN_CONTAINER}",
             # The socket's group, so that the non-root user may use it.
             "--group-add", str(self.socket_gid),
             "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
@@ -115,6 +123,7 @@ def ensure_images(args: argparse.Namespace, ca_certs: Sequence[Path]) -> str:
 def start_manager(spec: ManagerSpec) -> int:
     docker("volume", "create", spec.volume, timeout=60)
     docker("volume", "create", spec.workspace_volume, timeout=60)
+    replace_ended_manager(spec.name)
     try:
         docker(*spec.create_argv(), env=spec.environment(), timeout=120)
     except NameConflict:
@@ -129,7 +138,33 @@ def start_manager(spec: ManagerSpec) -> int:
         raise
     # Attached, for as long as the manager runs; its exit code becomes ours.
     proc = docker("start", "--attach", "--interactive", spec.name, timeout=None, capture=False, check=False)
+    info = inspect_container_quietly(spec.name)
+    if info is not None and (info.get("State") or {}).get("Running"):
+        # The engine went away and came back with live-restore: the manager goes on without us.
+        print(f"run.py: {spec.name} is still running; attach with `docker attach {spec.name}`", file=sys.stderr)
+        return proc.returncode
+    if info is not None:
+        remove_container(spec.name)  # its work is on the volumes
     return proc.returncode
+
+
+def inspect_container_quietly(name: str) -> dict[str, Any] | None:
+    """The container's inspect document; None when it is gone, or the engine is."""
+    try:
+        return inspect_container(name)
+    except UserError:
+        return None
+
+
+def replace_ended_manager(name: str) -> None:
+    """A manager container of this name that has ended (the engine stopped under it) is removed,
+    so that a new one can start; its clone is on the workspace volume. A running one, or a
+    container that is not a manager, is left to the person."""
+    info = inspect_container_quietly(name)
+    if info is None or (info.get("State") or {}).get("Running"):
+        return
+    if container_label(info, config.LABEL_ROLE) == "manager":
+        remove_container(name)
 
 
 def ca_cert_paths(args: argparse.Namespace) -> list[Path]:

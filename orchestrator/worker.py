@@ -313,9 +313,11 @@ class Worker:
         if earlier is None or earlier.status is not State.INTERRUPTED or not earlier.branch or not earlier.head_commit:
             return None
         if earlier.pushed:
-            point = delivery.StartPoint(config.task_id, earlier.branch, earlier.head_commit)
+            point = delivery.StartPoint(config.task_id, earlier.branch, earlier.head_commit, base=earlier.base_commit)
         elif earlier.bundle:
-            point = delivery.StartPoint(config.task_id, earlier.branch, earlier.head_commit, earlier.bundle)
+            point = delivery.StartPoint(
+                config.task_id, earlier.branch, earlier.head_commit, earlier.bundle, base=earlier.base_commit
+            )
         else:
             return None
         self.say(f"attempt {config.attempt - 1} was interrupted; carrying on from its work ({earlier.branch})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,13 +41,13 @@ def test_starts_the_manager_with_socket_volume_and_environment(
     create = fake_docker.find("create")[0]
     argv = create["argv"]
     assert argv[argv.index("--name") + 1] == "claude-manager"
-    assert f"{host}:/var/run/docker.sock" in argv
+    assert f"{host.parent}:/run/host-docker" in argv  # the socket's folder: a new socket file shows there
     assert argv[argv.index("--group-add") + 1] == str(host.stat().st_gid)
     assert "orchestration-volume:/orchestration" in argv
     assert "claude-manager-workspace:/workspace" in argv and fake_docker.find(
         "volume", "create", "claude-manager-workspace"
     )
-    assert "--rm" in argv and "--interactive" in argv
+    assert "--rm" not in argv and "--interactive" in argv  # run.py removes it once it has ended
     assert "--tty" not in argv  # stdin is not a terminal under pytest
     assert argv[-1] == "claude-orchestrator"
     # Settings only; the token is copied in as a file, for the manager's user.
@@ -63,6 +64,7 @@ def test_starts_the_manager_with_socket_volume_and_environment(
         "ORCHESTRATOR_WORKER_CPUS": "2",
         "ORCHESTRATOR_WORKER_PIDS": "1024",
         "ORCHESTRATOR_STOP_TIMEOUT": "120",
+        "DOCKER_HOST": f"unix:///run/host-docker/{host.name}",
     }
     cp = fake_docker.find("cp", "-", "claude-manager:/home/claude")[0]
     secret = next(m for m in cp["tar"] if m["name"] == ".claude-token")
@@ -228,3 +230,18 @@ def test_the_api_url_defaults_to_the_environment(fake_docker: FakeDocker, host: 
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9999")
     assert run("--token", str(token_file)) == 0
     assert fake_docker.find("create")[0]["env"]["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9999"
+
+
+def test_the_manager_is_removed_once_it_has_ended_and_one_left_by_an_engine_restart_is_replaced(
+    fake_docker: FakeDocker, host: Path, token_file: Path
+):
+    # A manager that ended with the engine under it (no run.py was there to remove it).
+    fake_docker.add_container("claude-manager", "inspect-exited.json")
+    inspect = json.loads((fake_docker.containers / "claude-manager.json").read_text())
+    inspect[0]["Config"]["Labels"] = {"orchestrator.role": "manager"}
+    (fake_docker.containers / "claude-manager.json").write_text(json.dumps(inspect))
+    assert run("--token", str(token_file)) == 0
+    calls = [c["argv"][:3] for c in fake_docker.calls()]
+    create = calls.index(["create", "--name", "claude-manager"])
+    removals = [i for i, argv in enumerate(calls) if argv == ["rm", "--force", "claude-manager"]]
+    assert removals[0] < create < removals[-1]  # the old one before, the ended new one after

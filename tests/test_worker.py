@@ -440,6 +440,7 @@ def test_a_push_waits_for_a_git_server_that_went_away_and_came_back(box: Box):
 
 def test_an_attempt_after_an_interruption_carries_on_from_its_work(box: Box):
     # Attempt 1 was interrupted after it pushed its branch; orch queued attempt 2.
+    main = remote_git(box, "rev-parse", "main").strip()
     remote_git(box, "checkout", "-q", "-b", "orchestrator/task-001")
     (box.root / "remote" / "notes").mkdir()
     (box.root / "remote" / "notes" / "first.txt").write_text("from attempt 1")
@@ -452,13 +453,16 @@ def test_an_attempt_after_an_interruption_carries_on_from_its_work(box: Box):
     (box.orch / "attempts" / "task-001" / "1.json").write_text(json.dumps({
         "task_id": "task-001", "status": "interrupted", "output": "", "completed_at": "2026-01-01T00:00:00Z",
         "error": "stopped", "attempt": 1, "branch": "orchestrator/task-001", "head_commit": head, "pushed": True,
+        "base_commit": main,
     }))  # fmt: skip
     box.task("@run cat notes/first.txt\n@write notes/second.txt from attempt 2")
     code, out = box.run(TASK_ATTEMPT="2")
     assert code == 0, out
     assert "[agent] <- from attempt 1" in out and "carrying on from its work" in out
     result = box.result()
-    assert result["base_commit"] == head and result["started_from"][0]["commit"] == head
-    assert result["branch"] == "orchestrator/task-001-attempt-2"
+    # Its branch holds the whole of the work, both attempts', counted from where attempt 1 started.
+    assert result["base_commit"] == main and result["started_from"][0]["commit"] == head
+    assert result["branch"] == "orchestrator/task-001-attempt-2" and result["commits"] == 2
+    assert sorted(c["path"] for c in result["files_changed"]) == ["notes/first.txt", "notes/second.txt"]
     shown = remote_git(box, "show", "orchestrator/task-001-attempt-2:notes/first.txt")
     assert shown == "from attempt 1"
