@@ -79,8 +79,21 @@ class ManagerSpec:
     def environment(self) -> dict[str, str]:
         """The manager's environment: settings only (the secrets are copied in as files).
         Values travel through docker's environment, not argv."""
-        env = {name: value for name, value in self.settings.items() if value}
-        return {**env, "DOCKER_HOST": f"unix://{SOCKET_FOLDER_IN_CONTAINER}/{self.socket.name}"}
+        return {name: value for name, value in self.settings.items() if value}
+
+    def socket_mount(self) -> list[str]:
+        """The socket's folder, when the manager's user may pass through it; else the socket
+        file itself (which a restarted engine's new socket does not replace)."""
+        folder = self.socket.parent
+        if folder.stat().st_mode & stat.S_IXOTH:
+            where = f"{SOCKET_FOLDER_IN_CONTAINER}/{self.socket.name}"
+            mount = f"{folder}:{SOCKET_FOLDER_IN_CONTAINER}"
+        else:
+            where = f"{SOCKET_FOLDER_IN_CONTAINER}/docker.sock"
+            mount = f"{self.socket}:{where}"
+        # On the command line, not through docker's environment: the docker client running this
+        # command must not take it for its own.
+        return ["--volume", mount, "--env", f"DOCKER_HOST=unix://{where}"]
 
     def create_argv(self) -> list[str]:
         return [
@@ -91,7 +104,7 @@ class ManagerSpec:
             "--interactive",
             *(["--tty"] if self.tty else []),
             *labels({config.LABEL_ROLE: "manager"}),
-            "--volume", f"{self.socket.parent}:{SOCKET_FOLDER_IN_CONTAINER}",
+            *self.socket_mount(),
             # The socket's group, so that the non-root user may use it.
             "--group-add", str(self.socket_gid),
             "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",

@@ -98,6 +98,7 @@ class OwnEngine:
 @pytest.fixture(scope="module")
 def own_engine(test_images: None) -> Iterator[OwnEngine]:
     root = Path(tempfile.mkdtemp(prefix="orch-fault-engine-", dir="/tmp"))
+    root.chmod(0o755)  # the managers' user passes through it to the socket, as through /var/run
     engine = OwnEngine(root)
     engine.start(live_restore=False)
     try:
@@ -153,11 +154,21 @@ class Fault:
         return found
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 180) -> None:
+def wait_until(
+    check: Callable[[], bool], what: str, timeout: float = 180, explain: Callable[[], str] = lambda: ""
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never: {what}\n{explain()}")
         time.sleep(0.5)
+
+
+def state_of(manager: Manager) -> str:
+    """What the manager knows, for a fault that did not go as expected."""
+    status = manager.orch("status", check=False)
+    log = sh("docker", "exec", manager.name, "tail", "-20", "/orchestration/logs/dispatcher.log", check=False)
+    return f"{status.stdout}{status.stderr}\n{log.stdout}{log.stderr}"
 
 
 def logs_show(manager: Manager, task_id: str, needle: str) -> bool:
@@ -215,7 +226,11 @@ def engine_restart_without_live_restore(fault: Fault, _: Path) -> Figures:
         manager.orch("submit", "--id", task_id, "--prompt", prompt)
     manager.orch("start", "--all", "--max-workers", "4")
     for task_id in ids:
-        wait_until(lambda t=task_id: logs_show(manager, t, "-> Bash python3"), f"{task_id} at work")
+        wait_until(
+            lambda t=task_id: logs_show(manager, t, "-> Bash python3"),
+            f"{task_id} at work",
+            explain=lambda: state_of(manager),
+        )
     fault.engine.stop()
     fault.engine.start(live_restore=False)
     second = fault.manager("r2", repo)
@@ -253,7 +268,11 @@ def engine_restart_with_live_restore(fault: Fault, _: Path) -> Figures:
         manager.orch("submit", "--id", task_id, "--prompt", prompt)
     manager.orch("start", "--all")
     for task_id in ids:
-        wait_until(lambda t=task_id: logs_show(manager, t, "-> Bash python3"), f"{task_id} at work")
+        wait_until(
+            lambda t=task_id: logs_show(manager, t, "-> Bash python3"),
+            f"{task_id} at work",
+            explain=lambda: state_of(manager),
+        )
     fault.engine.stop()
     running = fault.engine  # stopped: the containers go on without it
     time.sleep(3)
@@ -327,7 +346,11 @@ def git_server_down_then_back(fault: Fault, tmp: Path) -> Figures:
             manager.orch("submit", "--id", task_id, "--prompt", prompt)
         manager.orch("start", "--all")
         for task_id in ids:
-            wait_until(lambda t=task_id: logs_show(manager, t, "-> Bash python3"), f"{task_id} at work")
+            wait_until(
+                lambda t=task_id: logs_show(manager, t, "-> Bash python3"),
+                f"{task_id} at work",
+                explain=lambda: state_of(manager),
+            )
         daemon.terminate()
         daemon.wait(10)
         for task_id in ids:

@@ -143,7 +143,8 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
         ),
         Attack("capabilities", "grep CapEff /proc/self/status; chown root README.md; echo rc=$?",
                lambda out: "0000000000000000" in out and "rc=1" in out),
-        Attack("the Docker socket", "ls -l /var/run/docker.sock /run/host-docker; echo rc=$?", lambda out: "rc=2" in out),
+        Attack("the Docker socket", "ls -l /var/run/docker.sock /run/host-docker; echo rc=$?",
+               lambda out: "rc=2" in out),
         Attack(
             "the API relay without its ticket",
             "curl -s -o /dev/null -w 'http=%{http_code}\\n' -X POST \"$ANTHROPIC_BASE_URL/v1/messages\" "

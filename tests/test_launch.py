@@ -35,6 +35,7 @@ def run(*argv: str, login_check: bool = False) -> int:
 def test_starts_the_manager_with_socket_volume_and_environment(
     fake_docker: FakeDocker, host: Path, token_file: Path, token: str
 ):
+    host.parent.chmod(0o755)
     code = run("--repo", "git@github.com:me/app.git", "--token", str(token_file), "--model", "m1")
     assert code == 0
     assert fake_docker.find("volume", "create", "orchestration-volume")
@@ -42,6 +43,7 @@ def test_starts_the_manager_with_socket_volume_and_environment(
     argv = create["argv"]
     assert argv[argv.index("--name") + 1] == "claude-manager"
     assert f"{host.parent}:/run/host-docker" in argv  # the socket's folder: a new socket file shows there
+    assert f"DOCKER_HOST=unix:///run/host-docker/{host.name}" in argv
     assert argv[argv.index("--group-add") + 1] == str(host.stat().st_gid)
     assert "orchestration-volume:/orchestration" in argv
     assert "claude-manager-workspace:/workspace" in argv and fake_docker.find(
@@ -64,7 +66,6 @@ def test_starts_the_manager_with_socket_volume_and_environment(
         "ORCHESTRATOR_WORKER_CPUS": "2",
         "ORCHESTRATOR_WORKER_PIDS": "1024",
         "ORCHESTRATOR_STOP_TIMEOUT": "120",
-        "DOCKER_HOST": f"unix:///run/host-docker/{host.name}",
     }
     cp = fake_docker.find("cp", "-", "claude-manager:/home/claude")[0]
     secret = next(m for m in cp["tar"] if m["name"] == ".claude-token")
@@ -245,3 +246,11 @@ def test_the_manager_is_removed_once_it_has_ended_and_one_left_by_an_engine_rest
     create = calls.index(["create", "--name", "claude-manager"])
     removals = [i for i, argv in enumerate(calls) if argv == ["rm", "--force", "claude-manager"]]
     assert removals[0] < create < removals[-1]  # the old one before, the ended new one after
+
+
+def test_a_socket_in_a_closed_folder_is_mounted_itself(fake_docker: FakeDocker, host: Path, token_file: Path):
+    host.parent.chmod(0o700)  # the manager's user could not pass through it
+    assert run("--token", str(token_file)) == 0
+    argv = fake_docker.find("create")[0]["argv"]
+    assert f"{host}:/run/host-docker/docker.sock" in argv
+    assert "DOCKER_HOST=unix:///run/host-docker/docker.sock" in argv
