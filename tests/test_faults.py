@@ -311,7 +311,7 @@ def manager_killed_mid_spawn(fault: Fault, _: Path) -> Figures:
     manager.orch("start", "--all", "--max-workers", "6")
     fault.engine.docker("kill", manager.name, check=False)
     manager.process.wait(60)
-    caught = fault.engine.docker("ps", "-a", "--filter", f"label=orchestrator.volume={run.volume}",
+    caught = fault.engine.docker("ps", "-a", "--filter", f"name=worker-{run.task_id('k')}",
                                  "--format", "{{.Names}} {{.State}}").stdout  # fmt: skip
     second = fault.manager("k2", repo)
     second.orch("wait", "--all", check=False, timeout=600)
