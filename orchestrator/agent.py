@@ -258,7 +258,7 @@ class AgentProcess:
                 return AgentRun(exit_code=None, final=None, last_text="", stderr_tail="", stopped=self._stopped)
             # Its own session, so that a stop reaches the tools it started too.
             self._proc = subprocess.Popen(
-                self.argv,
+                sandbox.without_new_privileges(self.argv),
                 cwd=self.cwd,
                 env=self.env,
                 stdin=subprocess.PIPE,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import time
@@ -85,6 +86,13 @@ def run_as(
         stdin=None if input is not None else subprocess.DEVNULL,
         **user.popen_options(),
     )
+
+
+def without_new_privileges(argv: Sequence[str]) -> list[str]:
+    """``argv`` run so that nothing it starts can gain privileges (a setuid program, say), on an
+    engine that sets no-new-privileges for the container or not (a swarm service cannot)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--no-new-privs", *argv] if setpriv else list(argv)
 
 
 def processes_of(uid: int) -> list[int]:

@@ -206,7 +206,8 @@ class Secrets:
         removed once read; the SSH key stays for ssh until ``forget``."""
         secrets = cls.take_copy(home)
         for name in (TOKEN_NAME, GIT_TOKEN_NAME):
-            with contextlib.suppress(FileNotFoundError):
+            # A swarm secret is a read-only mount that stays: it is root's alone, like the copy.
+            with contextlib.suppress(OSError):
                 (home / name).unlink()
         return secrets
 
@@ -226,5 +227,5 @@ class Secrets:
     def forget(home: Path) -> None:
         """Remove what ``take`` left for ssh."""
         for name in (TOKEN_NAME, GIT_TOKEN_NAME, SSH_KEY_NAME):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 (home / name).unlink()

@@ -52,6 +52,7 @@ class Stopped(Exception):
 # sends SIGUSR1 (docker kill --signal) to a worker that outlived its task's timeout.
 STOP_SIGNALS = {signal.SIGTERM: State.INTERRUPTED, signal.SIGINT: State.INTERRUPTED, signal.SIGUSR1: State.TIMEOUT}
 ASKED_BY_ORCH = {"cancelled": State.CANCELLED, "timeout": State.TIMEOUT}
+STOP_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class Worker:
         self.finishing = False
         self.stopping = False  # a stop signal came: no time for a push to wait for its server
         self.stop_event = threading.Event()
+        self.requested: State | None = None  # the stop orch asked for in the status
         self.log_file: TextIO | None = None
         self.workspace: delivery.Workspace | None = None
         self.git_env: dict[str, str] = {}
@@ -161,6 +163,21 @@ class Worker:
         else:
             raise Stopped(state)
 
+    def watch_for_stop(self) -> None:
+        """orch asks a worker to stop by writing why in its status (then, on one engine, with a
+        signal): the one way that reaches a worker on any node of a swarm."""
+        while not self.finishing:
+            reason = self.stop_reason()
+            if reason in ASKED_BY_ORCH and self.requested is None:
+                state = ASKED_BY_ORCH[reason]
+                self.requested = state
+                self.stopping = True
+                self.stop_event.set()
+                self.say(f"orch asked this worker to stop ({state.value})")
+                if self.agent is not None:
+                    self.agent.stop(state.value)
+            time.sleep(STOP_POLL_SECONDS)
+
     def stop_reason(self) -> str | None:
         """Why orch asked this worker to stop, as it wrote in the status before it did."""
         try:
@@ -184,6 +201,7 @@ class Worker:
         started_at, t0 = utc_now(), time.monotonic()
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.on_signal)
+        threading.Thread(target=self.watch_for_stop, name="stop-requests", daemon=True).start()
         run: agent.AgentRun | None = None
         task: Task | None = None
         model = config.model
@@ -227,6 +245,8 @@ class Worker:
             # For orch's dispatcher, which stops a worker that outlives this by far.
             deadline = datetime.now(UTC) + timedelta(seconds=timeout)
             self.set_state(State.RUNNING, deadline=deadline.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            if self.requested is not None:
+                raise Stopped(self.requested)  # asked to stop while it cloned
             with open(orch.log_path(config.task_id), "w", encoding="utf-8") as transcript:
                 self.agent = agent.AgentProcess(
                     agent.headless_argv(model, task.max_turns),

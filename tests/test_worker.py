@@ -466,3 +466,15 @@ def test_an_attempt_after_an_interruption_carries_on_from_its_work(box: Box):
     assert sorted(c["path"] for c in result["files_changed"]) == ["notes/first.txt", "notes/second.txt"]
     shown = remote_git(box, "show", "orchestrator/task-001-attempt-2:notes/first.txt")
     assert shown == "from attempt 1"
+
+
+def test_a_stop_asked_for_in_the_status_alone_stops_the_worker(box: Box):
+    # What reaches a worker on another node of a swarm: no signal, only the shared volume.
+    box.task("@write notes/partial.txt half done\n@sleep 60")
+    proc = box.start_until_the_agent_sleeps()
+    status_file = box.orch / "status" / "task-001.json"
+    status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "stop_reason": "cancelled"}))
+    out, _ = proc.communicate(timeout=60)
+    result = box.result()
+    assert result["status"] == "cancelled" and result["pushed"] is True, out
+    assert "orch asked this worker to stop (cancelled)" in out
