@@ -36,8 +36,12 @@ from .scripted_api import (
     write,
 )
 
-CLAUDE_BIN = os.environ.get("CLAUDE_BIN") or "/tmp/cc/node_modules/@anthropic-ai/claude-code/bin/claude.exe"
-INSTALL_HINT = "npm install --prefix /tmp/cc @anthropic-ai/claude-code@2.1.332"
+# Where .ci/ensure-tools installs it, at the version the images pin.
+CLAUDE_BIN = (
+    os.environ.get("CLAUDE_BIN")
+    or "/opt/orchestrator-ci/claude-code/node_modules/@anthropic-ai/claude-code/bin/claude.exe"
+)
+INSTALL_HINT = ".ci/ensure-tools"
 AGENT_UID = 1001
 MODEL = "claude-sonnet-4-5"  # a model with a known price, so that the CLI's cost is above 0
 
