@@ -79,7 +79,7 @@ def ssh_key(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def docker_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def docker_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A real unix socket standing for the engine's, named by DOCKER_HOST."""
     path = tmp_path / "docker.sock"
     sock = socket.socket(socket.AF_UNIX)

@@ -175,7 +175,9 @@ def container_file(container: str, path: str) -> str:
     data = subprocess.run(["docker", "cp", f"{container}:{path}", "-"], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         member = tar.getmembers()[0]
-        return tar.extractfile(member).read().decode()
+        extracted = tar.extractfile(member)
+        assert extracted is not None, f"{path} is not a file"
+        return extracted.read().decode()
 
 
 @pytest.fixture
@@ -248,7 +250,8 @@ def start_manager(run: Run, repo: str, token_file: Path, *options: str, name: st
     ready = 'for f in /proc/[0-9]*/cmdline; do [ "$(tr "\\0" " " < "$f")" = "sleep infinity " ] && exit 0; done; exit 1'
     while sh("docker", "exec", name, "sh", "-c", ready, check=False).returncode:
         if process.poll() is not None:
-            raise AssertionError(f"the manager exited ({process.returncode}):\n{process.stdout.read()}")
+            said = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"the manager exited ({process.returncode}):\n{said}")
         assert time.monotonic() < deadline, "the manager did not start"
         time.sleep(0.3)
     return Manager(name, process)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-def manager(run: Run, git_server: GitServer, token_file) -> Manager:
+def manager(run: Run, git_server: GitServer, token_file) -> Iterator[Manager]:
     manager = start_manager(run, git_server.repo(f"inputs-{run.id}"), token_file)
     yield manager
     manager.remove()

@@ -78,7 +78,7 @@ def test_a_worker_that_died_without_a_result_is_recorded(orch, container, stop_r
         engine.state[f"worker-{task}"] = container
     with orch.locked():
         (view,) = reconcile(orch, load_views(orch), engine)
-    assert view.state is expected and says in view.message
+    assert view.state is expected and says in (view.message or "")
     result = orch.load_result(task)
     assert result.status is expected and says in result.error
     assert result.worker_exit_code == (container or {}).get("ExitCode")

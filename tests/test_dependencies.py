@@ -5,6 +5,7 @@ and orch merge takes the stack without conflicts of its own making."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,7 +18,7 @@ CLONE = "/workspace/repo"
 
 
 @pytest.fixture
-def manager(run: Run, git_server: GitServer, token_file) -> Manager:
+def manager(run: Run, git_server: GitServer, token_file) -> Iterator[Manager]:
     manager = start_manager(run, git_server.repo(f"deps-{run.id}"), token_file)
     yield manager
     manager.remove()

@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,10 @@ def state_of(manager: Manager) -> str:
     return f"{status.stdout}{status.stderr}\n{log.stdout}{log.stderr}"
 
 
+def has_result(run: Run, task_id: str) -> bool:
+    return "MISSING" not in run.read_many([f"results/{task_id}.json"])
+
+
 def logs_show(manager: Manager, task_id: str, needle: str) -> bool:
     return needle in manager.orch("logs", task_id, check=False).stdout
 
@@ -227,7 +232,7 @@ def engine_restart_without_live_restore(fault: Fault, _: Path) -> Figures:
     manager.orch("start", "--all", "--max-workers", "4")
     for task_id in ids:
         wait_until(
-            lambda t=task_id: logs_show(manager, t, "-> Bash python3"),
+            partial(logs_show, manager, task_id, "-> Bash python3"),
             f"{task_id} at work",
             explain=lambda: state_of(manager),
         )
@@ -269,7 +274,7 @@ def engine_restart_with_live_restore(fault: Fault, _: Path) -> Figures:
     manager.orch("start", "--all")
     for task_id in ids:
         wait_until(
-            lambda t=task_id: logs_show(manager, t, "-> Bash python3"),
+            partial(logs_show, manager, task_id, "-> Bash python3"),
             f"{task_id} at work",
             explain=lambda: state_of(manager),
         )
@@ -347,14 +352,14 @@ def git_server_down_then_back(fault: Fault, tmp: Path) -> Figures:
         manager.orch("start", "--all")
         for task_id in ids:
             wait_until(
-                lambda t=task_id: logs_show(manager, t, "-> Bash python3"),
+                partial(logs_show, manager, task_id, "-> Bash python3"),
                 f"{task_id} at work",
                 explain=lambda: state_of(manager),
             )
         daemon.terminate()
         daemon.wait(10)
         for task_id in ids:
-            wait_until(lambda t=task_id: logs_show(manager, t, "trying again"), f"{task_id} waiting for the server")
+            wait_until(partial(logs_show, manager, task_id, "trying again"), f"{task_id} waiting for the server")
         daemon = git_daemon(base, port)
         manager.orch("wait", "--all", check=False, timeout=600)
         results = fault.results(manager, ids)
@@ -433,9 +438,7 @@ def twenty_spawns_for_ten_tasks(fault: Fault, _: Path) -> Figures:
     started = sum(code == 0 for code, _ in outcomes)
     refused = sum(code == 1 for code, _ in outcomes)
     for task_id in ids:
-        wait_until(
-            lambda t=task_id: "MISSING" not in run.read_many([f"results/{t}.json"]), f"{task_id}'s result", timeout=300
-        )
+        wait_until(partial(has_result, run, task_id), f"{task_id}'s result", timeout=300)
     results = fault.results(manager, ids)
     workers = fault.engine.docker("ps", "-a", "--filter", f"name=worker-{run.task_id('race')}", "-q").stdout
     manager.remove()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -32,7 +33,7 @@ def repo_name(run: Run) -> str:
 
 
 @pytest.fixture
-def manager(run: Run, ssh_git_server: SshGitServer, repo_name: str, token_file) -> Manager:
+def manager(run: Run, ssh_git_server: SshGitServer, repo_name: str, token_file) -> Iterator[Manager]:
     url = ssh_git_server.repo(repo_name)
     manager = start_manager(run, url, token_file, "--ssh-key", str(ssh_git_server.key),
                             "--known-hosts", str(ssh_git_server.known_hosts))  # fmt: skip

@@ -95,7 +95,7 @@ def test_a_conflict_stops_the_merge_and_leaves_everything_as_it_was(origin: Orig
     states = [(o.task_id, o.state) for o in report.outcomes]
     assert states == [("task-001", "merged"), ("task-002", "conflict"), ("task-003", "not merged")]
     conflict = report.outcomes[1]
-    assert conflict.files == ("README.md",) and "task-002 conflicts" in conflict.message
+    assert conflict.files == ("README.md",) and "task-002 conflicts" in (conflict.message or "")
     # What was merged before the conflict is pushed; both task branches are intact on origin.
     assert origin.show("orchestrator/integration", "README.md") == "# App, by one\n"
     assert {ref: git(origin.bare, "rev-parse", ref) for ref in before} == before
@@ -119,9 +119,9 @@ def test_choose_takes_successes_for_all_and_says_why_others_are_left_out():
     chosen, left_out = merge.choose(views, explicit=False)
     assert [v.id for v in chosen] == ["ok"]
     reasons = {o.task_id: o.message for o in left_out}
-    assert "ended failed" in reasons["failed"]
+    assert "ended failed" in (reasons["failed"] or "")
     assert reasons["unpushed"] == "its branch was not pushed; its work is in /orchestration/bundles/u.bundle"
-    assert reasons["empty"] == "it changed nothing" and "no result yet" in reasons["running"]
+    assert reasons["empty"] == "it changed nothing" and "no result yet" in (reasons["running"] or "")
     chosen, _ = merge.choose(views[:2], explicit=True)
     assert [v.id for v in chosen] == ["ok", "failed"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,7 +24,7 @@ LONG_JOB = "python3 -c 'import time; time.sleep(300)'"
 
 
 @pytest.fixture
-def manager(run: Run, git_server: GitServer, token_file) -> Manager:
+def manager(run: Run, git_server: GitServer, token_file) -> Iterator[Manager]:
     manager = start_manager(run, git_server.repo(f"orch-{run.id}"), token_file)
     yield manager
     manager.remove()
@@ -233,7 +234,7 @@ def test_a_new_manager_finishes_the_batch_of_one_that_was_removed(
         assert outputs == [f"done {n}" for n in range(6)]
     finally:
         second.remove()
-    assert "resuming the batch" in second.process.stdout.read()
+    assert second.process.stdout is not None and "resuming the batch" in second.process.stdout.read()
 
 
 def test_a_worker_of_another_batch_with_the_same_name_is_left_alone(run: Run, manager: Manager):

@@ -18,7 +18,7 @@ from .scripted_api import ScriptedAPI, error, text
 
 def post(url: str, headers: dict[str, str], body: dict) -> tuple[int, dict[str, str], bytes]:
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
     conn.request("POST", "/v1/messages?beta=true", body=json.dumps(body), headers=headers)
     response = conn.getresponse()
     data = response.read()

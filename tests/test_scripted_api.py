@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -512,7 +513,7 @@ def test_stop_ends_a_hanging_answer() -> None:
     asker.join(timeout=60)
 
     assert not asker.is_alive()
-    status, _, body = outcome[0]
+    status, _, body = cast(tuple[int, dict, str], outcome[0])
     assert status == 200
     assert [name for name, _ in sse_events(body)] == ["message_start"]
 
@@ -527,4 +528,4 @@ def test_a_default_scenario_answers_prompts_without_a_marker() -> None:
 
 def test_a_scenario_takes_only_turns() -> None:
     with ScriptedAPI() as api, pytest.raises(TypeError, match="not a turn"):
-        api.script("BAD-1", "hello")
+        api.script("BAD-1", "hello")  # type: ignore[arg-type]
