@@ -18,6 +18,7 @@ from orchestrator.tasks import OrchestrationDir
 from .engine import api, engine, git_server, run, test_images  # noqa: F401  (end-to-end fixtures)
 from .helpers import TESTS, FakeDocker
 from .http_git import http_git_server  # noqa: F401  (a git server over HTTP that wants a token)
+from .own_engine import own_engine  # noqa: F401  (an engine of the tests' own)
 from .ssh_git import ssh_git_server  # noqa: F401  (the SSH git server)
 
 
