@@ -34,7 +34,7 @@ class DockerError(UserError):
     @classmethod
     def from_process(cls, argv: Sequence[str], proc: subprocess.CompletedProcess[Any]) -> DockerError:
         stderr = proc.stderr if isinstance(proc.stderr, str) else (proc.stderr or b"").decode("utf-8", "replace")
-        for sub in (NoSuchContainer, NoSuchImage, NameConflict, DaemonUnreachable):
+        for sub in (NoSuchContainer, NoSuchImage, NoSuchVolume, NotRunning, NameConflict, DaemonUnreachable):
             if any(marker in stderr for marker in sub.markers):
                 return sub(argv, proc.returncode, stderr)
         return cls(argv, proc.returncode, stderr)
@@ -46,6 +46,16 @@ class NoSuchContainer(DockerError):
 
 class NoSuchImage(DockerError):
     markers = ("No such image", "pull access denied", "repository does not exist")
+
+
+class NoSuchVolume(DockerError):
+    markers = ("no such volume",)
+
+
+class NotRunning(DockerError):
+    """``docker exec`` into a container that exists but does not run."""
+
+    markers = ("is not running",)
 
 
 class NameConflict(DockerError):
