@@ -179,9 +179,14 @@ def check_daemon() -> None:
     """Fail with one clear line when the engine cannot be reached."""
     proc = docker("version", "--format", "{{.Server.Version}}", check=False, timeout=30)
     if proc.returncode:
-        stderr = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = stderr[-1] if stderr else f"exit code {proc.returncode}"
-        raise DaemonUnreachable(["docker", "version"], proc.returncode, reason, f"Docker is not usable: {reason}")
+        raise unusable(DockerError.from_process(["docker", "version"], proc))
+
+
+def unusable(exc: DockerError) -> DaemonUnreachable:
+    """The one line that says the engine cannot be used, from a command that found out."""
+    lines = exc.stderr.splitlines()
+    reason = lines[-1] if lines else f"exit code {exc.returncode}"
+    return DaemonUnreachable(exc.argv, exc.returncode, reason, f"Docker is not usable: {reason}")
 
 
 @dataclass(frozen=True)

@@ -137,14 +137,16 @@ def refused(capsys, code: int, *argv: str) -> str:
 def test_a_running_worker_for_the_task_refuses_a_second(fake_docker: FakeDocker, orch: Path, capsys):
     fake_docker.add_container("worker-task-001", "inspect-running.json")
     assert "already has a running worker" in refused(capsys, 1, "flutter", "task-001")
-    assert not fake_docker.find("create")
+    # The name was taken: that worker is left as it is, and so is its task.
+    assert not fake_docker.find("cp") and not fake_docker.find("start") and not fake_docker.find("rm")
+    assert not (orch / "status" / "task-001.json").exists()
 
 
 def test_an_exited_worker_is_left_for_the_person_to_look_at(fake_docker: FakeDocker, orch: Path, capsys):
     fake_docker.add_container("worker-task-001", "inspect-exited.json")
     err = refused(capsys, 1, "flutter", "task-001")
     assert "exited with code 3" in err and "docker rm worker-task-001" in err
-    assert not fake_docker.find("create") and not fake_docker.find("rm")
+    assert not fake_docker.find("start") and not fake_docker.find("rm")
 
 
 @pytest.mark.parametrize(
@@ -264,6 +266,15 @@ def test_branch_prefixes_git_refuses_are_refused(fake_docker: FakeDocker, orch: 
     assert "not usable in a branch name" in capsys.readouterr().err
 
 
+def commands(fake_docker: FakeDocker) -> list[str]:
+    return [" ".join(argv[:2]) if argv[0] in ("volume", "container") else argv[0] for argv in fake_docker.argvs()]
+
+
+def test_in_the_manager_a_spawn_is_three_docker_calls(fake_docker: FakeDocker, orch: Path):
+    assert run("flutter", "task-001") == 0
+    assert commands(fake_docker) == ["create", "cp", "start"]
+
+
 @pytest.fixture
 def on_the_host(orch: Path, tmp_path: Path, monkeypatch) -> list[str]:
     """spawn-worker where the volume is not mounted: the engine's folder of it is tmp/orchestration."""
@@ -274,7 +285,9 @@ def on_the_host(orch: Path, tmp_path: Path, monkeypatch) -> list[str]:
 
 def test_on_the_host_the_volume_s_folder_is_written_directly(fake_docker: FakeDocker, orch: Path, on_the_host):
     assert run("flutter", "task-001", *on_the_host) == 0
-    assert fake_docker.find("volume", "inspect", "orchestration") and not fake_docker.find("run")  # no container
+    # Its folder is looked up while the container is created: no container of its own.
+    assert sorted(commands(fake_docker)[:2]) == ["create", "volume inspect"]
+    assert commands(fake_docker)[2:] == ["cp", "start"]
     status = json.loads((orch / "status" / "task-001.json").read_text())
     assert (status["state"], status["container"]) == ("starting", "worker-task-001")
 
@@ -309,4 +322,4 @@ def test_on_the_host_a_volume_that_does_not_exist_is_named(fake_docker: FakeDock
     err = refused(capsys, 1, "flutter", "task-001", *on_the_host[:-2], "--volume", "nope",
                   "--orchestration-dir", "/not-mounted")  # fmt: skip
     assert "the volume nope does not exist" in err
-    assert not fake_docker.find("start")
+    assert fake_docker.find("rm", "--force", "worker-task-001")  # created meanwhile: removed
