@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -249,15 +249,21 @@ def reconcile(
     engine: Engine,
     *,
     starting_grace: float = STARTING_GRACE_SECONDS,
+    only: Collection[str] | None = None,
 ) -> list[TaskView]:
     """Check the tasks that should have a worker against the engine; hold the state lock.
+    ``only``: the worker containers to look at (those an engine event named), else every one.
 
     A task marked starting whose worker does not exist yet may be a spawn under way; after
     ``starting_grace`` seconds it is taken for one that died and queued again. The dispatcher,
     the only one that marks tasks starting before their container exists, passes 0: it holds
     the dispatcher lock, and its own spawns are over when it looks.
     """
-    active = [view for view in views if view.state in ACTIVE_STATES and view.result is None]
+    active = [
+        view
+        for view in views
+        if view.state in ACTIVE_STATES and view.result is None and (only is None or view.container in only)
+    ]
     if not active:
         return views
     containers = engine.containers([view.container for view in active])

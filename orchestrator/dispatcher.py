@@ -35,7 +35,7 @@ from .batch import (
 from .docker import (
     DockerError,
 )
-from .engine import DockerEngine, EngineEvents
+from .engine import DockerEngine, EngineEvents, EngineLook
 from .errors import UserError
 from .git import CLONE_TIMEOUT
 from .limits import WorkerLimits
@@ -159,10 +159,10 @@ class Dispatcher:
             return 0
         self.say(f"started (up to {max_workers(self.orch, self.env)} workers)")
         try:
-            with EngineEvents() as events:
+            with EngineEvents(environment.VOLUME.require(self.env)) as events:
                 while True:
                     try:
-                        to_start = self.round(events.engine_due(), lock)
+                        to_start = self.round(events.look(), lock)
                     except (UserError, OSError) as exc:
                         # The engine restarting, a slow inspect: the queue must not die of it.
                         self.say(f"this round failed, trying again: {exc}")
@@ -180,12 +180,13 @@ class Dispatcher:
             if lock is not None:
                 lock.close()
 
-    def round(self, check_engine: bool, lock: IO[bytes]) -> list[TaskView] | None:
-        """One look at the batch; returns the tasks to start now, or None when all is done."""
+    def round(self, look: EngineLook, lock: IO[bytes]) -> list[TaskView] | None:
+        """One look at the batch; returns the tasks to start now, or None when all is done.
+        ``look``: the workers to ask the engine about."""
         with self.orch.locked():
             views = load_views(self.orch)
-            if check_engine:
-                views = reconcile(self.orch, views, self.engine, starting_grace=0)
+            if look:
+                views = reconcile(self.orch, views, self.engine, starting_grace=0, only=look.only)
             views = self.block_dependents(views)
             self.enforce_timeouts(views)
             active = [v for v in views if v.state in ACTIVE_STATES]

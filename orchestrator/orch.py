@@ -34,7 +34,7 @@ from .dispatcher import (
     max_workers,
 )
 from .docker import docker, text
-from .engine import ENGINE_CHECK_SECONDS, DockerEngine, EngineEvents
+from .engine import ENGINE_CHECK_SECONDS, EVERYTHING, DockerEngine, EngineEvents, EngineLook
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
 from .login import check_login
 from .secrets import ClaudeCredential, env_secrets, scrubber
@@ -63,12 +63,15 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def current_views(orch: OrchestrationDir, engine: DockerEngine | None = None) -> list[TaskView]:
-    """Every task, reconciled with the engine, and a dispatcher running when work waits for one."""
+def current_views(
+    orch: OrchestrationDir, engine: DockerEngine | None = None, look: EngineLook = EVERYTHING
+) -> list[TaskView]:
+    """Every task, reconciled with the engine as ``look`` says, and a dispatcher running when work
+    waits for one."""
     with orch.locked():
         views = load_views(orch)
-        if engine is not None:
-            views = reconcile(orch, views, engine)
+        if engine is not None and look:
+            views = reconcile(orch, views, engine, only=look.only)
     if batch.needs_dispatcher(views):
         ensure_dispatcher(orch, os.environ)
     return views
@@ -232,8 +235,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     engine = DockerEngine.for_env(os.environ)
 
-    def show() -> tuple[list[TaskView], str]:
-        views = current_views(orch, engine)
+    def show(look: EngineLook = EVERYTHING) -> tuple[list[TaskView], str]:
+        views = current_views(orch, engine, look)
         views = select(views, args.ids) if args.ids else views
         return views, status_json(views) if args.json else status_table(views)
 
@@ -242,9 +245,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     tty = sys.stdout.isatty()
     printed: list[tuple[str, State]] = []
-    with EngineEvents() as events:
+    with EngineEvents(environment.VOLUME.require(os.environ)) as events:
         while True:
-            views, shown = show()
+            views, shown = show(events.look())
             if tty:
                 sys.stdout.write("\x1b[H\x1b[2J" + shown + "\n(watching; Ctrl-C to stop)\n")
                 sys.stdout.flush()
@@ -277,9 +280,9 @@ def cmd_wait(args: argparse.Namespace) -> int:
     engine = DockerEngine.for_env(os.environ)
     tty = sys.stderr.isatty()
     t0 = time.monotonic()
-    with EngineEvents() as events:
+    with EngineEvents(environment.VOLUME.require(os.environ)) as events:
         while True:
-            views = current_views(orch, engine if events.engine_due() else None)
+            views = current_views(orch, engine, events.look())
             by_id = {v.id: v for v in views}
             views = select(views, args.ids) if args.ids else views
             never = [v.id for v in views if v.state is State.SUBMITTED]

@@ -12,6 +12,7 @@ import pytest
 from orchestrator import batch
 from orchestrator.batch import TaskView, load_view, load_views, reconcile
 from orchestrator.dispatcher import Dispatcher, _try_lock
+from orchestrator.engine import EVERYTHING
 from orchestrator.errors import UserError
 from orchestrator.tasks import BatchSettings, OrchestrationDir, State, utc_now
 
@@ -33,7 +34,7 @@ def one_round(d: Dispatcher) -> list[TaskView] | None:
     lock = _try_lock(d.orch)
     assert lock is not None
     try:
-        to_start = d.round(check_engine=True, lock=lock)
+        to_start = d.round(EVERYTHING, lock)
         for view in to_start or []:
             d.start(view)
         return to_start
