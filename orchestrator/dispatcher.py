@@ -24,9 +24,9 @@ from typing import IO
 from . import environment
 from .batch import (
     TaskView,
+    ViewCache,
     blocking_reasons,
     load_view,
-    load_views,
     needs_dispatcher,
     reconcile,
     record_outcome,
@@ -146,6 +146,7 @@ class Dispatcher:
         self.spawner = spawner or self.spawn_worker
         self.out = out or sys.stdout
         self.waiting_messages: dict[str, str] = {}
+        self.cache = ViewCache(orch)
 
     def say(self, message: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -184,7 +185,7 @@ class Dispatcher:
         """One look at the batch; returns the tasks to start now, or None when all is done.
         ``look``: the workers to ask the engine about."""
         with self.orch.locked():
-            views = load_views(self.orch)
+            views = self.cache.views()
             if look:
                 views = reconcile(self.orch, views, self.engine, starting_grace=0, only=look.only)
             views = self.block_dependents(views)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import batch, config, environment, limits, merge
-from .batch import TaskView, load_view, load_views, reconcile, select
+from .batch import TaskView, ViewCache, check_known, load_view, load_views, reconcile, select
 from .cli import HelpFormatter, add_limit_options, run_command
 from .dispatcher import (
     ROUND_SECONDS,
@@ -64,15 +64,22 @@ def now() -> datetime:
 
 
 def current_views(
-    orch: OrchestrationDir, engine: DockerEngine | None = None, look: EngineLook = EVERYTHING
+    orch: OrchestrationDir,
+    cache: ViewCache,
+    engine: DockerEngine | None = None,
+    look: EngineLook = EVERYTHING,
+    ids: Sequence[str] | None = None,
 ) -> list[TaskView]:
-    """Every task, reconciled with the engine as ``look`` says, and a dispatcher running when work
-    waits for one."""
+    """The tasks ``ids`` (checked: ``check_known``), else every task, reconciled with the engine
+    as ``look`` says; and a dispatcher running when work waits for one."""
     with orch.locked():
-        views = load_views(orch)
+        views = cache.views(ids)
         if engine is not None and look:
             views = reconcile(orch, views, engine, only=look.only)
-    if batch.needs_dispatcher(views):
+        # Asked only when no dispatcher runs (one decides to exit under this lock), and about the
+        # tasks asked about: what they wait for makes them need one.
+        wanted = not dispatcher_running(orch) and batch.needs_dispatcher(views)
+    if wanted:
         ensure_dispatcher(orch, os.environ)
     return views
 
@@ -105,10 +112,9 @@ def _shorten(value: str | None, limit: int = 70) -> str:
 
 
 def _branch(view: TaskView) -> str:
-    result = view.result
-    if result is None or not result.branch:
+    if not view.branch:
         return "-"
-    return result.branch if result.pushed else f"{result.branch} (not pushed)"
+    return view.branch if view.pushed else f"{view.branch} (not pushed)"
 
 
 def summary(views: Sequence[TaskView]) -> str:
@@ -138,13 +144,14 @@ def status_table(views: Sequence[TaskView]) -> str:
 
 
 def status_json(views: Sequence[TaskView]) -> str:
+    """The document, one task a line: json's C encoder writes each, where an indented dump would
+    go through its Python one, slower by far over thousands of tasks."""
     at = now()
-    data = {
-        "tasks": [v.to_json(at) for v in views],
-        "counts": dict(Counter(v.state.value for v in views)),
-        "total_cost_usd": round(sum(v.cost or 0.0 for v in views), 6),
-    }
-    return json.dumps(data, indent=2)
+    tasks = ",\n".join(f"    {json.dumps(v.to_json(at))}" for v in views)
+    counts = json.dumps(dict(Counter(v.state.value for v in views)))
+    total = json.dumps(round(sum(v.cost or 0.0 for v in views), 6))
+    listed = f"[\n{tasks}\n  ]" if views else "[]"
+    return f'{{\n  "tasks": {listed},\n  "counts": {counts},\n  "total_cost_usd": {total}\n}}'
 
 
 # --- Commands.
@@ -234,14 +241,15 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     engine = DockerEngine.for_env(os.environ)
+    ids = check_known(orch, args.ids) if args.ids else None
+    cache = ViewCache(orch)
 
-    def show(look: EngineLook = EVERYTHING) -> tuple[list[TaskView], str]:
-        views = current_views(orch, engine, look)
-        views = select(views, args.ids) if args.ids else views
+    def show(look: EngineLook) -> tuple[list[TaskView], str]:
+        views = current_views(orch, cache, engine, look, ids)
         return views, status_json(views) if args.json else status_table(views)
 
     if not args.watch:
-        print(show()[1])
+        print(show(EVERYTHING)[1])
         return EXIT_OK
     tty = sys.stdout.isatty()
     printed: list[tuple[str, State]] = []
@@ -278,16 +286,20 @@ def cmd_wait(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise InvalidInput("--timeout must be a positive number of seconds")
     engine = DockerEngine.for_env(os.environ)
+    ids = check_known(orch, args.ids) if args.ids else None
+    cache = ViewCache(orch)
     tty = sys.stderr.isatty()
     t0 = time.monotonic()
     with EngineEvents(environment.VOLUME.require(os.environ)) as events:
         while True:
-            views = current_views(orch, engine, events.look())
-            by_id = {v.id: v for v in views}
-            views = select(views, args.ids) if args.ids else views
+            views = current_views(orch, cache, engine, events.look(), ids)
             never = [v.id for v in views if v.state is State.SUBMITTED]
             if never:
                 raise UserError(f"not started: {' '.join(never)}; start with `orch start {' '.join(never)}`")
+            by_id = {v.id: v for v in views}
+            if ids is not None and any(v.state is State.QUEUED for v in views):
+                with orch.locked():  # what they wait for may be any task of the batch
+                    by_id = {v.id: v for v in cache.views()}
             stuck = [v for v in views if v.state is State.QUEUED and batch.unstarted_dependencies(v, by_id)]
             if stuck:
                 needed = sorted({dep for v in stuck for dep in batch.unstarted_dependencies(v, by_id)}, key=natural_key)
@@ -321,7 +333,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_result(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    view = select(load_views(orch), [args.id])[0]
+    view = load_view(orch, check_known(orch, [args.id])[0])
     result = batch.attempt_result(orch, args.id, args.attempt)
     if result is None:
         raise UserError(f"task {args.id} has no result yet ({view.state.value})")
@@ -349,7 +361,7 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    view = select(load_views(orch), [args.id])[0]
+    view = load_view(orch, check_known(orch, [args.id])[0])
     suffix = "jsonl" if args.raw else "log"
     if args.attempt is not None and args.attempt != view.attempt:
         path = orch.attempt_path(args.id, args.attempt, suffix)
