@@ -213,3 +213,97 @@ def test_a_task_s_limits_come_before_the_batch_s_and_the_manager_s(orch: Orchest
     assert (limits[own].memory, limits[own].cpus, limits[own].pids) == ("8g", "3", 300)
     assert (limits[plain].memory, limits[plain].cpus, limits[plain].pids) == ("2g", "3", 1024)
     assert json.loads(orch.task_path(own).read_text())["memory"] == "8g"
+
+
+def test_starts_run_at_once_up_to_the_limit_and_each_task_starts_once(orch, monkeypatch, fake_docker):
+    """The dispatcher's own loop, with starts that take their time: as many at once as there are
+    slots, never more, none started twice (a start under way is not taken for one that died)."""
+    import threading
+    import time
+
+    from orchestrator import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "ROUND_SECONDS", 0.05)
+    ids = [submit(orch) for _ in range(7)]
+    queue_all(orch)
+    orch.write_settings(BatchSettings(max_workers=3))
+    engine = FakeEngine()
+    lock = threading.Lock()
+    release = threading.Event()
+    started: list[str] = []
+    at_once = {"now": 0, "most": 0}
+
+    def slow_spawner(view: TaskView) -> None:
+        with lock:
+            started.append(view.id)
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+        release.wait(10)
+        engine.state[view.container] = {"Status": "running", "Running": True}
+        orch.update_status(view.id, State.RUNNING, started_at=utc_now())
+        with lock:
+            at_once["now"] -= 1
+
+    d = Dispatcher(orch, {}, engine=engine, spawner=slow_spawner, out=io.StringIO())
+    runner = threading.Thread(target=d.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(started) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # rounds go by while the three are being started
+        assert started == ids[:3] and at_once["now"] == 3
+        release.set()
+        # Each finishes in turn; the next starts in its slot.
+        while len(started) < len(ids) and time.monotonic() < deadline + 20:
+            for task_id in list(started):
+                if state(orch, task_id) is State.RUNNING:
+                    finish(orch, task_id, State.SUCCESS)
+                    engine.state[f"worker-{task_id}"] = {"Status": "exited", "ExitCode": 0}
+            time.sleep(0.05)
+        for task_id in started:
+            if state(orch, task_id) is not State.SUCCESS:
+                deadline = time.monotonic() + 10
+                while state(orch, task_id) is not State.RUNNING and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                finish(orch, task_id, State.SUCCESS)
+    finally:
+        release.set()
+        runner.join(20)
+    assert not runner.is_alive()
+    assert sorted(started) == sorted(ids) and len(started) == len(set(started))
+    assert at_once["most"] == 3
+    views = load_views(orch)
+    assert all(v.state is State.SUCCESS for v in views)
+
+
+def test_a_start_that_fails_frees_its_slot_at_once(orch, monkeypatch, fake_docker):
+    import threading
+
+    from orchestrator import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "ROUND_SECONDS", 30)  # only a wake can start the next in time
+    first, second = submit(orch), submit(orch)
+    queue_all(orch)
+    orch.write_settings(BatchSettings(max_workers=1))
+    engine = FakeEngine()
+    started: list[str] = []
+    both = threading.Event()
+
+    def spawner(view: TaskView) -> None:
+        started.append(view.id)
+        if view.id == first:
+            raise UserError("image claude-flutter not found")
+        engine.state[view.container] = {"Status": "running", "Running": True}
+        finish(orch, view.id, State.SUCCESS)
+        engine.state[view.container] = {"Status": "exited", "ExitCode": 0}
+        both.set()
+
+    d = Dispatcher(orch, {}, engine=engine, spawner=spawner, out=io.StringIO())
+    runner = threading.Thread(target=d.run)
+    runner.start()
+    assert both.wait(10), started
+    d.wake()  # the round that finds nothing left to do, now rather than in 30 s
+    runner.join(40)
+    assert started == [first, second]
+    assert "image claude-flutter not found" in orch.load_result(first).error
