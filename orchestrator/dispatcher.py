@@ -44,7 +44,6 @@ from .errors import UserError
 from .git import CLONE_TIMEOUT
 from .limits import WorkerLimits
 from .secrets import env_secrets, scrubber
-from .spawn import WorkerExists, spawn, worker_spec
 from .tasks import (
     ACTIVE_STATES,
     OrchestrationDir,
@@ -52,7 +51,6 @@ from .tasks import (
     Task,
     parse_time,
 )
-from .worker import DEFAULT_TIMEOUT
 
 ROUND_SECONDS = 2.0  # between rounds when no engine event comes
 # Threads that start workers; how many start at once is the number of free slots, up to this.
@@ -261,6 +259,9 @@ class Dispatcher:
             if deadline is None:
                 if started is None:
                     continue
+                # Here, not at the top: the worker runtime's modules would slow every orch command.
+                from .worker import DEFAULT_TIMEOUT
+
                 timeout = view.task.timeout if view.task and view.task.timeout else DEFAULT_TIMEOUT
                 deadline = started + timedelta(seconds=CLONE_TIMEOUT + timeout)
             over = (now - deadline).total_seconds() - TIMEOUT_GRACE_SECONDS
@@ -279,6 +280,8 @@ class Dispatcher:
     def start(self, view: TaskView) -> None:
         """Start the task's worker (in a thread of its own, from ``run``); a start that fails
         gives the task a failed result, and its slot to the next task."""
+        from .spawn import WorkerExists
+
         try:
             self.spawner(view)
             self.say(f"started {view.container} for {view.id} (attempt {view.attempt})")
@@ -303,6 +306,8 @@ class Dispatcher:
         self.wake()
 
     def spawn_worker(self, view: TaskView) -> None:
+        from .spawn import spawn, worker_spec  # in the dispatcher only; orch's commands start faster
+
         env = self.env
         spec = worker_spec(
             view.worker_type,

@@ -36,7 +36,6 @@ from .dispatcher import (
 from .docker import docker, text
 from .engine import ENGINE_CHECK_SECONDS, EVERYTHING, DockerEngine, EngineEvents, EngineLook
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
-from .login import check_login
 from .secrets import ClaudeCredential, env_secrets, scrubber
 from .tasks import (
     ACTIVE_STATES,
@@ -209,6 +208,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.max_workers is not None and args.max_workers <= 0:
         raise InvalidInput("--max-workers must be a positive number")
     if not args.no_login_check and not dispatcher_running(orch):
+        from .login import check_login  # here: its HTTP and TLS modules would slow every command
+
         # A new batch: a refused login stops it here, before any worker spends its time on it.
         check_login(ClaudeCredential.find(None, os.environ), environment.ANTHROPIC_BASE_URL.get(os.environ))
     with orch.locked():
