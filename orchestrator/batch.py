@@ -34,6 +34,7 @@ from .tasks import (
     TASK_ID_PATTERN,
     AlreadyExists,
     OrchestrationDir,
+    SettledIndex,
     SettledTask,
     State,
     Task,
@@ -261,8 +262,10 @@ class ViewCache:
 
     def __init__(self, orch: OrchestrationDir):
         self.orch = orch
-        self.generation: int | None = None  # of the index the settled views come from
-        self.entries: dict[str, SettledTask] = {}  # as written in that index
+        self.key: tuple[int, int] | None = None  # of the index the settled views come from
+        self.whole = False  # its base and additions were read well
+        self.base: dict[str, SettledTask] = {}
+        self.added: dict[str, SettledTask] = {}
         self.settled: dict[str, TaskView] = {}
         self.unsettled: dict[str, tuple[_Signature | None, TaskView]] = {}
         self.listing: tuple[tuple[int, int, int] | None, list[str]] = (None, [])
@@ -270,7 +273,7 @@ class ViewCache:
     def views(self, ids: Iterable[str] | None = None) -> list[TaskView]:
         """The views of ``ids`` (check them first: ``check_known``), else of every task. For a few
         tasks the index is not worth reading: their files are, unless this cache holds it already."""
-        if ids is None or self.generation is not None:
+        if ids is None or self.key is not None:
             self._refresh()  # another process may have written a newer one (orch retry: fewer tasks)
         chosen = self.task_ids() if ids is None else list(ids)
         views: list[TaskView] = []
@@ -284,9 +287,9 @@ class ViewCache:
                     found[task_id] = entry
             views.append(view)
         known = set(chosen) if ids is None else None
-        if known is not None and (found or not known.issuperset(self.entries)):
+        if known is not None and (found or not known.issuperset(self.settled)):
             self._add(found, known)
-        elif found and self.generation is not None:
+        elif found and self.key is not None:
             self._add(found, None)
         return views
 
@@ -298,15 +301,29 @@ class ViewCache:
         return self.listing[1]
 
     def _refresh(self) -> None:
-        """The settled views of the latest index, when another process wrote a newer one."""
-        generation = self.orch.settled_generation()
-        if generation == self.generation:
+        """The settled views of the latest index, when another process wrote a newer one: its
+        additions alone while the base is the one held."""
+        key = self.orch.settled_key()
+        if key == self.key:
             return
-        generation, index = self.orch.load_settled_index()
-        self.generation = generation
-        self.entries = dict(index.tasks) if index is not None else {}
-        self.settled = {task_id: TaskView.from_settled(entry) for task_id, entry in self.entries.items()}
-        for task_id in self.settled:
+        if key is not None and self.key is not None and self.whole and key[0] == self.key[0] and key[1]:
+            additions = self.orch.read_settled(key)
+            if additions is not None:
+                self.key, before = key, self.added
+                self.added = dict(additions.tasks)
+                self._settle({k: v for k, v in self.added.items() if before.get(k) != v})
+                return
+        # A part damaged: none of it is taken (orch retry may have written around it), and the
+        # next tasks found settled make a new base.
+        key, base, added = self.orch.load_settled_index()
+        self.key, self.whole = key, base is not None and added is not None
+        self.base, self.added = (dict(base or {}), dict(added or {})) if self.whole else ({}, {})
+        self.settled = {}
+        self._settle({**self.base, **self.added})
+
+    def _settle(self, entries: Mapping[str, SettledTask]) -> None:
+        for task_id, entry in entries.items():
+            self.settled[task_id] = TaskView.from_settled(entry)
             self.unsettled.pop(task_id, None)
 
     def _load(self, task_id: str) -> TaskView:
@@ -320,21 +337,27 @@ class ViewCache:
         return view
 
     def _add(self, found: Mapping[str, SettledTask], known: Collection[str] | None) -> None:
-        """Write the index with the tasks just found settled (and without tasks whose file is gone,
-        when ``known`` lists every task). Until it is written, they are read from their files."""
-        entries = {**self.entries, **found}
+        """Write the tasks just found settled into the index: in its additions file, or in a new
+        base once there are many, or to leave out tasks whose file is gone (``known`` lists every
+        task). Until it is written, they are read from their files."""
+        entries = {**self.base, **self.added, **found}
         if known is not None:
             entries = {task_id: entry for task_id, entry in entries.items() if task_id in known}
+        added = {**self.added, **found}
         try:
-            self.generation = self.orch.write_settled_index(entries, self.generation)
+            many = len(added) > SettledIndex.ADDITIONS_LIMIT
+            if self.key is None or not self.whole or many or len(entries) < len(self.base) + len(added):
+                self.key = self.orch.write_settled_index(entries, self.key)
+                self.base, self.added, self.whole = entries, {}, True
+                self.settled = {task_id: view for task_id, view in self.settled.items() if task_id in entries}
+            else:
+                self.key = self.orch.write_settled_additions(added, self.key)
+                self.added = added
         except (OSError, UserError) as exc:
             # A volume this user may not write, or full: orch still works, only slower.
             log.debug("the settled index could not be written: %s", exc)
             return
-        self.entries = entries
-        for task_id, entry in found.items():
-            self.settled[task_id] = TaskView.from_settled(entry)
-            self.unsettled.pop(task_id, None)
+        self._settle(found)
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -350,13 +373,15 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 
 def forget_settled(orch: OrchestrationDir, ids: Collection[str]) -> None:
-    """Take tasks out of the settled index, before their result is moved away (orch retry) or
-    their state changes; hold the state lock. Fails when the index cannot be written: a task left
-    in it would show its old result for ever."""
-    generation, index = orch.load_settled_index()
-    if index is None or not any(task_id in index.tasks for task_id in ids):
-        return
-    orch.write_settled_index({k: v for k, v in index.tasks.items() if k not in ids}, generation)
+    """Take tasks out of the settled index, before their result is moved away (orch retry); hold
+    the state lock. Fails when the index cannot be written: a task left in it would show its old
+    result for ever."""
+    key, base, added = orch.load_settled_index()
+    if base is None or added is None:
+        return  # taken for none by its readers; the next one written is a new base, from the files
+    tasks = {**base, **added}
+    if any(task_id in tasks for task_id in ids):
+        orch.write_settled_index({k: v for k, v in tasks.items() if k not in ids}, key)
 
 
 def select(views: list[TaskView], ids: Iterable[str]) -> list[TaskView]:

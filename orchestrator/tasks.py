@@ -429,35 +429,41 @@ class SettledTask:
 
 @dataclass(frozen=True)
 class SettledIndex:
-    """``index/settled-G.json``: every task that has a result, as orch shows it, so that orch reads
-    the files of a finished task once. A result is written once and changes only through ``orch
-    retry``, which takes the task out of the index first. Each change is written as the next
-    generation G, a new file linked into place, and the older ones removed: a reader that knows G
-    knows whether it has the latest by listing the folder, with no room for a change it cannot see.
-    A damaged index is taken for none, and rebuilt from the files."""
+    """``index/settled-G.json``, and ``index/settled-G-A.json`` on top of it: every task that has a
+    result, as orch shows it, so that orch reads the files of a finished task once.
 
-    generation: int
+    A result is written once and changes only through ``orch retry``, which takes the task out of
+    the index first. Tasks found settled are added in an additions file over base G, rewritten
+    whole as A+1 each time (small); every ADDITIONS_LIMIT of them, or to take tasks out, a new base
+    G+1 holds them all. Each change is a new file linked into place, the older ones removed: a
+    reader that knows (G, A) knows by listing the folder whether it has the latest, with no room
+    for a change it cannot see, and reads the additions alone while the base stays. A damaged
+    index is taken for none, and rebuilt from the files."""
+
+    generation: int  # G of a base; A of an additions file
     tasks: Mapping[str, SettledTask]
+    base: int | None = None  # the G an additions file adds to
 
-    NAME = re.compile(r"settled-(\d+)\.json")
+    NAME: ClassVar[re.Pattern[str]] = re.compile(r"settled-(\d+)(?:-(\d+))?\.json")
+    ADDITIONS_LIMIT: ClassVar[int] = 256
 
     @classmethod
     def from_json(cls, data: Any) -> SettledIndex:
         data = _require_object(data, "settled index")
         generation = _field(data, "generation", int, "settled index", required=True)
+        base = _field(data, "base", int, "settled index")
         entries = _field(data, "tasks", list, "settled index", required=True)
         tasks = {}
         for entry in entries:
             task = SettledTask.from_json(entry)
             tasks[task.id] = task
-        return cls(generation, tasks)
+        return cls(generation, tasks, base)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "generation": self.generation,
-            "tasks": [task.to_json() for task in self.tasks.values()],
-            "format_version": FORMAT_VERSION,
-        }
+        data: dict[str, Any] = {"generation": self.generation}
+        if self.base is not None:
+            data["base"] = self.base
+        return {**data, "tasks": [task.to_json() for task in self.tasks.values()], "format_version": FORMAT_VERSION}
 
 
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o660) -> None:
@@ -641,44 +647,71 @@ class OrchestrationDir:
     def write_settings(self, settings: BatchSettings) -> None:
         write_json(self.settings_path, settings.to_json())
 
-    def settled_generation(self) -> int | None:
-        """The generation of the latest settled index, without reading it; None when there is none."""
+    def settled_key(self) -> tuple[int, int] | None:
+        """(G, A) of the latest settled index (A 0: no additions), without reading it; None: none."""
         try:
             names = os.listdir(self.index_dir)
         except FileNotFoundError:
             return None
-        generations = [int(m.group(1)) for name in names if (m := SettledIndex.NAME.fullmatch(name))]
-        return max(generations, default=None)
+        found = [(int(m.group(1)), int(m.group(2) or 0)) for name in names if (m := SettledIndex.NAME.fullmatch(name))]
+        return max(found, default=None)
 
-    def load_settled_index(self) -> tuple[int | None, SettledIndex | None]:
-        """The latest generation, and its index (None when it is missing or damaged)."""
+    def _settled_path(self, key: tuple[int, int]) -> Path:
+        base, added = key
+        return self.index_dir / (f"settled-{base}-{added}.json" if added else f"settled-{base}.json")
+
+    def read_settled(self, key: tuple[int, int]) -> SettledIndex | None:
+        """The base (A 0) or the additions file of ``key``; None when it is gone or damaged."""
+        try:
+            index = SettledIndex.from_json(read_json(self._settled_path(key)))
+        except InvalidInput:
+            return None
+        base, added = key
+        right = (index.generation, index.base) == ((added, base) if added else (base, None))
+        return index if right else None
+
+    def load_settled_index(
+        self,
+    ) -> tuple[tuple[int, int] | None, Mapping[str, SettledTask] | None, Mapping[str, SettledTask] | None]:
+        """The latest key, the tasks of its base, and those of its additions ({} when it has none);
+        None for a part that is damaged."""
         for _ in range(5):
-            generation = self.settled_generation()
-            if generation is None:
-                return None, None
-            try:
-                index = SettledIndex.from_json(read_json(self.index_dir / f"settled-{generation}.json"))
-            except InvalidInput:
-                if self.settled_generation() != generation:
-                    continue  # replaced as it was read: read the next one
-                return generation, None
-            return generation, index if index.generation == generation else None
-        return None, None
+            key = self.settled_key()
+            if key is None:
+                return None, None, None
+            base = self.read_settled((key[0], 0))
+            added = self.read_settled(key) if key[1] else SettledIndex(0, {})
+            if (base is None or added is None) and self.settled_key() != key:
+                continue  # replaced as it was read: read the next one
+            return key, base.tasks if base else None, added.tasks if added else None
+        return None, None, None
 
-    def write_settled_index(self, tasks: Mapping[str, SettledTask], after: int | None) -> int:
-        """Write the next generation after ``after`` and remove the older ones; hold the state lock.
-        Returns the generation written."""
+    def write_settled_index(self, tasks: Mapping[str, SettledTask], after: tuple[int, int] | None) -> tuple[int, int]:
+        """Write a new base after the latest key ``after`` and remove the older files; hold the state lock."""
+        key = ((after[0] if after else 0) + 1, 0)
+        self._write_settled(key, SettledIndex(key[0], tasks))
+        return key
+
+    def write_settled_additions(self, tasks: Mapping[str, SettledTask], after: tuple[int, int]) -> tuple[int, int]:
+        """Write the tasks added to base ``after[0]`` since it was written, as the next additions file;
+        hold the state lock."""
+        key = (after[0], after[1] + 1)
+        self._write_settled(key, SettledIndex(key[1], tasks, base=key[0]))
+        return key
+
+    def _write_settled(self, key: tuple[int, int], index: SettledIndex) -> None:
         self.index_dir.mkdir(exist_ok=True)
-        generation = (after or 0) + 1
-        index = SettledIndex(generation, tasks)
         content = json.dumps(index.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        link_into_place(self.index_dir / f"settled-{generation}.json", content)
+        link_into_place(self._settled_path(key), content)
         for name in os.listdir(self.index_dir):
             match = SettledIndex.NAME.fullmatch(name)
-            if match and int(match.group(1)) < generation:
+            if not match:
+                continue
+            other = (int(match.group(1)), int(match.group(2) or 0))
+            # Older bases, and older additions; the base the new additions file adds to stays.
+            if other < key and other != (key[0], 0):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.index_dir / name)
-        return generation
 
     def load_task(self, task_id: str) -> Task:
         path = self.task_path(task_id)

@@ -35,6 +35,13 @@ def views(orch: OrchestrationDir, cache: ViewCache | None = None, ids: list[str]
         return (cache or ViewCache(orch)).views(ids)
 
 
+def indexed(orch: OrchestrationDir) -> list[str]:
+    """The tasks of the settled index, base and additions."""
+    _, base, added = orch.load_settled_index()
+    assert base is not None and added is not None
+    return sorted({**base, **added})
+
+
 def test_an_entry_round_trips_and_leaves_unset_fields_out():
     entry = SettledTask("a", State.FAILED, "flutter", 2, ("b",), "2026-01-24T10:28:15Z", 3.5, 0.25, "it broke")
     data = entry.to_json()
@@ -63,8 +70,7 @@ def test_finished_tasks_are_read_once_then_taken_from_the_index(orch, counted):
     orch.update_status(running, State.RUNNING)
     first = views(orch)
     assert counted == [done, failed, running]
-    generation, index = orch.load_settled_index()
-    assert generation == 1 and index is not None and sorted(index.tasks) == [done, failed]
+    assert orch.settled_key() == (1, 0) and indexed(orch) == [done, failed]
 
     # Another process (a new cache) reads only the task that is not over.
     counted.clear()
@@ -76,6 +82,39 @@ def test_finished_tasks_are_read_once_then_taken_from_the_index(orch, counted):
     assert again[0].settled is not None and again[0].to_json(batch.datetime.now(batch.UTC)) == first[0].to_json(
         batch.datetime.now(batch.UTC)
     )
+
+
+def test_tasks_settled_later_go_into_an_additions_file_which_alone_is_read_again(orch, counted, monkeypatch):
+    first = submit(orch)
+    finish(orch, first, State.SUCCESS)
+    later = [submit(orch) for _ in range(4)]
+    keeper = ViewCache(orch)  # a process that keeps looking (orch wait)
+    views(orch, keeper)
+    assert orch.settled_key() == (1, 0)
+    read: list[tuple[int, int]] = []
+    reading = OrchestrationDir.read_settled
+    monkeypatch.setattr(OrchestrationDir, "read_settled", lambda self, key: read.append(key) or reading(self, key))
+    monkeypatch.setattr(SettledIndex, "ADDITIONS_LIMIT", 2)
+
+    finish(orch, later[0], State.SUCCESS)
+    views(orch)  # another process (the dispatcher) finds it settled
+    assert orch.settled_key() == (1, 1) and indexed(orch) == [first, later[0]]
+    read.clear()
+    assert [v.state for v in views(orch, keeper)][:2] == [State.SUCCESS, State.SUCCESS]
+    assert read == [(1, 1)]  # the additions, not the base again
+    assert keeper.settled[later[0]].settled is not None
+
+    finish(orch, later[1], State.FAILED)
+    views(orch)
+    assert orch.settled_key() == (1, 2)
+    finish(orch, later[2], State.SUCCESS)
+    views(orch)  # more than the limit: a new base holds them all
+    assert orch.settled_key() == (2, 0) and indexed(orch) == sorted([first, *later[:3]])
+    assert sorted(p.name for p in orch.index_dir.iterdir()) == ["settled-2.json"]
+    counted.clear()
+    assert [v.state for v in views(orch, keeper)] == [State.SUCCESS, State.SUCCESS, State.FAILED, State.SUCCESS,
+                                                     State.SUBMITTED]  # fmt: skip
+    assert counted == []  # the new base's tasks are those it knew; the last one's files did not change
 
 
 def test_a_task_that_is_not_over_is_read_again_only_when_its_files_change(orch, counted):
@@ -109,15 +148,14 @@ def test_retry_takes_the_task_out_of_the_index_before_its_result_moves(orch, cou
     cache = ViewCache(orch)  # a process that keeps looking (orch wait)
     assert [v.state for v in views(orch, cache)] == [State.FAILED, State.SUCCESS]
     batch.retry(orch, FakeEngine(), [task])
-    _, index = orch.load_settled_index()
-    assert index is not None and list(index.tasks) == [other]
+    assert indexed(orch) == [other]
     assert [v.state for v in views(orch, cache)] == [State.QUEUED, State.SUCCESS]
     # Its new attempt ends: read again, and back in the index with its new number.
     finish(orch, task, State.SUCCESS)
     (view,) = views(orch, cache, [task])
     assert (view.state, view.attempt) == (State.SUCCESS, 2)
-    _, index = orch.load_settled_index()
-    assert index is not None and index.tasks[task].attempt == 2
+    _, base, added = orch.load_settled_index()
+    assert {**base, **added}[task].attempt == 2  # type: ignore[dict-item]
 
 
 def test_a_damaged_index_is_taken_for_none_and_rebuilt(orch, counted):
@@ -128,8 +166,7 @@ def test_a_damaged_index_is_taken_for_none_and_rebuilt(orch, counted):
     counted.clear()
     assert views(orch)[0].state is State.SUCCESS
     assert counted == [task]
-    generation, index = orch.load_settled_index()
-    assert generation == 3 and index is not None and list(index.tasks) == [task]
+    assert orch.settled_key() == (3, 0) and indexed(orch) == [task]
     assert sorted(p.name for p in orch.index_dir.iterdir()) == ["settled-3.json"]
 
 
@@ -144,7 +181,7 @@ def test_an_index_that_cannot_be_written_only_costs_time(orch, counted, monkeypa
     cache = ViewCache(orch)
     assert views(orch, cache)[0].state is State.SUCCESS
     assert views(orch, cache)[0].state is State.SUCCESS
-    assert orch.load_settled_index() == (None, None)
+    assert orch.load_settled_index() == (None, None, None)
 
 
 def test_a_task_blocked_by_the_dispatcher_is_not_indexed(orch, counted):
@@ -155,8 +192,7 @@ def test_a_task_blocked_by_the_dispatcher_is_not_indexed(orch, counted):
     finish(orch, a, State.FAILED)
     orch.update_status(b, State.BLOCKED, message=f"{a} ended failed")
     views(orch)
-    _, index = orch.load_settled_index()
-    assert index is not None and list(index.tasks) == [a]
+    assert indexed(orch) == [a]
 
 
 def test_tasks_whose_file_is_gone_leave_the_index(orch, counted):
@@ -166,8 +202,9 @@ def test_tasks_whose_file_is_gone_leave_the_index(orch, counted):
     views(orch)
     orch.task_path(a).unlink()
     assert [v.id for v in views(orch)] == [b]
-    _, index = orch.load_settled_index()
-    assert index is not None and list(index.tasks) == [b]
+    assert indexed(orch) == [b]
+    assert [v.id for v in views(orch)] == [b]
+    assert orch.settled_key() == (2, 0)  # written once: the task is gone from it
 
 
 def test_status_and_wait_name_an_unknown_task_without_reading_the_others(orch, counted, capsys):
