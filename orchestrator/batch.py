@@ -269,6 +269,9 @@ class ViewCache:
         self.settled: dict[str, TaskView] = {}
         self.unsettled: dict[str, tuple[_Signature | None, TaskView]] = {}
         self.listing: tuple[tuple[int, int, int] | None, list[str]] = (None, [])
+        self.changes = 0  # how often a view was made anew: unchanged, ``views`` gives what it gave
+        # The last views of every task: the listing, the index key, the views, where the open ones are.
+        self.last: tuple[list[str], tuple[int, int] | None, list[TaskView], list[int]] | None = None
 
     def views(self, ids: Iterable[str] | None = None) -> list[TaskView]:
         """The views of ``ids`` (check them first: ``check_known``), else of every task. For a few
@@ -276,8 +279,11 @@ class ViewCache:
         if ids is None or self.key is not None:
             self._refresh()  # another process may have written a newer one (orch retry: fewer tasks)
         chosen = self.task_ids() if ids is None else list(ids)
+        if ids is None and self.last is not None and self.last[0] is chosen and self.last[1] == self.key:
+            return self._again(*self.last)
         views: list[TaskView] = []
         found: dict[str, SettledTask] = {}
+        still: list[int] = []  # where the tasks not settled are
         for task_id in chosen:
             view = self.settled.get(task_id)
             if view is None:
@@ -285,12 +291,34 @@ class ViewCache:
                 entry = view.settled_entry()
                 if entry is not None:
                     found[task_id] = entry
+                else:
+                    still.append(len(views))
             views.append(view)
         known = set(chosen) if ids is None else None
         if known is not None and (found or not known.issuperset(self.settled)):
             self._add(found, known)
         elif found and self.key is not None:
             self._add(found, None)
+        if ids is None:
+            self.last = (chosen, self.key, views, still)
+        return views
+
+    def _again(self, chosen: list[str], key: object, views: list[TaskView], still: list[int]) -> list[TaskView]:
+        """Every task again, with no task added or removed and the same index: only those not
+        settled can have changed (over a long history, most rounds of orch wait --all)."""
+        views = list(views)
+        found: dict[str, SettledTask] = {}
+        remaining = []
+        for position in still:
+            view = views[position] = self._load(chosen[position])
+            entry = view.settled_entry()
+            if entry is None:
+                remaining.append(position)
+            else:
+                found[view.id] = entry
+        if found:
+            self._add(found, None)
+        self.last = (chosen, self.key, views, remaining)
         return views
 
     def task_ids(self) -> list[str]:
@@ -298,6 +326,7 @@ class ViewCache:
         signature = _signature(self.orch.root / "tasks")
         if signature is None or signature != self.listing[0]:
             self.listing = (signature, self.orch.task_ids())
+            self.changes += 1
         return self.listing[1]
 
     def _refresh(self) -> None:
@@ -322,6 +351,7 @@ class ViewCache:
         self._settle({**self.base, **self.added})
 
     def _settle(self, entries: Mapping[str, SettledTask]) -> None:
+        self.changes += 1
         for task_id, entry in entries.items():
             self.settled[task_id] = TaskView.from_settled(entry)
             self.unsettled.pop(task_id, None)
@@ -334,6 +364,7 @@ class ViewCache:
             return cached[1]
         view = load_view(self.orch, task_id)
         self.unsettled[task_id] = (signature, view)
+        self.changes += 1
         return view
 
     def _add(self, found: Mapping[str, SettledTask], known: Collection[str] | None) -> None:

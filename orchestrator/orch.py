@@ -280,6 +280,26 @@ def progress_line(views: Sequence[TaskView], elapsed: float) -> str:
     )
 
 
+def check_waitable(orch: OrchestrationDir, cache: ViewCache, views: list[TaskView], ids: list[str] | None) -> None:
+    """Refuse to wait for what will not happen: a task nobody started, or one that waits for one."""
+    never = [v.id for v in views if v.state is State.SUBMITTED]
+    if never:
+        raise UserError(f"not started: {' '.join(never)}; start with `orch start {' '.join(never)}`")
+    by_id = {v.id: v for v in views}
+    if ids is not None and any(v.state is State.QUEUED for v in views):
+        with orch.locked():  # what they wait for may be any task of the batch
+            by_id = {v.id: v for v in cache.views()}
+    stuck = [v for v in views if v.state is State.QUEUED and batch.unstarted_dependencies(v, by_id)]
+    if stuck:
+        needed = sorted({dep for v in stuck for dep in batch.unstarted_dependencies(v, by_id)}, key=natural_key)
+        raise UserError(
+            f"{' '.join(v.id for v in stuck)} wait{'s' if len(stuck) == 1 else ''} for "
+            f"{' '.join(needed)}, never started; start with `orch start {' '.join(needed)}`"
+        )
+    if not views:
+        raise UserError("there are no tasks to wait for")
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     if args.ids and args.all:
@@ -291,29 +311,20 @@ def cmd_wait(args: argparse.Namespace) -> int:
     cache = ViewCache(orch)
     tty = sys.stderr.isatty()
     t0 = time.monotonic()
+    seen, done = -1, False
     with EngineEvents(environment.VOLUME.require(os.environ)) as events:
         while True:
-            views = current_views(orch, cache, engine, events.look(), ids)
-            never = [v.id for v in views if v.state is State.SUBMITTED]
-            if never:
-                raise UserError(f"not started: {' '.join(never)}; start with `orch start {' '.join(never)}`")
-            by_id = {v.id: v for v in views}
-            if ids is not None and any(v.state is State.QUEUED for v in views):
-                with orch.locked():  # what they wait for may be any task of the batch
-                    by_id = {v.id: v for v in cache.views()}
-            stuck = [v for v in views if v.state is State.QUEUED and batch.unstarted_dependencies(v, by_id)]
-            if stuck:
-                needed = sorted({dep for v in stuck for dep in batch.unstarted_dependencies(v, by_id)}, key=natural_key)
-                raise UserError(
-                    f"{' '.join(v.id for v in stuck)} wait{'s' if len(stuck) == 1 else ''} for "
-                    f"{' '.join(needed)}, never started; start with `orch start {' '.join(needed)}`"
-                )
-            if not views:
-                raise UserError("there are no tasks to wait for")
+            look = events.look()
+            views = current_views(orch, cache, engine, look, ids)
+            # Over a long history most rounds change nothing: nothing to check again then.
+            if look or cache.changes != seen:
+                seen = cache.changes
+                check_waitable(orch, cache, views, ids)
+                done = all(v.state in SETTLED_STATES for v in views)
             if tty:
                 sys.stderr.write("\r\x1b[K" + progress_line(views, time.monotonic() - t0))
                 sys.stderr.flush()
-            if all(v.state in SETTLED_STATES for v in views):
+            if done:
                 break
             if args.timeout is not None and time.monotonic() - t0 > args.timeout:
                 if tty:
@@ -324,10 +335,10 @@ def cmd_wait(args: argparse.Namespace) -> int:
             events.wait(ROUND_SECONDS)
     if tty:
         sys.stderr.write("\n")
-    width = max(len(v.id) for v in views)
+    width, at = max(len(v.id) for v in views), now()
     for v in views:
         note = "" if v.state is State.SUCCESS else f"  {_shorten(v.message, 100)}"
-        print(f"{v.id.ljust(width)}  {v.state.value.ljust(9)}  {_money(v.cost)}  {_duration(v.duration(now()))}{note}")
+        print(f"{v.id.ljust(width)}  {v.state.value.ljust(9)}  {_money(v.cost)}  {_duration(v.duration(at))}{note}")
     print(summary(views))
     return EXIT_OK if all(v.state is State.SUCCESS for v in views) else EXIT_FAILURE
 
