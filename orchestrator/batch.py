@@ -283,7 +283,7 @@ class ViewCache:
             return self._again(*self.last)
         views: list[TaskView] = []
         found: dict[str, SettledTask] = {}
-        still: list[int] = []  # where the tasks not settled are
+        still: list[int] = []  # where the tasks read from their files are
         for task_id in chosen:
             view = self.settled.get(task_id)
             if view is None:
@@ -291,8 +291,7 @@ class ViewCache:
                 entry = view.settled_entry()
                 if entry is not None:
                     found[task_id] = entry
-                else:
-                    still.append(len(views))
+                still.append(len(views))
             views.append(view)
         known = set(chosen) if ids is None else None
         if known is not None and (found or not known.issuperset(self.settled)):
@@ -300,7 +299,7 @@ class ViewCache:
         elif found and self.key is not None:
             self._add(found, None)
         if ids is None:
-            self.last = (chosen, self.key, views, still)
+            self.last = (chosen, self.key, views, [p for p in still if chosen[p] not in self.settled])
         return views
 
     def _again(self, chosen: list[str], key: object, views: list[TaskView], still: list[int]) -> list[TaskView]:
@@ -308,17 +307,15 @@ class ViewCache:
         settled can have changed (over a long history, most rounds of orch wait --all)."""
         views = list(views)
         found: dict[str, SettledTask] = {}
-        remaining = []
         for position in still:
             view = views[position] = self._load(chosen[position])
             entry = view.settled_entry()
-            if entry is None:
-                remaining.append(position)
-            else:
+            if entry is not None:
                 found[view.id] = entry
         if found:
             self._add(found, None)
-        self.last = (chosen, self.key, views, remaining)
+        # Those the index could not take stay here: their files are the only word on them.
+        self.last = (chosen, self.key, views, [p for p in still if chosen[p] not in self.settled])
         return views
 
     def task_ids(self) -> list[str]:
