@@ -78,9 +78,11 @@ class HelperVolume:
                     raise
                 self._start()  # never started, or gone idle meanwhile
             except DockerError as exc:
-                # The helper's own one-line error, without docker's wrapping.
+                # The helper's own one-line error, without docker's wrapping, and its kind: a bad
+                # task file is bad input (exit code 2) here as in the manager.
                 lines = [line for line in exc.stderr.splitlines() if line.strip()]
-                raise UserError(lines[-1].removeprefix("volume: error: ") if lines else str(exc)) from None
+                kind = InvalidInput if exc.returncode == InvalidInput.exit_code else UserError
+                raise kind(lines[-1].removeprefix("volume: error: ") if lines else str(exc)) from None
         raise AssertionError("not reached")
 
     def _start(self) -> None:

@@ -323,3 +323,12 @@ def test_on_the_host_a_volume_that_does_not_exist_is_named(fake_docker: FakeDock
                   "--orchestration-dir", "/not-mounted")  # fmt: skip
     assert "the volume nope does not exist" in err
     assert fake_docker.find("rm", "--force", "worker-task-001")  # created meanwhile: removed
+
+
+def test_on_the_host_a_bad_task_is_bad_input_through_the_helper_too(
+    fake_docker: FakeDocker, orch: Path, on_the_host, capsys, monkeypatch
+):
+    monkeypatch.setenv("FAKE_DOCKER_MOUNTPOINT", "/elsewhere")
+    (orch / "tasks" / "task-001.json").write_text('{"id": "task-001", "prompt": ""}')
+    err = refused(capsys, 2, "flutter", "task-001", *on_the_host)
+    assert "field 'prompt' must be a non-empty string" in err and "volume: error" not in err
