@@ -13,6 +13,7 @@ same atomic writes, without a new container per call.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -174,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     orch = OrchestrationDir.from_env()
 
     def work() -> int:
-        HELPER_STAMP.touch()
+        # In a helper, its idle loop made the stamp; anywhere else there is none to touch.
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(HELPER_STAMP)
         if not (orch.root / "tasks").is_dir():
             raise InvalidInput(f"{orch.root / 'tasks'} does not exist")
         if args.command == "claim":
