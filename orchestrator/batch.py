@@ -15,9 +15,11 @@ volume's state lock.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +31,11 @@ from .tasks import (
     ACTIVE_STATES,
     FINISHED_STATES,
     SETTLED_STATES,
+    TASK_ID_PATTERN,
     AlreadyExists,
     OrchestrationDir,
+    SettledIndex,
+    SettledTask,
     State,
     Task,
     TaskResult,
@@ -52,6 +57,8 @@ STARTING_GRACE_SECONDS = 120
 CREATED_GRACE_SECONDS = 30
 GENERATED_ID = re.compile(r"task-(\d+)")
 
+log = logging.getLogger("orchestrator.batch")
+
 
 @dataclass(frozen=True)
 class TaskView:
@@ -65,9 +72,40 @@ class TaskView:
     problem: str | None = None  # a file of the task that cannot be read
     archived: int = 0  # the number of the last attempt kept under attempts/ID/
     resumed: int = 0  # how often it was queued again by itself after an interruption
+    # A task taken from the settled index: none of its files was read, this is what orch shows of them.
+    settled: SettledTask | None = None
+
+    @classmethod
+    def from_settled(cls, entry: SettledTask) -> TaskView:
+        return cls(entry.id, entry.state, settled=entry)
+
+    def settled_entry(self) -> SettledTask | None:
+        """What the settled index keeps of this task: once it has a result, and its files read well."""
+        if self.settled is not None:
+            return self.settled
+        if self.result is None or self.task is None or self.problem is not None:
+            return None
+        if self.state is State.INTERRUPTED:
+            # Not settled for good: the dispatcher may queue it again, and counts its resumes.
+            return None
+        return SettledTask(
+            id=self.id,
+            state=self.state,
+            worker_type=self.worker_type,
+            attempt=self.attempt,
+            depends_on=self.depends_on,
+            started_at=self.started_at,
+            duration_seconds=self.result.duration_seconds,
+            cost_usd=self.result.cost_usd,
+            error=self.result.error,
+            branch=self.result.branch,
+            pushed=self.result.pushed,
+        )
 
     @property
     def worker_type(self) -> str:
+        if self.settled is not None:
+            return self.settled.worker_type
         return (
             (self.task.worker if self.task else None)
             or (self.status.worker_type if self.status else None)
@@ -80,6 +118,8 @@ class TaskView:
 
     @property
     def attempt(self) -> int:
+        if self.settled is not None:
+            return self.settled.attempt
         for source in (self.result, self.status):
             if source is not None and source.attempt:
                 return source.attempt
@@ -87,11 +127,15 @@ class TaskView:
 
     @property
     def started_at(self) -> str | None:
+        if self.settled is not None:
+            return self.settled.started_at
         if self.result is not None and self.result.started_at:
             return self.result.started_at
         return self.status.started_at if self.status is not None else None
 
     def duration(self, now: datetime) -> float | None:
+        if self.settled is not None:
+            return self.settled.duration_seconds
         if self.result is not None:
             return self.result.duration_seconds
         started = parse_time(self.started_at)
@@ -101,10 +145,26 @@ class TaskView:
 
     @property
     def cost(self) -> float | None:
+        if self.settled is not None:
+            return self.settled.cost_usd
         return self.result.cost_usd if self.result is not None else None
 
     @property
+    def branch(self) -> str | None:
+        if self.settled is not None:
+            return self.settled.branch
+        return self.result.branch if self.result is not None else None
+
+    @property
+    def pushed(self) -> bool | None:
+        if self.settled is not None:
+            return self.settled.pushed
+        return self.result.pushed if self.result is not None else None
+
+    @property
     def message(self) -> str | None:
+        if self.settled is not None:
+            return self.settled.error
         if self.problem:
             return self.problem
         if self.result is not None:
@@ -113,6 +173,8 @@ class TaskView:
 
     @property
     def depends_on(self) -> tuple[str, ...]:
+        if self.settled is not None:
+            return self.settled.depends_on
         return self.task.depends_on if self.task else ()
 
     def to_json(self, now: datetime) -> dict[str, Any]:
@@ -127,8 +189,8 @@ class TaskView:
             "cost_usd": self.cost,
             "message": self.message,
             "container": self.container,
-            "branch": self.result.branch if self.result else None,
-            "pushed": self.result.pushed if self.result else None,
+            "branch": self.branch,
+            "pushed": self.pushed,
         }
 
 
@@ -178,6 +240,183 @@ def load_views(orch: OrchestrationDir, ids: Iterable[str] | None = None) -> list
     return [load_view(orch, task_id) for task_id in (orch.task_ids() if ids is None else ids)]
 
 
+def check_known(orch: OrchestrationDir, ids: Iterable[str]) -> list[str]:
+    """``ids`` once each, in the order given; an id with no task file is an error (as ``select``),
+    found without listing every task of the volume."""
+    ids = list(dict.fromkeys(ids))
+    missing = [t for t in ids if not TASK_ID_PATTERN.fullmatch(t) or not orch.task_path(t).is_file()]
+    if missing:
+        raise UserError(f"no such task: {', '.join(missing)} (see `orch status`)")
+    return ids
+
+
+_Signature = tuple[tuple[int, int, int] | None, ...]
+
+
+class ViewCache:
+    """The batch's views for a process that looks again and again (orch wait, the dispatcher,
+    orch status --watch), or once over a long history (orch status). A task that has a result is
+    read from its files once, then taken from the settled index (tasks.SettledIndex), which this
+    cache keeps up to date on the volume; the files of the other tasks are read again only when
+    they changed. Call ``views`` holding the state lock: the index is written under it, and
+    ``orch retry`` takes tasks out of it under it."""
+
+    # A file changed this recently may change again without its timestamp moving (timestamps
+    # advance by clock ticks): it is read again next time whatever its signature says.
+    RACY_SECONDS = 2.0
+
+    def __init__(self, orch: OrchestrationDir):
+        self.orch = orch
+        self.key: tuple[int, int] | None = None  # of the index the settled views come from
+        self.whole = False  # its base and additions were read well
+        self.base: dict[str, SettledTask] = {}
+        self.added: dict[str, SettledTask] = {}
+        self.settled: dict[str, TaskView] = {}
+        self.unsettled: dict[str, tuple[_Signature | None, TaskView]] = {}
+        self.listing: tuple[tuple[int, int, int] | None, list[str]] = (None, [])
+        self.changes = 0  # how often a view was made anew: unchanged, ``views`` gives what it gave
+        # The last views of every task: the listing, the index key, the views, where the open ones are.
+        self.last: tuple[list[str], tuple[int, int] | None, list[TaskView], list[int]] | None = None
+
+    def views(self, ids: Iterable[str] | None = None) -> list[TaskView]:
+        """The views of ``ids`` (check them first: ``check_known``), else of every task. For a few
+        tasks the index is not worth reading: their files are, unless this cache holds it already."""
+        if ids is None or self.key is not None:
+            self._refresh()  # another process may have written a newer one (orch retry: fewer tasks)
+        chosen = self.task_ids() if ids is None else list(ids)
+        if ids is None and self.last is not None and self.last[0] is chosen and self.last[1] == self.key:
+            return self._again(*self.last)
+        views: list[TaskView] = []
+        found: dict[str, SettledTask] = {}
+        still: list[int] = []  # where the tasks read from their files are
+        for task_id in chosen:
+            view = self.settled.get(task_id)
+            if view is None:
+                view = self._load(task_id)
+                entry = view.settled_entry()
+                if entry is not None:
+                    found[task_id] = entry
+                still.append(len(views))
+            views.append(view)
+        known = set(chosen) if ids is None else None
+        if known is not None and (found or not known.issuperset(self.settled)):
+            self._add(found, known)
+        elif found and self.key is not None:
+            self._add(found, None)
+        if ids is None:
+            self.last = (chosen, self.key, views, [p for p in still if chosen[p] not in self.settled])
+        return views
+
+    def _again(self, chosen: list[str], key: object, views: list[TaskView], still: list[int]) -> list[TaskView]:
+        """Every task again, with no task added or removed and the same index: only those not
+        settled can have changed (over a long history, most rounds of orch wait --all)."""
+        views = list(views)
+        found: dict[str, SettledTask] = {}
+        for position in still:
+            view = views[position] = self._load(chosen[position])
+            entry = view.settled_entry()
+            if entry is not None:
+                found[view.id] = entry
+        if found:
+            self._add(found, None)
+        # Those the index could not take stay here: their files are the only word on them.
+        self.last = (chosen, self.key, views, [p for p in still if chosen[p] not in self.settled])
+        return views
+
+    def task_ids(self) -> list[str]:
+        """Every task on the volume, listed again only when the tasks folder changed."""
+        signature = _signature(self.orch.root / "tasks")
+        if signature is None or signature != self.listing[0]:
+            self.listing = (signature, self.orch.task_ids())
+            self.changes += 1
+        return self.listing[1]
+
+    def _refresh(self) -> None:
+        """The settled views of the latest index, when another process wrote a newer one: its
+        additions alone while the base is the one held."""
+        key = self.orch.settled_key()
+        if key == self.key:
+            return
+        if key is not None and self.key is not None and self.whole and key[0] == self.key[0] and key[1]:
+            additions = self.orch.read_settled(key)
+            if additions is not None:
+                self.key, before = key, self.added
+                self.added = dict(additions.tasks)
+                self._settle({k: v for k, v in self.added.items() if before.get(k) != v})
+                return
+        # A part damaged: none of it is taken (orch retry may have written around it), and the
+        # next tasks found settled make a new base.
+        key, base, added = self.orch.load_settled_index()
+        self.key, self.whole = key, base is not None and added is not None
+        self.base, self.added = (dict(base or {}), dict(added or {})) if self.whole else ({}, {})
+        self.settled = {}
+        self._settle({**self.base, **self.added})
+
+    def _settle(self, entries: Mapping[str, SettledTask]) -> None:
+        self.changes += 1
+        for task_id, entry in entries.items():
+            self.settled[task_id] = TaskView.from_settled(entry)
+            self.unsettled.pop(task_id, None)
+
+    def _load(self, task_id: str) -> TaskView:
+        paths = (self.orch.task_path(task_id), self.orch.status_path(task_id), self.orch.result_path(task_id))
+        signature: _Signature | None = tuple(_signature(path) for path in paths)
+        cached = self.unsettled.get(task_id)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        view = load_view(self.orch, task_id)
+        self.unsettled[task_id] = (signature, view)
+        self.changes += 1
+        return view
+
+    def _add(self, found: Mapping[str, SettledTask], known: Collection[str] | None) -> None:
+        """Write the tasks just found settled into the index: in its additions file, or in a new
+        base once there are many, or to leave out tasks whose file is gone (``known`` lists every
+        task). Until it is written, they are read from their files."""
+        entries = {**self.base, **self.added, **found}
+        if known is not None:
+            entries = {task_id: entry for task_id, entry in entries.items() if task_id in known}
+        added = {**self.added, **found}
+        try:
+            many = len(added) > SettledIndex.ADDITIONS_LIMIT
+            if self.key is None or not self.whole or many or len(entries) < len(self.base) + len(added):
+                self.key = self.orch.write_settled_index(entries, self.key)
+                self.base, self.added, self.whole = entries, {}, True
+                self.settled = {task_id: view for task_id, view in self.settled.items() if task_id in entries}
+            else:
+                self.key = self.orch.write_settled_additions(added, self.key)
+                self.added = added
+        except (OSError, UserError) as exc:
+            # A volume this user may not write, or full: orch still works, only slower.
+            log.debug("the settled index could not be written: %s", exc)
+            return
+        self._settle(found)
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or written: its inode, size and time of change; None
+    when it does not exist, or changed too recently to be told apart from a change to come."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if time.time() - info.st_mtime < ViewCache.RACY_SECONDS:
+        return (-1, -1, time.monotonic_ns())  # never equal to another: read again
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def forget_settled(orch: OrchestrationDir, ids: Collection[str]) -> None:
+    """Take tasks out of the settled index, before their result is moved away (orch retry); hold
+    the state lock. Fails when the index cannot be written: a task left in it would show its old
+    result for ever."""
+    key, base, added = orch.load_settled_index()
+    if base is None or added is None:
+        return  # taken for none by its readers; the next one written is a new base, from the files
+    tasks = {**base, **added}
+    if any(task_id in tasks for task_id in ids):
+        orch.write_settled_index({k: v for k, v in tasks.items() if k not in ids}, key)
+
+
 def select(views: list[TaskView], ids: Iterable[str]) -> list[TaskView]:
     """The views of ``ids``, in the order given; an unknown id is an error."""
     by_id = {view.id: view for view in views}
@@ -195,6 +434,8 @@ class Engine(Protocol):
     def remove(self, name: str) -> None: ...
 
     def rename(self, name: str, new_name: str) -> bool: ...
+
+    def signal(self, name: str, signal: str) -> None: ...
 
     def stop(self, name: str, grace: int | None = None) -> None: ...
 
@@ -258,15 +499,21 @@ def reconcile(
     engine: Engine,
     *,
     starting_grace: float = STARTING_GRACE_SECONDS,
+    only: Collection[str] | None = None,
 ) -> list[TaskView]:
     """Check the tasks that should have a worker against the engine; hold the state lock.
+    ``only``: the worker containers to look at (those an engine event named), else every one.
 
     A task marked starting whose worker does not exist yet may be a spawn under way; after
     ``starting_grace`` seconds it is taken for one that died and queued again. The dispatcher,
-    the only one that marks tasks starting before their container exists, passes 0: it holds
-    the dispatcher lock, and its own spawns are over when it looks.
+    the only one that marks tasks starting before their container exists, passes 0 and leaves
+    out the tasks it is starting: it holds the dispatcher lock, so the others' spawns are over.
     """
-    active = [view for view in views if view.state in ACTIVE_STATES and view.result is None]
+    active = [
+        view
+        for view in views
+        if view.state in ACTIVE_STATES and view.result is None and (only is None or view.container in only)
+    ]
     if not active:
         return views
     containers = engine.containers([view.container for view in active])
@@ -464,6 +711,7 @@ def resume(orch: OrchestrationDir, engine: Engine, view: TaskView) -> TaskView:
     only copy of its work is kept under another name. Call it under the state lock."""
     result = view.result
     assert result is not None
+    forget_settled(orch, [view.id])
     number = archive_attempt(orch, view)
     kept = f"{view.container}-attempt-{number}"
     renamed = engine.rename(view.container, kept)
@@ -576,7 +824,7 @@ def cancel(orch: OrchestrationDir, engine: Engine, task_id: str) -> TaskView:
     back what it has and writes a cancelled result.
     """
     with orch.locked():
-        view = select(load_views(orch), [task_id])[0]
+        (view,) = load_views(orch, check_known(orch, [task_id]))
         if view.state in SETTLED_STATES:
             raise NothingToCancel(f"already {view.state.value}; nothing to cancel")
         if view.state not in ACTIVE_STATES:
@@ -608,12 +856,15 @@ def retry(orch: OrchestrationDir, engine: Engine, ids: Iterable[str]) -> list[Re
     files move under attempts/ID/, its container is renamed worker-ID-attempt-N."""
     retried = []
     with orch.locked():
-        views = select(reconcile(orch, load_views(orch), engine), ids)
+        views = reconcile(orch, load_views(orch, check_known(orch, ids)), engine)
         for view in views:
             if view.state is State.SUCCESS:
                 raise UserError(f"task {view.id} succeeded; submit a new task to do more")
             if view.state not in SETTLED_STATES:
                 raise UserError(f"task {view.id} is {view.state.value}; cancel it first (`orch cancel {view.id}`)")
+        # Out of the settled index first: a retry cut short leaves the files as they were, which
+        # orch reads again; never an index entry for a result that has moved away.
+        forget_settled(orch, [view.id for view in views])
         for view in views:
             if view.state is State.BLOCKED and view.result is None:
                 orch.update_status(view.id, State.QUEUED, message="queued again")
@@ -626,8 +877,8 @@ def retry(orch: OrchestrationDir, engine: Engine, ids: Iterable[str]) -> list[Re
             orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=f"attempt {number + 1}")
             retried.append(Retried(view.id, number + 1, kept if renamed else None))
         # Blocked tasks get another look: those whose dependencies can now succeed will run.
-        for other in load_views(orch):
-            if other.state is State.BLOCKED and other.result is None:
+        for other in ViewCache(orch).views():
+            if other.state is State.BLOCKED and other.result is None and other.settled is None:
                 orch.update_status(other.id, State.QUEUED, message="queued again")
     return retried
 

@@ -7,7 +7,8 @@ queued or running and none holds the lock, so a new manager on the same volume p
 where a stopped one left off. It exits when nothing is queued, starting or running.
 
 It sleeps between rounds: ``docker events`` wakes it when a worker starts or dies, and
-a round every few seconds catches tasks queued meanwhile.
+a round every few seconds catches tasks queued meanwhile. Workers are started in threads of
+their own, as many at once as there are free slots: a start is mostly waiting on docker.
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ import fcntl
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import threading
+import traceback
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
-from . import environment
+from . import config, environment
 from .batch import (
+    Engine,
     TaskView,
+    ViewCache,
     blocking_reasons,
     load_view,
-    load_views,
     needs_dispatcher,
     reconcile,
     record_outcome,
@@ -37,12 +42,11 @@ from .batch import (
 from .docker import (
     DockerError,
 )
-from .engine import DockerEngine, EngineEvents
+from .engine import DockerEngine, EngineEvents, EngineLook
 from .errors import UserError
 from .git import CLONE_TIMEOUT
 from .limits import WorkerLimits
 from .secrets import env_secrets, scrubber
-from .spawn import WorkerExists, spawn, worker_spec
 from .tasks import (
     ACTIVE_STATES,
     OrchestrationDir,
@@ -50,9 +54,10 @@ from .tasks import (
     Task,
     parse_time,
 )
-from .worker import DEFAULT_TIMEOUT
 
 ROUND_SECONDS = 2.0  # between rounds when no engine event comes
+# Threads that start workers; how many start at once is the number of free slots, up to this.
+MAX_PARALLEL_STARTS = 64
 # A worker stops its own agent at the task's timeout; orch steps in only when the worker
 # itself is stuck: after this grace it is told to stop, then stopped, with time to push.
 TIMEOUT_GRACE_SECONDS = 120
@@ -137,7 +142,7 @@ class Dispatcher:
         self,
         orch: OrchestrationDir,
         env: Mapping[str, str],
-        engine: DockerEngine | None = None,
+        engine: Engine | None = None,
         spawner: Spawner | None = None,
         out: IO[str] | None = None,
     ):
@@ -148,11 +153,16 @@ class Dispatcher:
         self.spawner = spawner or self.spawn_worker
         self.out = out or sys.stdout
         self.waiting_messages: dict[str, str] = {}
+        self.cache = ViewCache(orch)
+        self.starting: set[str] = set()  # tasks whose worker a thread of this dispatcher is starting
+        self.wake: Callable[[], None] = lambda: None  # ends the loop's sleep (a slot came free)
+        self._say_lock = threading.Lock()
 
     def say(self, message: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.out.write(f"{stamp} dispatcher[{os.getpid()}]: {self.scrub(message)}\n")
-        self.out.flush()
+        with self._say_lock:  # starts report from threads of their own
+            self.out.write(f"{stamp} dispatcher[{os.getpid()}]: {self.scrub(message)}\n")
+            self.out.flush()
 
     def run(self) -> int:
         lock = _try_lock(self.orch)
@@ -160,11 +170,16 @@ class Dispatcher:
             self.say("another dispatcher is running on this volume; leaving the work to it")
             return 0
         self.say(f"started (up to {max_workers(self.orch, self.env)} workers)")
+        under_way: dict[str, Future[None]] = {}
+        pool = ThreadPoolExecutor(MAX_PARALLEL_STARTS, thread_name_prefix="start")
         try:
-            with EngineEvents() as events:
+            with EngineEvents(environment.VOLUME.require(self.env)) as events:
+                self.wake = events.wake
                 while True:
+                    under_way = {task_id: f for task_id, f in under_way.items() if not f.done()}
+                    self.starting = set(under_way)
                     try:
-                        to_start = self.round(events.engine_due(), lock)
+                        to_start = self.round(events.look(), lock)
                     except (UserError, OSError) as exc:
                         # The engine restarting, a slow inspect: the queue must not die of it.
                         self.say(f"this round failed, trying again: {exc}")
@@ -176,18 +191,26 @@ class Dispatcher:
                         self.say("no task is queued (that can run) or running; exiting")
                         return 0
                     for view in to_start:
-                        self.start(view)
+                        under_way[view.id] = pool.submit(self.start, view)
                     events.wait(ROUND_SECONDS)
         finally:
+            # Starts under way finish: each leaves its task and its container in step.
+            pool.shutdown(wait=True)
             if lock is not None:
                 lock.close()
 
-    def round(self, check_engine: bool, lock: IO[bytes]) -> list[TaskView] | None:
-        """One look at the batch; returns the tasks to start now, or None when all is done."""
+    def round(self, look: EngineLook, lock: IO[bytes]) -> list[TaskView] | None:
+        """One look at the batch; returns the tasks to start now (marked starting), or None when
+        all is done. ``look``: the workers to ask the engine about."""
         with self.orch.locked():
-            views = load_views(self.orch)
-            if check_engine:
-                views = reconcile(self.orch, views, self.engine, starting_grace=0)
+            views = self.cache.views()
+            if look:
+                # Not the workers this dispatcher is starting: their containers may not exist yet.
+                skip = {config.container_name(task_id) for task_id in self.starting}
+                only: Collection[str] | None = look.only
+                if skip:
+                    only = {name for name in (only or {v.container for v in views}) if name not in skip}
+                views = reconcile(self.orch, views, self.engine, starting_grace=0, only=only)
             views = self.resume_interrupted(views)
             views = self.block_dependents(views)
             self.enforce_timeouts(views)
@@ -200,6 +223,7 @@ class Dispatcher:
                 return None
             by_id = {v.id: v for v in views}
             ready = [v for v in queued if self.ready(v, by_id)]
+            # Starting counts as active: a slot is taken from the moment its task is marked.
             slots = max(0, max_workers(self.orch, self.env) - len(active))
             to_start = ready[:slots]
             for view in to_start:
@@ -250,6 +274,9 @@ class Dispatcher:
             if deadline is None:
                 if started is None:
                     continue
+                # Here, not at the top: the worker runtime's modules would slow every orch command.
+                from .worker import DEFAULT_TIMEOUT
+
                 timeout = view.task.timeout if view.task and view.task.timeout else DEFAULT_TIMEOUT
                 deadline = started + timedelta(seconds=CLONE_TIMEOUT + timeout)
             over = (now - deadline).total_seconds() - TIMEOUT_GRACE_SECONDS
@@ -266,6 +293,10 @@ class Dispatcher:
                 self.engine.stop(view.container, grace=STOP_GRACE_SECONDS)
 
     def start(self, view: TaskView) -> None:
+        """Start the task's worker (in a thread of its own, from ``run``); a start that fails
+        gives the task a failed result, and its slot to the next task."""
+        from .spawn import WorkerExists
+
         try:
             self.spawner(view)
             self.say(f"started {view.container} for {view.id} (attempt {view.attempt})")
@@ -277,6 +308,9 @@ class Dispatcher:
                 self.say(f"{view.id} has a worker already, not started by the dispatcher: {exc}")
         except UserError as exc:
             self.fail_to_start(view, exc)
+        except Exception as exc:  # noqa: BLE001 (a bug must not leave the task starting for ever)
+            self.say(f"internal error starting {view.id}:\n" + "".join(traceback.format_exception(exc)))
+            self.fail_to_start(view, UserError(f"internal error: {type(exc).__name__}: {exc}"))
 
     def fail_to_start(self, view: TaskView, exc: UserError) -> None:
         self.say(f"could not start a worker for {view.id}: {exc}")
@@ -284,8 +318,11 @@ class Dispatcher:
             record_outcome(
                 self.orch, load_view(self.orch, view.id), State.FAILED, f"its worker could not be started: {exc}"
             )
+        self.wake()
 
     def spawn_worker(self, view: TaskView) -> None:
+        from .spawn import spawn, worker_spec  # in the dispatcher only; orch's commands start faster
+
         env = self.env
         spec = worker_spec(
             view.worker_type,

@@ -34,7 +34,7 @@ class DockerError(UserError):
     @classmethod
     def from_process(cls, argv: Sequence[str], proc: subprocess.CompletedProcess[Any]) -> DockerError:
         stderr = proc.stderr if isinstance(proc.stderr, str) else (proc.stderr or b"").decode("utf-8", "replace")
-        for sub in (NoSuchContainer, NoSuchImage, NameConflict, DaemonUnreachable):
+        for sub in (NoSuchContainer, NoSuchImage, NoSuchVolume, NotRunning, NameConflict, DaemonUnreachable):
             if any(marker in stderr for marker in sub.markers):
                 return sub(argv, proc.returncode, stderr)
         return cls(argv, proc.returncode, stderr)
@@ -46,6 +46,16 @@ class NoSuchContainer(DockerError):
 
 class NoSuchImage(DockerError):
     markers = ("No such image", "pull access denied", "repository does not exist")
+
+
+class NoSuchVolume(DockerError):
+    markers = ("no such volume",)
+
+
+class NotRunning(DockerError):
+    """``docker exec`` into a container that exists but does not run."""
+
+    markers = ("is not running",)
 
 
 class NameConflict(DockerError):
@@ -169,9 +179,14 @@ def check_daemon() -> None:
     """Fail with one clear line when the engine cannot be reached."""
     proc = docker("version", "--format", "{{.Server.Version}}", check=False, timeout=30)
     if proc.returncode:
-        stderr = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = stderr[-1] if stderr else f"exit code {proc.returncode}"
-        raise DaemonUnreachable(["docker", "version"], proc.returncode, reason, f"Docker is not usable: {reason}")
+        raise unusable(DockerError.from_process(["docker", "version"], proc))
+
+
+def unusable(exc: DockerError) -> DaemonUnreachable:
+    """The one line that says the engine cannot be used, from a command that found out."""
+    lines = exc.stderr.splitlines()
+    reason = lines[-1] if lines else f"exit code {exc.returncode}"
+    return DaemonUnreachable(exc.argv, exc.returncode, reason, f"Docker is not usable: {reason}")
 
 
 @dataclass(frozen=True)

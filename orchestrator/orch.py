@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import batch, config, environment, limits, merge
-from .batch import TaskView, load_view, load_views, reconcile, select
+from .batch import TaskView, ViewCache, check_known, load_view, load_views, reconcile, select
 from .cli import HelpFormatter, add_limit_options, run_command
 from .dispatcher import (
     ROUND_SECONDS,
@@ -34,9 +34,8 @@ from .dispatcher import (
     max_workers,
 )
 from .docker import docker, text
-from .engine import ENGINE_CHECK_SECONDS, DockerEngine, EngineEvents
+from .engine import ENGINE_CHECK_SECONDS, EVERYTHING, DockerEngine, EngineEvents, EngineLook
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
-from .login import check_login
 from .secrets import ClaudeCredential, env_secrets, scrubber
 from .tasks import (
     ACTIVE_STATES,
@@ -63,13 +62,25 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def current_views(orch: OrchestrationDir, engine: DockerEngine | None = None) -> list[TaskView]:
-    """Every task, reconciled with the engine, and a dispatcher running when work waits for one."""
+def current_views(
+    orch: OrchestrationDir,
+    cache: ViewCache,
+    engine: DockerEngine | None = None,
+    look: EngineLook = EVERYTHING,
+    ids: Sequence[str] | None = None,
+) -> list[TaskView]:
+    """The tasks ``ids`` (checked: ``check_known``), else every task, reconciled with the engine
+    as ``look`` says; and a dispatcher running when work waits for one."""
     with orch.locked():
-        views = load_views(orch)
-        if engine is not None:
-            views = reconcile(orch, views, engine)
-    if batch.needs_dispatcher(views, orch.load_settings().resume_limit(os.environ)):
+        views = cache.views(ids)
+        if engine is not None and look:
+            views = reconcile(orch, views, engine, only=look.only)
+        # Asked only when no dispatcher runs (one decides to exit under this lock), and about the
+        # tasks asked about: what they wait for makes them need one.
+        wanted = not dispatcher_running(orch) and batch.needs_dispatcher(
+            views, orch.load_settings().resume_limit(os.environ)
+        )
+    if wanted:
         ensure_dispatcher(orch, os.environ)
     return views
 
@@ -102,10 +113,9 @@ def _shorten(value: str | None, limit: int = 70) -> str:
 
 
 def _branch(view: TaskView) -> str:
-    result = view.result
-    if result is None or not result.branch:
+    if not view.branch:
         return "-"
-    return result.branch if result.pushed else f"{result.branch} (not pushed)"
+    return view.branch if view.pushed else f"{view.branch} (not pushed)"
 
 
 def summary(views: Sequence[TaskView]) -> str:
@@ -135,13 +145,14 @@ def status_table(views: Sequence[TaskView]) -> str:
 
 
 def status_json(views: Sequence[TaskView]) -> str:
+    """The document, one task a line: json's C encoder writes each, where an indented dump would
+    go through its Python one, slower by far over thousands of tasks."""
     at = now()
-    data = {
-        "tasks": [v.to_json(at) for v in views],
-        "counts": dict(Counter(v.state.value for v in views)),
-        "total_cost_usd": round(sum(v.cost or 0.0 for v in views), 6),
-    }
-    return json.dumps(data, indent=2)
+    tasks = ",\n".join(f"    {json.dumps(v.to_json(at))}" for v in views)
+    counts = json.dumps(dict(Counter(v.state.value for v in views)))
+    total = json.dumps(round(sum(v.cost or 0.0 for v in views), 6))
+    listed = f"[\n{tasks}\n  ]" if views else "[]"
+    return f'{{\n  "tasks": {listed},\n  "counts": {counts},\n  "total_cost_usd": {total}\n}}'
 
 
 # --- Commands.
@@ -202,6 +213,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.resume_interrupted is not None and args.resume_interrupted < 0:
         raise InvalidInput("--resume-interrupted must be 0 or more")
     if not args.no_login_check and not dispatcher_running(orch):
+        from .login import check_login  # here: its HTTP and TLS modules would slow every command
+
         # A new batch: a refused login stops it here, before any worker spends its time on it.
         check_login(ClaudeCredential.find(None, os.environ), environment.ANTHROPIC_BASE_URL.get(os.environ))
     with orch.locked():
@@ -235,20 +248,21 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     engine = DockerEngine.for_env(os.environ)
+    ids = check_known(orch, args.ids) if args.ids else None
+    cache = ViewCache(orch)
 
-    def show() -> tuple[list[TaskView], str]:
-        views = current_views(orch, engine)
-        views = select(views, args.ids) if args.ids else views
+    def show(look: EngineLook) -> tuple[list[TaskView], str]:
+        views = current_views(orch, cache, engine, look, ids)
         return views, status_json(views) if args.json else status_table(views)
 
     if not args.watch:
-        print(show()[1])
+        print(show(EVERYTHING)[1])
         return EXIT_OK
     tty = sys.stdout.isatty()
     printed: list[tuple[str, State]] = []
-    with EngineEvents() as events:
+    with EngineEvents(environment.VOLUME.require(os.environ)) as events:
         while True:
-            views, shown = show()
+            views, shown = show(events.look())
             if tty:
                 sys.stdout.write("\x1b[H\x1b[2J" + shown + "\n(watching; Ctrl-C to stop)\n")
                 sys.stdout.flush()
@@ -272,6 +286,26 @@ def progress_line(views: Sequence[TaskView], elapsed: float) -> str:
     )
 
 
+def check_waitable(orch: OrchestrationDir, cache: ViewCache, views: list[TaskView], ids: list[str] | None) -> None:
+    """Refuse to wait for what will not happen: a task nobody started, or one that waits for one."""
+    never = [v.id for v in views if v.state is State.SUBMITTED]
+    if never:
+        raise UserError(f"not started: {' '.join(never)}; start with `orch start {' '.join(never)}`")
+    by_id = {v.id: v for v in views}
+    if ids is not None and any(v.state is State.QUEUED for v in views):
+        with orch.locked():  # what they wait for may be any task of the batch
+            by_id = {v.id: v for v in cache.views()}
+    stuck = [v for v in views if v.state is State.QUEUED and batch.unstarted_dependencies(v, by_id)]
+    if stuck:
+        needed = sorted({dep for v in stuck for dep in batch.unstarted_dependencies(v, by_id)}, key=natural_key)
+        raise UserError(
+            f"{' '.join(v.id for v in stuck)} wait{'s' if len(stuck) == 1 else ''} for "
+            f"{' '.join(needed)}, never started; start with `orch start {' '.join(needed)}`"
+        )
+    if not views:
+        raise UserError("there are no tasks to wait for")
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     if args.ids and args.all:
@@ -279,29 +313,24 @@ def cmd_wait(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise InvalidInput("--timeout must be a positive number of seconds")
     engine = DockerEngine.for_env(os.environ)
+    ids = check_known(orch, args.ids) if args.ids else None
+    cache = ViewCache(orch)
     tty = sys.stderr.isatty()
     t0 = time.monotonic()
-    with EngineEvents() as events:
+    seen, done = -1, False
+    with EngineEvents(environment.VOLUME.require(os.environ)) as events:
         while True:
-            views = current_views(orch, engine if events.engine_due() else None)
-            by_id = {v.id: v for v in views}
-            views = select(views, args.ids) if args.ids else views
-            never = [v.id for v in views if v.state is State.SUBMITTED]
-            if never:
-                raise UserError(f"not started: {' '.join(never)}; start with `orch start {' '.join(never)}`")
-            stuck = [v for v in views if v.state is State.QUEUED and batch.unstarted_dependencies(v, by_id)]
-            if stuck:
-                needed = sorted({dep for v in stuck for dep in batch.unstarted_dependencies(v, by_id)}, key=natural_key)
-                raise UserError(
-                    f"{' '.join(v.id for v in stuck)} wait{'s' if len(stuck) == 1 else ''} for "
-                    f"{' '.join(needed)}, never started; start with `orch start {' '.join(needed)}`"
-                )
-            if not views:
-                raise UserError("there are no tasks to wait for")
+            look = events.look()
+            views = current_views(orch, cache, engine, look, ids)
+            # Over a long history most rounds change nothing: nothing to check again then.
+            if look or cache.changes != seen:
+                seen = cache.changes
+                check_waitable(orch, cache, views, ids)
+                done = all(v.state in SETTLED_STATES for v in views)
             if tty:
                 sys.stderr.write("\r\x1b[K" + progress_line(views, time.monotonic() - t0))
                 sys.stderr.flush()
-            if all(v.state in SETTLED_STATES for v in views):
+            if done:
                 break
             if args.timeout is not None and time.monotonic() - t0 > args.timeout:
                 if tty:
@@ -312,17 +341,17 @@ def cmd_wait(args: argparse.Namespace) -> int:
             events.wait(ROUND_SECONDS)
     if tty:
         sys.stderr.write("\n")
-    width = max(len(v.id) for v in views)
+    width, at = max(len(v.id) for v in views), now()
     for v in views:
         note = "" if v.state is State.SUCCESS else f"  {_shorten(v.message, 100)}"
-        print(f"{v.id.ljust(width)}  {v.state.value.ljust(9)}  {_money(v.cost)}  {_duration(v.duration(now()))}{note}")
+        print(f"{v.id.ljust(width)}  {v.state.value.ljust(9)}  {_money(v.cost)}  {_duration(v.duration(at))}{note}")
     print(summary(views))
     return EXIT_OK if all(v.state is State.SUCCESS for v in views) else EXIT_FAILURE
 
 
 def cmd_result(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    view = select(load_views(orch), [args.id])[0]
+    view = load_view(orch, check_known(orch, [args.id])[0])
     result = batch.attempt_result(orch, args.id, args.attempt)
     if result is None:
         raise UserError(f"task {args.id} has no result yet ({view.state.value})")
@@ -350,7 +379,7 @@ def cmd_result(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    view = select(load_views(orch), [args.id])[0]
+    view = load_view(orch, check_known(orch, [args.id])[0])
     suffix = "jsonl" if args.raw else "log"
     if args.attempt is not None and args.attempt != view.attempt:
         path = orch.attempt_path(args.id, args.attempt, suffix)

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import config, environment
@@ -27,22 +28,23 @@ from .cli import (
 )
 from .config import CONTAINER_ORCHESTRATION_DIR
 from .docker import (
+    DaemonUnreachable,
     NameConflict,
-    check_daemon,
+    NoSuchImage,
     container_label,
     docker,
     env_pass,
     flag,
-    image_exists,
     inspect_container,
     labels,
     remove_container,
+    unusable,
 )
 from .errors import InvalidInput, UserError
 from .limits import WorkerLimits
 from .secrets import DEFAULT_TOKEN_FILE, Secrets
 from .tasks import OrchestrationDir, State, validate_task_id
-from .volume import volume_for
+from .volume import HelperVolume, LocalVolume, host_volume, local_volume
 
 # The runtime's capabilities: to start the agent as its own user, and to end its processes.
 RUNTIME_CAPABILITIES = ("SETUID", "SETGID", "KILL")
@@ -129,52 +131,39 @@ class WorkerSpec:
             "--security-opt", "no-new-privileges",
             # Time for the runtime to stop the agent, commit and push when the container is stopped.
             "--stop-timeout", str(self.stop_timeout),
+            # A missing image is an error to report (with how to build it), not one to pull.
+            "--pull", "never",
             *[arg for name in self.environment() for arg in env_pass(name)],
             self.image,
         ]  # fmt: skip
 
 
 def spawn(spec: WorkerSpec, orch_dir: str) -> str:
-    """Create, prepare and start the worker; returns the container name."""
-    existing = inspect_container(spec.container)
-    if existing is not None:
-        state = existing.get("State") or {}
-        owner = container_label(existing, config.LABEL_VOLUME)
-        if owner and owner != spec.volume:
-            raise UserError(
-                f"{spec.container} belongs to the batch on the volume {owner}; batches that run at once "
-                f"need different task ids (orch submit --id)"
-            )
-        if state.get("Running"):
-            raise WorkerExists(f"task {spec.task_id} already has a running worker ({spec.container})", "running")
-        if state.get("Status") == "created":
-            raise WorkerExists(
-                f"{spec.container} exists but was never started (a spawn that failed, or one under way); "
-                f"remove it with `docker rm {spec.container}` to run the task",
-                "created",
-            )
-        raise WorkerExists(
-            f"{spec.container} exists (exited with code {state.get('ExitCode')}); "
-            f"see `docker logs {spec.container}`, then `docker rm {spec.container}` to run the task again",
-            state.get("Status"),
-        )
-    if not image_exists(spec.image):
-        raise UserError(
-            f"image {spec.image} not found; build it with `bin/run.py --build` "
-            f"or `docker build -t {spec.image} {spec.worker_type}/`"
-        )
-    volume = volume_for(orch_dir, spec.volume, spec.image)
-    # The name is the lock: of two spawns for one task, only one creates the container.
-    try:
-        docker(*spec.create_argv(), env=spec.environment(), timeout=120)
-    except NameConflict:
-        raise WorkerExists(f"task {spec.task_id} already has a worker ({spec.container})", "created") from None
-    try:
-        volume.claim(spec.task_id, spec.worker_type, spec.container)
-        spec.secrets.give(spec.container, config.WORKER_RUNTIME_HOME, uid=0, gid=0)
-    except BaseException:
-        remove_container(spec.container)
-        raise
+    """Create, prepare and start the worker; returns the container name.
+
+    Three docker calls when all goes well: create, cp (the secrets) and start. What may stand in
+    the way (a container of that name, a missing image, an engine out of reach) is learned from
+    create's refusal and only then looked into. On the host, the volume's folder is looked up
+    while the container is created.
+    """
+    volume: LocalVolume | HelperVolume | None = local_volume(orch_dir)
+    with ThreadPoolExecutor(2) as pool:
+        found = pool.submit(host_volume, spec.volume, spec.image) if volume is None else None
+        create(spec)
+        try:
+            if found is not None:
+                volume = found.result()
+            assert volume is not None
+            # The name is the lock: of two spawns for one task, only the one that created the
+            # container marks the task starting. The secrets travel meanwhile.
+            given = pool.submit(spec.secrets.give, spec.container, config.WORKER_RUNTIME_HOME, uid=0, gid=0)
+            try:
+                volume.claim(spec.task_id, spec.worker_type, spec.container)
+            finally:
+                given.result()
+        except BaseException:
+            remove_container(spec.container)
+            raise
     try:
         docker("start", spec.container, timeout=120)
     except UserError as exc:
@@ -182,6 +171,49 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
         volume.set_state(spec.task_id, State.FAILED, f"the worker container did not start: {exc}")
         raise
     return spec.container
+
+
+def create(spec: WorkerSpec) -> None:
+    """``docker create`` of the worker; a refusal becomes the error that says what to do."""
+    try:
+        docker(*spec.create_argv(), env=spec.environment(), timeout=120)
+    except NameConflict:
+        raise existing_worker(spec) from None
+    except NoSuchImage:
+        raise UserError(
+            f"image {spec.image} not found; build it with `bin/run.py --build` "
+            f"or `docker build -t {spec.image} {spec.worker_type}/`"
+        ) from None
+    except DaemonUnreachable as exc:
+        raise unusable(exc) from None
+
+
+def existing_worker(spec: WorkerSpec) -> UserError:
+    """Why the task's container name is taken: a worker running, one never started, one that
+    exited, or a worker of another batch."""
+    existing = inspect_container(spec.container)
+    if existing is None:  # removed since: a spawn under way that gave up
+        return WorkerExists(f"task {spec.task_id} already has a worker ({spec.container})", "created")
+    state = existing.get("State") or {}
+    owner = container_label(existing, config.LABEL_VOLUME)
+    if owner and owner != spec.volume:
+        return UserError(
+            f"{spec.container} belongs to the batch on the volume {owner}; batches that run at once "
+            f"need different task ids (orch submit --id)"
+        )
+    if state.get("Running"):
+        return WorkerExists(f"task {spec.task_id} already has a running worker ({spec.container})", "running")
+    if state.get("Status") == "created":
+        return WorkerExists(
+            f"{spec.container} exists but was never started (a spawn that failed, or one under way); "
+            f"remove it with `docker rm {spec.container}` to run the task",
+            "created",
+        )
+    return WorkerExists(
+        f"{spec.container} exists (exited with code {state.get('ExitCode')}); "
+        f"see `docker logs {spec.container}`, then `docker rm {spec.container}` to run the task again",
+        state.get("Status"),
+    )
 
 
 def worker_spec(
@@ -316,7 +348,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             branch_prefix=args.branch_prefix,
         )
         task_id = spec.task_id
-        check_daemon()
         name = spawn(spec, args.orchestration_dir)
         print(f"started {name} (image {spec.image}, task {task_id})")
         print(f"  follow it:   docker logs -f {name}")

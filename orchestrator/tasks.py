@@ -8,6 +8,7 @@ Layout of the orchestration folder (``/orchestration`` in the containers)::
     logs/ID.jsonl      the agent's raw transcript    (the worker)
     logs/ID.log        what the worker printed       (the worker; what `docker logs` shows)
     attempts/ID/N.*    earlier attempts' result, transcript and log, kept by orch retry
+    index/settled-G.json  what orch shows of every task that has a result (SettledIndex; orch)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from . import config, environment, limits
 from .errors import InvalidInput, UserError
@@ -54,15 +55,19 @@ class State(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+_STATES = {state.value: state for state in State}
 FINISHED_STATES = frozenset({State.SUCCESS, State.FAILED, State.TIMEOUT, State.CANCELLED, State.INTERRUPTED})
 ACTIVE_STATES = frozenset({State.STARTING, State.RUNNING})
 # Nothing more happens to these without someone acting (orch retry, orch start).
 SETTLED_STATES = FINISHED_STATES | {State.BLOCKED}
 
 
+_NUMBERS = re.compile(r"(\d+)")
+
+
 def natural_key(text: str) -> list[Any]:
     """Sort key under which task-9 comes before task-10."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _NUMBERS.split(text)]
 
 
 def parse_time(stamp: str | None) -> datetime | None:
@@ -383,6 +388,102 @@ class BatchSettings:
         return int(text)
 
 
+@dataclass(frozen=True, slots=True)
+class SettledTask:
+    """What ``orch status`` and ``orch wait`` show of a task whose attempt is over: one entry of
+    the settled index, taken from its task, status and result files when the result exists."""
+
+    id: str
+    state: State
+    worker_type: str
+    attempt: int
+    depends_on: tuple[str, ...] = ()
+    started_at: str | None = None
+    duration_seconds: float | None = None
+    cost_usd: float | None = None
+    error: str | None = None
+    branch: str | None = None
+    pushed: bool | None = None
+
+    # The JSON types of each field, checked by exact type rather than with _field: an index holds
+    # every task the volume ran, and is read by every orch status.
+    TYPES: ClassVar[Mapping[str, frozenset[type]]] = {
+        "id": frozenset({str}), "state": frozenset({str}), "worker_type": frozenset({str}),
+        "attempt": frozenset({int}), "depends_on": frozenset({list}), "started_at": frozenset({str}),
+        "duration_seconds": frozenset({int, float}), "cost_usd": frozenset({int, float}),
+        "error": frozenset({str}), "branch": frozenset({str}), "pushed": frozenset({bool}),
+    }  # fmt: skip
+    REQUIRED: ClassVar[tuple[str, ...]] = ("id", "state", "worker_type", "attempt")
+
+    @classmethod
+    def from_json(cls, data: Any) -> SettledTask:
+        if type(data) is not dict:
+            raise InvalidInput(f"settled index: an entry is a {type(data).__name__}, not an object")
+        for name, value in data.items():
+            kinds = cls.TYPES.get(name)
+            if kinds is None:
+                raise InvalidInput(f"settled index: an entry has the unknown field {name!r}")
+            if type(value) not in kinds:
+                raise InvalidInput(f"settled index: field {name!r} of an entry has the wrong type")
+        for name in cls.REQUIRED:
+            if name not in data:
+                raise InvalidInput(f"settled index: an entry has no field {name!r}")
+        state = _STATES.get(data["state"])
+        if state is None:
+            raise InvalidInput(f"settled index: field 'state' is {data['state']!r}, not a known state")
+        get = data.get
+        return cls(
+            data["id"], state, data["worker_type"], data["attempt"], tuple(get("depends_on", ())), get("started_at"),
+            get("duration_seconds"), get("cost_usd"), get("error"), get("branch"), get("pushed"),
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        """Unset fields are left out: the index holds every task the volume ever ran."""
+        data = {name: getattr(self, name) for name in self.TYPES}
+        data["state"] = self.state.value
+        data["depends_on"] = list(self.depends_on)
+        return {name: value for name, value in data.items() if value is not None and value != []}
+
+
+@dataclass(frozen=True)
+class SettledIndex:
+    """``index/settled-G.json``, and ``index/settled-G-A.json`` on top of it: every task that has a
+    result, as orch shows it, so that orch reads the files of a finished task once.
+
+    A result is written once and changes only through ``orch retry``, which takes the task out of
+    the index first. Tasks found settled are added in an additions file over base G, rewritten
+    whole as A+1 each time (small); every ADDITIONS_LIMIT of them, or to take tasks out, a new base
+    G+1 holds them all. Each change is a new file linked into place, the older ones removed: a
+    reader that knows (G, A) knows by listing the folder whether it has the latest, with no room
+    for a change it cannot see, and reads the additions alone while the base stays. A damaged
+    index is taken for none, and rebuilt from the files."""
+
+    generation: int  # G of a base; A of an additions file
+    tasks: Mapping[str, SettledTask]
+    base: int | None = None  # the G an additions file adds to
+
+    NAME: ClassVar[re.Pattern[str]] = re.compile(r"settled-(\d+)(?:-(\d+))?\.json")
+    ADDITIONS_LIMIT: ClassVar[int] = 256
+
+    @classmethod
+    def from_json(cls, data: Any) -> SettledIndex:
+        data = _require_object(data, "settled index")
+        generation = _field(data, "generation", int, "settled index", required=True)
+        base = _field(data, "base", int, "settled index")
+        entries = _field(data, "tasks", list, "settled index", required=True)
+        tasks = {}
+        for entry in entries:
+            task = SettledTask.from_json(entry)
+            tasks[task.id] = task
+        return cls(generation, tasks, base)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"generation": self.generation}
+        if self.base is not None:
+            data["base"] = self.base
+        return {**data, "tasks": [task.to_json() for task in self.tasks.values()], "format_version": FORMAT_VERSION}
+
+
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o660) -> None:
     """Write a file so that a reader sees the old content or the new, never half of it."""
     data = content.encode("utf-8") if isinstance(content, str) else content
@@ -414,7 +515,11 @@ def write_json_once(path: Path, data: Mapping[str, Any]) -> None:
     The complete file is linked into place, so a reader sees all of it or nothing, and of
     two writers racing for the same name exactly one wins.
     """
-    content = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    link_into_place(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def link_into_place(path: Path, content: bytes) -> None:
+    """``content`` as the file ``path``, which must not exist yet (AlreadyExists): complete or not at all."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -515,9 +620,15 @@ class OrchestrationDir:
         """An earlier attempt's result (json), transcript (jsonl) or log (log), kept by orch retry."""
         return self.attempt_dir(task_id) / f"{attempt}.{suffix}"
 
+    @property
+    def index_dir(self) -> Path:
+        """The settled index (SettledIndex), made when first written."""
+        return self.root / "index"
+
     def task_ids(self) -> list[str]:
         """Every task on the volume, in id order (task-2 before task-10)."""
-        names = [p.stem for p in (self.root / "tasks").glob("*.json") if not p.name.startswith(".")]
+        # os.listdir rather than glob: a long-lived volume holds tens of thousands.
+        names = [name[:-5] for name in os.listdir(self.root / "tasks") if name.endswith(".json") and name[0] != "."]
         return sorted(names, key=natural_key)
 
     @staticmethod
@@ -553,6 +664,72 @@ class OrchestrationDir:
 
     def write_settings(self, settings: BatchSettings) -> None:
         write_json(self.settings_path, settings.to_json())
+
+    def settled_key(self) -> tuple[int, int] | None:
+        """(G, A) of the latest settled index (A 0: no additions), without reading it; None: none."""
+        try:
+            names = os.listdir(self.index_dir)
+        except FileNotFoundError:
+            return None
+        found = [(int(m.group(1)), int(m.group(2) or 0)) for name in names if (m := SettledIndex.NAME.fullmatch(name))]
+        return max(found, default=None)
+
+    def _settled_path(self, key: tuple[int, int]) -> Path:
+        base, added = key
+        return self.index_dir / (f"settled-{base}-{added}.json" if added else f"settled-{base}.json")
+
+    def read_settled(self, key: tuple[int, int]) -> SettledIndex | None:
+        """The base (A 0) or the additions file of ``key``; None when it is gone or damaged."""
+        try:
+            index = SettledIndex.from_json(read_json(self._settled_path(key)))
+        except InvalidInput:
+            return None
+        base, added = key
+        right = (index.generation, index.base) == ((added, base) if added else (base, None))
+        return index if right else None
+
+    def load_settled_index(
+        self,
+    ) -> tuple[tuple[int, int] | None, Mapping[str, SettledTask] | None, Mapping[str, SettledTask] | None]:
+        """The latest key, the tasks of its base, and those of its additions ({} when it has none);
+        None for a part that is damaged."""
+        for _ in range(5):
+            key = self.settled_key()
+            if key is None:
+                return None, None, None
+            base = self.read_settled((key[0], 0))
+            added = self.read_settled(key) if key[1] else SettledIndex(0, {})
+            if (base is None or added is None) and self.settled_key() != key:
+                continue  # replaced as it was read: read the next one
+            return key, base.tasks if base else None, added.tasks if added else None
+        return None, None, None
+
+    def write_settled_index(self, tasks: Mapping[str, SettledTask], after: tuple[int, int] | None) -> tuple[int, int]:
+        """Write a new base after the latest key ``after`` and remove the older files; hold the state lock."""
+        key = ((after[0] if after else 0) + 1, 0)
+        self._write_settled(key, SettledIndex(key[0], tasks))
+        return key
+
+    def write_settled_additions(self, tasks: Mapping[str, SettledTask], after: tuple[int, int]) -> tuple[int, int]:
+        """Write the tasks added to base ``after[0]`` since it was written, as the next additions file;
+        hold the state lock."""
+        key = (after[0], after[1] + 1)
+        self._write_settled(key, SettledIndex(key[1], tasks, base=key[0]))
+        return key
+
+    def _write_settled(self, key: tuple[int, int], index: SettledIndex) -> None:
+        self.index_dir.mkdir(exist_ok=True)
+        content = json.dumps(index.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        link_into_place(self._settled_path(key), content)
+        for name in os.listdir(self.index_dir):
+            match = SettledIndex.NAME.fullmatch(name)
+            if not match:
+                continue
+            other = (int(match.group(1)), int(match.group(2) or 0))
+            # Older bases, and older additions; the base the new additions file adds to stays.
+            if other < key and other != (key[0], 0):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.index_dir / name)
 
     def load_task(self, task_id: str) -> Task:
         path = self.task_path(task_id)

@@ -12,6 +12,7 @@ import pytest
 from orchestrator import batch
 from orchestrator.batch import TaskView, load_view, load_views, reconcile
 from orchestrator.dispatcher import Dispatcher, _try_lock
+from orchestrator.engine import EVERYTHING
 from orchestrator.errors import UserError
 from orchestrator.tasks import BatchSettings, OrchestrationDir, State, utc_now
 
@@ -29,11 +30,16 @@ def dispatcher(orch: OrchestrationDir, engine: FakeEngine, started: list[str], l
     return Dispatcher(orch, {}, engine=engine, spawner=spawner, out=io.StringIO())
 
 
+def output(d: Dispatcher) -> str:
+    assert isinstance(d.out, io.StringIO)
+    return d.out.getvalue()
+
+
 def one_round(d: Dispatcher) -> list[TaskView] | None:
     lock = _try_lock(d.orch)
     assert lock is not None
     try:
-        to_start = d.round(check_engine=True, lock=lock)
+        to_start = d.round(EVERYTHING, lock)
         for view in to_start or []:
             d.start(view)
         return to_start
@@ -45,7 +51,7 @@ def test_the_dispatcher_keeps_to_the_limit_and_starts_the_next_as_one_finishes(o
     for _ in range(5):
         submit(orch)
     queue_all(orch)
-    engine, started = FakeEngine(), []
+    engine, started = FakeEngine(), list[str]()
     d = dispatcher(orch, engine, started, limit=2)
     one_round(d)
     assert started == ["task-001", "task-002"]
@@ -62,7 +68,7 @@ def test_a_dependency_chain_waits_and_a_failure_blocks_it_link_by_link(orch):
     b = submit(orch, depends_on=[a])
     c = submit(orch, depends_on=[b])
     queue_all(orch)
-    engine, started = FakeEngine(), []
+    engine, started = FakeEngine(), list[str]()
     d = dispatcher(orch, engine, started, limit=4)
     one_round(d)
     assert started == [a]
@@ -138,7 +144,7 @@ def test_a_dependency_cycle_in_hand_written_files_blocks_its_tasks(orch):
         orch.task_path(task_id).write_text(json.dumps({"id": task_id, "prompt": "p", "depends_on": [dep]}))
         orch.update_status(task_id, State.QUEUED)
     assert one_round(dispatcher(orch, FakeEngine(), [])) is None
-    assert state(orch, "x") is State.BLOCKED and "circle: x -> y -> x" in load_view(orch, "x").message
+    assert state(orch, "x") is State.BLOCKED and "circle: x -> y -> x" in str(load_view(orch, "x").message)
 
 
 def test_the_backstop_follows_the_deadline_the_worker_recorded(orch):
@@ -215,7 +221,7 @@ def test_a_task_s_limits_come_before_the_batch_s_and_the_manager_s(orch: Orchest
 
 
 def test_an_interrupted_task_is_resumed_once_then_left_as_it_is(orch):
-    engine, started = FakeEngine(), []
+    engine, started = FakeEngine(), list[str]()
     d = dispatcher(orch, engine, started)
     task = submit(orch)
     queue_all(orch)
@@ -227,7 +233,7 @@ def test_an_interrupted_task_is_resumed_once_then_left_as_it_is(orch):
     assert view.state is State.RUNNING and view.attempt == 2 and started == [task, task]
     assert json.loads(orch.attempt_path(task, 1, "json").read_text())["status"] == "interrupted"
     assert engine.removed == [] and f"worker-{task}-attempt-1" in engine.state  # kept: it may hold the work
-    assert f"{task} was interrupted; resumed after attempt 1 was interrupted" in d.out.getvalue()  # type: ignore[attr-defined]
+    assert f"{task} was interrupted; resumed after attempt 1 was interrupted" in output(d)
     engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 143, "Running": False}
     one_round(d)
     view = load_view(orch, task)
@@ -235,7 +241,7 @@ def test_an_interrupted_task_is_resumed_once_then_left_as_it_is(orch):
 
 
 def test_resuming_can_be_turned_off_and_dependents_then_block(orch):
-    engine, started = FakeEngine(), []
+    engine, started = FakeEngine(), list[str]()
     d = dispatcher(orch, engine, started)
     orch.write_settings(BatchSettings(max_workers=2, resume_interrupted=0))
     first = submit(orch)
@@ -247,3 +253,97 @@ def test_resuming_can_be_turned_off_and_dependents_then_block(orch):
     assert state(orch, first) is State.INTERRUPTED
     assert state(orch, second) is State.BLOCKED
     assert load_view(orch, second).message == f"{first} ended interrupted"
+
+
+def test_starts_run_at_once_up_to_the_limit_and_each_task_starts_once(orch, monkeypatch, fake_docker):
+    """The dispatcher's own loop, with starts that take their time: as many at once as there are
+    slots, never more, none started twice (a start under way is not taken for one that died)."""
+    import threading
+    import time
+
+    from orchestrator import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "ROUND_SECONDS", 0.05)
+    ids = [submit(orch) for _ in range(7)]
+    queue_all(orch)
+    orch.write_settings(BatchSettings(max_workers=3))
+    engine = FakeEngine()
+    lock = threading.Lock()
+    release = threading.Event()
+    started: list[str] = []
+    at_once = {"now": 0, "most": 0}
+
+    def slow_spawner(view: TaskView) -> None:
+        with lock:
+            started.append(view.id)
+            at_once["now"] += 1
+            at_once["most"] = max(at_once["most"], at_once["now"])
+        release.wait(10)
+        engine.state[view.container] = {"Status": "running", "Running": True}
+        orch.update_status(view.id, State.RUNNING, started_at=utc_now())
+        with lock:
+            at_once["now"] -= 1
+
+    d = Dispatcher(orch, {}, engine=engine, spawner=slow_spawner, out=io.StringIO())
+    runner = threading.Thread(target=d.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(started) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)  # rounds go by while the three are being started
+        assert started == ids[:3] and at_once["now"] == 3
+        release.set()
+        # Each finishes in turn; the next starts in its slot.
+        while len(started) < len(ids) and time.monotonic() < deadline + 20:
+            for task_id in list(started):
+                if state(orch, task_id) is State.RUNNING:
+                    finish(orch, task_id, State.SUCCESS)
+                    engine.state[f"worker-{task_id}"] = {"Status": "exited", "ExitCode": 0}
+            time.sleep(0.05)
+        for task_id in started:
+            if state(orch, task_id) is not State.SUCCESS:
+                deadline = time.monotonic() + 10
+                while state(orch, task_id) is not State.RUNNING and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                finish(orch, task_id, State.SUCCESS)
+    finally:
+        release.set()
+        runner.join(20)
+    assert not runner.is_alive()
+    assert sorted(started) == sorted(ids) and len(started) == len(set(started))
+    assert at_once["most"] == 3
+    views = load_views(orch)
+    assert all(v.state is State.SUCCESS for v in views)
+
+
+def test_a_start_that_fails_frees_its_slot_at_once(orch, monkeypatch, fake_docker):
+    import threading
+
+    from orchestrator import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "ROUND_SECONDS", 30)  # only a wake can start the next in time
+    first, second = submit(orch), submit(orch)
+    queue_all(orch)
+    orch.write_settings(BatchSettings(max_workers=1))
+    engine = FakeEngine()
+    started: list[str] = []
+    both = threading.Event()
+
+    def spawner(view: TaskView) -> None:
+        started.append(view.id)
+        if view.id == first:
+            raise UserError("image claude-flutter not found")
+        engine.state[view.container] = {"Status": "running", "Running": True}
+        finish(orch, view.id, State.SUCCESS)
+        engine.state[view.container] = {"Status": "exited", "ExitCode": 0}
+        both.set()
+
+    d = Dispatcher(orch, {}, engine=engine, spawner=spawner, out=io.StringIO())
+    runner = threading.Thread(target=d.run)
+    runner.start()
+    assert both.wait(10), started
+    d.wake()  # the round that finds nothing left to do, now rather than in 30 s
+    runner.join(40)
+    assert started == [first, second]
+    assert "image claude-flutter not found" in orch.load_result(first).error

@@ -146,7 +146,8 @@ def test_the_manager_command_exit_code_comes_back(run: Run, token_file):
 
 
 def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file):
-    """The host has no /orchestration: spawn-worker reaches the volume through a container."""
+    """The host has no /orchestration: spawn-worker reaches the volume through the engine's folder
+    of it (the tests run as root), or else through a helper container."""
     repo = git_server.repo(f"h-{run.id}")
     task = run.task_id("host")
     sh("docker", "volume", "create", run.volume)
@@ -176,7 +177,7 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
     bad = run.task_id("bad")
     run.write(f"tasks/{bad}.json", json.dumps({"id": bad, "prompt": ""}))
     refused = subprocess.run([*spawn[:3], bad, *spawn[4:]], capture_output=True, text=True, cwd=ROOT, check=False)
-    assert refused.returncode == 1 and "field 'prompt' must be a non-empty string" in refused.stderr
+    assert refused.returncode == 2 and "field 'prompt' must be a non-empty string" in refused.stderr  # bad input
     assert "Traceback" not in refused.stderr
     assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{bad}").stdout.strip() == ""
 

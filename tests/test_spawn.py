@@ -137,14 +137,16 @@ def refused(capsys, code: int, *argv: str) -> str:
 def test_a_running_worker_for_the_task_refuses_a_second(fake_docker: FakeDocker, orch: Path, capsys):
     fake_docker.add_container("worker-task-001", "inspect-running.json")
     assert "already has a running worker" in refused(capsys, 1, "flutter", "task-001")
-    assert not fake_docker.find("create")
+    # The name was taken: that worker is left as it is, and so is its task.
+    assert not fake_docker.find("cp") and not fake_docker.find("start") and not fake_docker.find("rm")
+    assert not (orch / "status" / "task-001.json").exists()
 
 
 def test_an_exited_worker_is_left_for_the_person_to_look_at(fake_docker: FakeDocker, orch: Path, capsys):
     fake_docker.add_container("worker-task-001", "inspect-exited.json")
     err = refused(capsys, 1, "flutter", "task-001")
     assert "exited with code 3" in err and "docker rm worker-task-001" in err
-    assert not fake_docker.find("create") and not fake_docker.find("rm")
+    assert not fake_docker.find("start") and not fake_docker.find("rm")
 
 
 @pytest.mark.parametrize(
@@ -262,3 +264,71 @@ def test_bad_limits_are_refused(fake_docker: FakeDocker, orch: Path, capsys, opt
 def test_branch_prefixes_git_refuses_are_refused(fake_docker: FakeDocker, orch: Path, capsys, prefix: str):
     assert run("flutter", "task-001", "--branch-prefix", prefix) == 2
     assert "not usable in a branch name" in capsys.readouterr().err
+
+
+def commands(fake_docker: FakeDocker) -> list[str]:
+    return [" ".join(argv[:2]) if argv[0] in ("volume", "container") else argv[0] for argv in fake_docker.argvs()]
+
+
+def test_in_the_manager_a_spawn_is_three_docker_calls(fake_docker: FakeDocker, orch: Path):
+    assert run("flutter", "task-001") == 0
+    assert commands(fake_docker) == ["create", "cp", "start"]
+
+
+@pytest.fixture
+def on_the_host(orch: Path, tmp_path: Path, monkeypatch) -> list[str]:
+    """spawn-worker where the volume is not mounted: the engine's folder of it is tmp/orchestration."""
+    monkeypatch.setenv("FAKE_DOCKER_VOLUMES", str(tmp_path))
+    (orch / "tasks" / "task-002.json").write_text(json.dumps({"id": "task-002", "prompt": "Do it too"}))
+    return ["--volume", "orchestration", "--orchestration-dir", str(tmp_path / "not-mounted")]
+
+
+def test_on_the_host_the_volume_s_folder_is_written_directly(fake_docker: FakeDocker, orch: Path, on_the_host):
+    assert run("flutter", "task-001", *on_the_host) == 0
+    # Its folder is looked up while the container is created: no container of its own.
+    assert sorted(commands(fake_docker)[:2]) == ["create", "volume inspect"]
+    assert commands(fake_docker)[2:] == ["cp", "start"]
+    status = json.loads((orch / "status" / "task-001.json").read_text())
+    assert (status["state"], status["container"]) == ("starting", "worker-task-001")
+
+
+def test_on_the_host_a_folder_out_of_reach_is_written_through_one_helper_kept_for_it(
+    fake_docker: FakeDocker, orch: Path, on_the_host, monkeypatch
+):
+    monkeypatch.setenv("FAKE_DOCKER_MOUNTPOINT", "/var/lib/docker-desktop-vm/volumes/orchestration/_data")
+    assert run("flutter", "task-001", *on_the_host) == 0
+    assert run("flutter", "task-002", *on_the_host) == 0
+    helpers = fake_docker.find("run")
+    assert len(helpers) == 1  # started once, then reused
+    argv = helpers[0]["argv"]
+    assert argv[argv.index("--name") + 1] == "orchestrator-volume-orchestration"
+    assert "orchestration:/orchestration" in argv and argv[argv.index("--network") + 1] == "none"
+    last_exec = [a for a in fake_docker.argvs() if a[0] == "exec"][-1]
+    assert last_exec[-6:] == ["claim", "task-002", "--worker-type", "flutter", "--container", "worker-task-002"]
+    for task_id in ("task-001", "task-002"):
+        assert json.loads((orch / "status" / f"{task_id}.json").read_text())["state"] == "starting"
+
+
+def test_on_the_host_the_helper_s_refusal_is_one_line(fake_docker: FakeDocker, orch: Path, on_the_host, capsys,
+                                                      monkeypatch):  # fmt: skip
+    monkeypatch.setenv("FAKE_DOCKER_MOUNTPOINT", "/elsewhere")
+    (orch / "results" / "task-001.json").write_text('{"task_id": "task-001"}')
+    err = refused(capsys, 1, "flutter", "task-001", *on_the_host)
+    assert "task task-001 already has a result" in err and "volume: error" not in err
+    assert fake_docker.find("rm", "--force", "worker-task-001") and not fake_docker.find("start")
+
+
+def test_on_the_host_a_volume_that_does_not_exist_is_named(fake_docker: FakeDocker, orch: Path, on_the_host, capsys):
+    err = refused(capsys, 1, "flutter", "task-001", *on_the_host[:-2], "--volume", "nope",
+                  "--orchestration-dir", "/not-mounted")  # fmt: skip
+    assert "the volume nope does not exist" in err
+    assert fake_docker.find("rm", "--force", "worker-task-001")  # created meanwhile: removed
+
+
+def test_on_the_host_a_bad_task_is_bad_input_through_the_helper_too(
+    fake_docker: FakeDocker, orch: Path, on_the_host, capsys, monkeypatch
+):
+    monkeypatch.setenv("FAKE_DOCKER_MOUNTPOINT", "/elsewhere")
+    (orch / "tasks" / "task-001.json").write_text('{"id": "task-001", "prompt": ""}')
+    err = refused(capsys, 2, "flutter", "task-001", *on_the_host)
+    assert "field 'prompt' must be a non-empty string" in err and "volume: error" not in err

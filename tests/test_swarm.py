@@ -74,8 +74,8 @@ def test_a_batch_runs_as_swarm_jobs(
         manager.orch("submit", "--id", settings, "--depends-on", theme, "--prompt",
                      run.prompt("settings", bash("cat lib/theme.dart"), text("settings done")))  # fmt: skip
         # Fails on its first attempt, succeeds on its retry.
-        manager.orch("submit", "--id", broken, "--prompt",
-                     run.prompt("broken", attempts(error(529, "Overloaded", should_retry=False), text("fine now"))))  # fmt: skip
+        overloaded = error(529, "Overloaded", should_retry=False)
+        manager.orch("submit", "--id", broken, "--prompt", run.prompt("broken", attempts(overloaded, text("fine now"))))
         manager.orch("submit", "--id", slow, "--prompt", run.prompt("slow", bash(LONG_JOB)))
         manager.orch("start", "--all", "--max-workers", "3")
         wait_until(partial(logs_show, manager, slow, "-> Bash python3"), "the slow task at work")
@@ -83,7 +83,10 @@ def test_a_batch_runs_as_swarm_jobs(
         manager.orch("wait", "--all", check=False, timeout=600)
         status = manager.status()
         assert [status[t]["state"] for t in (theme, settings, broken, slow)] == [
-            "success", "success", "failed", "cancelled"
+            "success",
+            "success",
+            "failed",
+            "cancelled",
         ]
         assert run.tool_results("settings")[0] == "dark"  # it started from its dependency's work
         assert "API Error: 529" in status[broken]["message"]
