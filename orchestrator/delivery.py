@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shlex
 import stat
 import threading
 import time
@@ -37,6 +38,15 @@ TITLE_LIMIT = 72
 # agent's clone (and the agent the runtime's) through it. Each is owned by the other user,
 # which git would otherwise refuse as "dubious ownership".
 UPLOAD_PACK = "git -c safe.directory=* upload-pack"
+
+
+def upload_pack_as(user: AgentUser) -> str:
+    """upload-pack for the runtime to read the agent's clone: run as the agent's user, so that
+    nothing in that repository runs with the runtime's privileges."""
+    return (
+        f"/usr/bin/env HOME={shlex.quote(str(user.home))} /usr/bin/setpriv --reuid={user.uid} --regid={user.gid} "
+        "--clear-groups --no-new-privs /usr/bin/git -c safe.directory=* upload-pack"
+    )
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class Workspace:
     base: str  # where its work is counted from (REPO_BRANCH's head, or its dependencies' work)
     started_from: tuple[StartPoint, ...] = ()  # the dependencies' (or interrupted attempt's) work
     start: str = ""  # the commit the branch starts at: base, or an interrupted attempt's head
+    user: AgentUser | None = None  # who the agent's clone belongs to
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,7 @@ def prepare(
     finally:
         os.umask(umask)
     _clone_for_agent(own, agent, name, url, user, agent_env, scrub)
-    return Workspace(own, agent, name, base, tuple(start_from), start)
+    return Workspace(own, agent, name, base, tuple(start_from), start, user)
 
 
 def _start(own: Path, task_id: str, points: Sequence[StartPoint], say: Callable[[str], None]) -> str:
@@ -291,9 +302,11 @@ def _push(
 def _take_agent_work(workspace: Workspace, message: str, say: Callable[[str], None]) -> str:
     """The commit that holds the agent's work, made in the runtime's clone."""
     own, agent = workspace.own, workspace.agent
+    reader = upload_pack_as(workspace.user) if workspace.user is not None and os.geteuid() == 0 else UPLOAD_PACK
     try:
-        git.git("fetch", "--quiet", "--no-tags", f"--upload-pack={UPLOAD_PACK}", "--", str(agent), "HEAD", cwd=own,
-                timeout=git.PUSH_TIMEOUT)  # fmt: skip
+        # Objects the agent made are checked as they come in: a malformed one is refused here.
+        git.git("-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", f"--upload-pack={reader}", "--",
+                str(agent), "HEAD", cwd=own, timeout=git.PUSH_TIMEOUT)  # fmt: skip
         agent_head = git.git("rev-parse", "--verify", "FETCH_HEAD^{commit}", cwd=own).strip()
     except GitError as exc:
         say(f"the agent's commits could not be read ({exc}); its files are handed back on top of the branch's start")
@@ -306,7 +319,15 @@ def _take_agent_work(workspace: Workspace, message: str, say: Callable[[str], No
     env = {"GIT_INDEX_FILE": str(index)}
     try:
         git.git("read-tree", agent_head, cwd=own, env=env)
-        git.git(f"--work-tree={agent}", "add", "--all", cwd=own, env=env, timeout=git.PUSH_TIMEOUT)
+        try:
+            git.git(f"--work-tree={agent}", "add", "--all", cwd=own, env=env, timeout=git.PUSH_TIMEOUT)
+        except GitError as exc:
+            # A path git cannot take (a nested repository without commits, an unreadable file)
+            # must not cost the rest: everything else is taken, and the failure said.
+            say(f"some of the agent's files could not be taken: {exc}")
+            with contextlib.suppress(GitError):
+                git.git(f"--work-tree={agent}", "add", "--all", "--ignore-errors", cwd=own, env=env,
+                        timeout=git.PUSH_TIMEOUT)  # fmt: skip
         tree = git.git("write-tree", cwd=own, env=env).strip()
     finally:
         with contextlib.suppress(FileNotFoundError):

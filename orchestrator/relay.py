@@ -9,6 +9,8 @@ processes; the ticket is worthless outside this relay.
 
 A request without the ticket goes on with no credential at all (Claude Code's connectivity
 probe, ``HEAD /api/hello``, is one), so another process on the same loopback cannot spend it.
+Every request goes to the endpoint and nowhere else: a target that is not a plain path under
+it is refused, and redirects are handed back to the agent, never followed with the credential.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import secrets
 import ssl
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -49,6 +52,7 @@ class ApiRelay:
     ):
         self.credential = credential
         self.upstream = (upstream or DEFAULT_UPSTREAM).rstrip("/")
+        self._upstream_parts = urllib.parse.urlsplit(self.upstream)
         self.ticket = "relay-" + secrets.token_urlsafe(32)
         self.on_error = on_error
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -89,12 +93,33 @@ class ApiRelay:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def target(self, path: str) -> str | None:
+        """The endpoint's URL for a request's target, or None when the target is not a plain
+        path (an absolute URL, ``//host``, a path that would change the URL's host)."""
+        if not path.startswith("/") or path.startswith("//") or any(c in path for c in "\\#\r\n\t "):
+            return None
+        url = self.upstream + path
+        parts, own = urllib.parse.urlsplit(url), self._upstream_parts
+        same = (parts.scheme, parts.netloc) == (own.scheme, own.netloc) and parts.path.startswith(own.path)
+        return url if same else None
+
     def carries_ticket(self, headers: Mapping[str, str] | email.message.Message) -> bool:
         offered = headers.get("x-api-key") or ""
         auth = headers.get("authorization") or ""
         if auth.lower().startswith("bearer "):
             offered = auth[7:].strip()
         return hmac.compare_digest(offered.encode(), self.ticket.encode())
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect goes back to the agent as it is: following it would carry the credential to
+    wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
 
 
 class _RelayHandler(http.server.BaseHTTPRequestHandler):
@@ -144,11 +169,17 @@ class _RelayHandler(http.server.BaseHTTPRequestHandler):
             for name, value in self.headers.items()
             if name.lower() not in _HOP_BY_HOP and name.lower() not in _CREDENTIAL_HEADERS
         }
+        url = relay.target(self.path)
+        if url is None:
+            message = f"the worker's API relay refused a request for {self.path[:200]!r}: not a path of the API"
+            relay.on_error(message)
+            self._send_error(400, message)
+            return
         if relay.carries_ticket(self.headers):
             headers.update(relay.credential.headers())
-        request = urllib.request.Request(relay.upstream + self.path, data=body, headers=headers, method=self.command)
+        request = urllib.request.Request(url, data=body, headers=headers, method=self.command)
         try:
-            upstream = urllib.request.urlopen(request, timeout=UPSTREAM_TIMEOUT)
+            upstream = _OPENER.open(request, timeout=UPSTREAM_TIMEOUT)
         except urllib.error.HTTPError as exc:
             upstream = exc  # an API error is an answer: it goes back as it is
         except (urllib.error.URLError, OSError, ssl.SSLError, http.client.HTTPException) as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -73,7 +74,23 @@ def run_as(
     timeout: float = 120.0,
     input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command of the runtime's as the agent's user (a clone for it, a chmod of its files)."""
+    """Run a command of the runtime's as the agent's user (a clone for it, a chmod of its files);
+    one that outlives ``timeout`` is a UserError."""
+    try:
+        return _run_as(user, argv, cwd=cwd, env=env, timeout=timeout, input=input)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"`{shlex.join(argv)}`, run as {user.name}, did not finish within {timeout:.0f} s") from None
+
+
+def _run_as(
+    user: AgentUser,
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str],
+    env: Mapping[str, str],
+    timeout: float,
+    input: str | None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(argv),
         cwd=cwd,

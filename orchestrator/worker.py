@@ -273,8 +273,10 @@ class Worker:
         self.finishing = True
         if relay is not None:
             relay.stop()
-        handed_back = self.hand_back(task) if self.workspace is not None and task is not None else None
-        Secrets.forget(config.home)
+        try:
+            handed_back = self.hand_back(task) if self.workspace is not None and task is not None else None
+        finally:
+            Secrets.forget(config.home)
         if handed_back is not None and handed_back.error:
             # Work that did not reach origin is a failure even when the agent succeeded.
             error = f"{error}; also, {handed_back.error}" if error else handed_back.error
@@ -388,6 +390,12 @@ class Worker:
             # Not committed: the work stays in the agent's clone, in the kept container.
             base = self.workspace.base
             return delivery.Delivery(base, base, 0, error=f"its work could not be committed: {exc}")
+        except Exception as exc:  # noqa: BLE001 (a bug here must still leave a result behind)
+            self.say("internal error while handing the work back:\n" + "".join(traceback.format_exception(exc)))
+            base = self.workspace.base
+            return delivery.Delivery(
+                base, base, 0, error=f"its work could not be committed: internal error: {type(exc).__name__}: {exc}"
+            )
 
     def result(
         self,
@@ -450,9 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the runtime's own commands (git, its credential helper, ssh) are looked up in: folders
+# that only root can write. The image's PATH starts with the SDK's folders, which the agent owns
+# (it fills the SDK's cache): the agent gets that PATH, the root runtime never uses it.
+RUNTIME_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    env = dict(os.environ)
+    env = dict(os.environ)  # the agent's environment is made from this one
+    os.environ["PATH"] = RUNTIME_PATH
 
     def work() -> int:
         config = WorkerConfig.from_env(env, args.task_id)

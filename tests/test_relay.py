@@ -90,6 +90,75 @@ def test_an_unreachable_endpoint_is_a_502_that_names_it(token: str):
     assert said and token not in said[0]
 
 
+def send(url: str, method: str, target: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """A request with ``target`` exactly as given on its request line."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+    conn.putheader("Host", "127.0.0.1")
+    for name, value in headers.items():
+        conn.putheader(name, value)
+    conn.putheader("Content-Length", "0")
+    conn.endheaders()
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), data
+
+
+@pytest.mark.parametrize(
+    "target",
+    [".evil.test/v1/messages", "@evil.test/v1/messages", "http://evil.test/v1/messages",
+     ":1/v1/messages", "/v1/messages\\@evil.test"],
+)  # fmt: skip
+def test_a_target_that_is_not_a_path_of_the_api_is_refused(api: ScriptedAPI, token: str, target: str):
+    """Appended to the endpoint's URL, each of these would name another host (or port).
+    (``//host/...`` is not among them: the server folds it into ``/host/...``, a path.)"""
+    said: list[str] = []
+    with ApiRelay(ClaudeCredential(token), api.url, on_error=said.append) as relay:
+        status, _, body = send(relay.url, "POST", target, {"Authorization": f"Bearer {relay.ticket}"})
+    assert status == 400 and "not a path of the API" in json.loads(body)["error"]["message"]
+    assert api.log() == "" and said and token not in said[0]
+
+
+def test_a_redirect_is_handed_back_not_followed(token: str):
+    """An endpoint that redirects (a gateway, say) does not get the relay to carry the credential
+    elsewhere: the agent sees the redirect."""
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Redirecting(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.headers.get("authorization"))
+            self.send_response(307)
+            self.send_header("Location", "http://127.0.0.1:9/elsewhere")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        upstream = f"http://127.0.0.1:{server.server_address[1]}"
+        with ApiRelay(ClaudeCredential(token), upstream) as relay:
+            status, headers, _ = post(relay.url, {"Authorization": f"Bearer {relay.ticket}"}, conversation("x"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status == 307 and headers["Location"].endswith("/elsewhere")
+    assert seen == [f"Bearer {token}"]  # the endpoint itself, once; the redirect was not followed
+
+
+def test_an_endpoint_with_a_path_keeps_it(token: str):
+    with ApiRelay(ClaudeCredential(token), "https://gateway.example/anthropic/") as relay:
+        assert relay.target("/v1/messages?beta=true") == "https://gateway.example/anthropic/v1/messages?beta=true"
+        assert relay.target("x/v1/messages") is None
+
+
 @pytest.mark.parametrize(
     ("request_", "answered"),
     [
