@@ -18,17 +18,20 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 from . import sandbox
 from .docker import flag
+from .errors import UserError
 from .sandbox import AgentUser
 from .tasks import State
 
 CLAUDE = "claude"
 TERMINATE_GRACE_SECONDS = 10.0
+WAIT_STEP_SECONDS = 1.0  # how often the wait for the agent looks at its deadline
 _SUMMARY_LIMIT = 160
 
 
@@ -185,6 +188,7 @@ class AgentProcess:
         self.scrub = scrub
         self._proc: subprocess.Popen[str] | None = None
         self._stopped: str | None = None
+        self._stopped_at: float | None = None
         self._lock = threading.Lock()
         self._final: Mapping[str, Any] | None = None
         self._last_text = ""
@@ -193,23 +197,18 @@ class AgentProcess:
     def stop(self, reason: str) -> None:
         """End the run (its whole process group): TERM, then KILL after a grace period.
 
-        Safe to call from a signal handler or a timer thread, more than once.
+        Safe to call from a signal handler or another thread, more than once. It starts
+        nothing: the loop in ``run`` kills what is left after the grace period.
         """
         with self._lock:
             if self._stopped or (self._proc is not None and self._proc.poll() is not None):
                 return
             self._stopped = reason
+            self._stopped_at = time.monotonic()
             proc = self._proc
         if proc is None:
             return  # not started yet: run() will not start it
         self._signal_group(proc, signal.SIGTERM)
-        threading.Thread(target=self._kill_later, args=(proc,), daemon=True).start()
-
-    def _kill_later(self, proc: subprocess.Popen[str]) -> None:
-        try:
-            proc.wait(TERMINATE_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            sandbox.kill_all(self.user.uid)
 
     @staticmethod
     def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
@@ -252,6 +251,24 @@ class AgentProcess:
             stream.write(self.prompt)
             stream.close()
 
+    def _wait(self, proc: subprocess.Popen[str]) -> int:
+        """Wait for the agent's process, enforcing the timeout and the grace period of a stop
+        from this thread: an agent that uses up the container's processes (so that no thread
+        can start) still ends on time."""
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        while True:
+            try:
+                return proc.wait(WAIT_STEP_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self.stop("timeout")
+            stopped_at = self._stopped_at
+            if stopped_at is not None and now - stopped_at >= TERMINATE_GRACE_SECONDS:
+                with contextlib.suppress(UserError):
+                    sandbox.kill_all(self.user.uid)
+
     def run(self) -> AgentRun:
         with self._lock:
             if self._stopped:
@@ -279,15 +296,7 @@ class AgentProcess:
         ]
         for thread in threads:
             thread.start()
-        timer = threading.Timer(self.timeout, self.stop, args=("timeout",)) if self.timeout else None
-        if timer:
-            timer.daemon = True
-            timer.start()
-        try:
-            exit_code = proc.wait()
-        finally:
-            if timer:
-                timer.cancel()
+        exit_code = self._wait(proc)
         # What it left behind goes before anything else is read or handed back.
         leftovers = sandbox.kill_all(self.user.uid)
         if leftovers:

@@ -167,12 +167,13 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
     assert second.returncode == 1
     assert second.stderr.strip() == f"spawn-worker: error: task {task} already has a running worker (worker-{task})"
 
-    # docker stop: the worker stops its agent and still records how the task ended.
+    # docker stop by hand: the worker stops its agent and still records how the task ended,
+    # interrupted (not the task's fault: a batch would run it again).
     wait_for_log(f"worker-{task}", "-> Bash python3 -c")
     sh("docker", "stop", f"worker-{task}")
     assert sh("docker", "wait", f"worker-{task}").stdout.strip() == "1"
     result = run.result(task)
-    assert result["status"] == "cancelled" and "stopped" in result["error"]
+    assert result["status"] == "interrupted" and "stopped" in result["error"]
 
     bad = run.task_id("bad")
     run.write(f"tasks/{bad}.json", json.dumps({"id": bad, "prompt": ""}))

@@ -170,10 +170,11 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
         ),
         "--start",
     )  # fmt: skip
+    # The bomb holds every process the container may have until well past the timeout, and the
+    # API never answers: the runtime must end it on time without starting anything.
     manager.orch(
-        "submit", "--id", bomber, "--pids-limit", "200", "--prompt",
-        run.prompt("bomber", bash("for i in $(seq 1000); do (sleep 120 &) 2>/dev/null; done; echo spawned"),
-                   text("bombed")),
+        "submit", "--id", bomber, "--pids-limit", "200", "--timeout", "30", "--prompt",
+        run.prompt("bomber", bash("for i in $(seq 1000); do (sleep 300 &) 2>/dev/null; done; echo spawned"), hang()),
         "--start",
     )  # fmt: skip
     manager.orch(
@@ -221,9 +222,7 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
     verdicts["output held past the timeout"] = timed_out["status"] == "timeout" and not _running(f"worker-{holder}")
     bombed = run.result(bomber)
     pids = json.loads(sh("docker", "inspect", f"worker-{bomber}").stdout)[0]["HostConfig"]["PidsLimit"]
-    verdicts["a fork bomb"] = (
-        pids == 200 and bombed["status"] in ("success", "failed") and not _running(f"worker-{bomber}")
-    )
+    verdicts["a fork bomb"] = pids == 200 and bombed["status"] == "timeout" and not _running(f"worker-{bomber}")
     hogged = run.result(hog)
     killed = any("rc=137" in out or "Killed" in out for out in run.tool_results("hog"))
     verdicts["a memory hog"] = killed and hogged["task_id"] == hog and not _running(f"worker-{hog}")
@@ -232,6 +231,7 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
     containers = [f"worker-{t}" for t in (victim, snoop, holder, bomber, hog)]
     all_results = [run.tool_results(name) for name in ("victim", "snoop", "holder", "bomber", "hog")]
     outputs["output held past the timeout"] += f"\nresult: {json.dumps(timed_out)}"
+    outputs["a fork bomb"] = "\n".join(run.tool_results("bomber")) + f"\nresult: {json.dumps(bombed)}"
     return Outcome(verdicts, outputs, all_results, containers, changed)
 
 
