@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -31,6 +31,10 @@ from .tasks import State
 
 CLAUDE = "claude"
 TERMINATE_GRACE_SECONDS = 10.0
+# What of the agent's output is kept (transcript) and shown (log), each, and the longest line
+# read: bounds that do not depend on what the agent prints.
+OUTPUT_LIMIT = 100 * 1024 * 1024
+LINE_LIMIT = 16 * 1024 * 1024
 WAIT_STEP_SECONDS = 1.0  # how often the wait for the agent looks at its deadline
 _SUMMARY_LIMIT = 160
 
@@ -189,6 +193,8 @@ class AgentProcess:
         self._proc: subprocess.Popen[str] | None = None
         self._stopped: str | None = None
         self._stopped_at: float | None = None
+        self._kept = 0  # bytes written to the transcript
+        self._shown = 0  # bytes shown in the log
         self._lock = threading.Lock()
         self._final: Mapping[str, Any] | None = None
         self._last_text = ""
@@ -216,21 +222,20 @@ class AgentProcess:
             os.killpg(proc.pid, sig)
 
     def _read_stdout(self, stream: IO[str]) -> None:
-        for raw in stream:
+        for raw in _bounded_lines(stream):
             line = self.scrub(raw.rstrip("\n"))
             if not line.strip():
                 continue
-            self.transcript.write(line + "\n")
-            self.transcript.flush()
+            self._keep(line)
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:
-                self.on_line(line)
+                self._show(line)
                 continue
             if not isinstance(event, Mapping):
                 continue
             for rendered in render_event(event):
-                self.on_line(rendered)
+                self._show(rendered)
             if event.get("type") == "result":
                 self._final = event
             elif event.get("type") == "assistant":
@@ -239,11 +244,32 @@ class AgentProcess:
                     self._last_text = text
 
     def _read_stderr(self, stream: IO[str]) -> None:
-        for raw in stream:
+        for raw in _bounded_lines(stream):
             line = self.scrub(raw.rstrip("\n"))
             if line.strip():
-                self._stderr_tail.append(line)
-                self.on_line(f"stderr: {line}")
+                self._stderr_tail.append(line[:2000])
+                self._show(f"stderr: {line}")
+
+    def _keep(self, line: str) -> None:
+        """Into the transcript on the shared volume, up to OUTPUT_LIMIT: an agent that prints
+        without end must not fill the volume every task writes to."""
+        if self._kept > OUTPUT_LIMIT:
+            return
+        self._kept += len(line) + 1
+        if self._kept > OUTPUT_LIMIT:
+            line = json.dumps({"type": "orchestrator", "note": f"transcript cut at {OUTPUT_LIMIT} bytes"})
+        self.transcript.write(line + "\n")
+        self.transcript.flush()
+
+    def _show(self, line: str) -> None:
+        """To the worker's log (docker logs), up to OUTPUT_LIMIT, for the same reason."""
+        with self._lock:
+            if self._shown > OUTPUT_LIMIT:
+                return
+            self._shown += len(line) + 1
+            if self._shown > OUTPUT_LIMIT:
+                line = f"(the agent's output is cut here, at {OUTPUT_LIMIT} bytes; the result comes all the same)"
+        self.on_line(line)
 
     def _write_prompt(self, stream: IO[str]) -> None:
         # In a thread: a prompt bigger than the pipe's buffer waits for the CLI to read it.
@@ -310,6 +336,21 @@ class AgentProcess:
             stderr_tail=" | ".join(self._stderr_tail),
             stopped=self._stopped,
         )
+
+
+def _bounded_lines(stream: IO[str]) -> Iterator[str]:
+    """The stream's lines, none longer than LINE_LIMIT: the rest of a longer one is dropped
+    (read and thrown away), so that the runtime's memory does not depend on the agent."""
+    while True:
+        line = stream.readline(LINE_LIMIT)
+        if not line:
+            return
+        if len(line) >= LINE_LIMIT and not line.endswith("\n"):
+            while True:
+                rest = stream.readline(LINE_LIMIT)
+                if not rest or rest.endswith("\n"):
+                    break
+        yield line
 
 
 def _assistant_text(event: Mapping[str, Any]) -> str:

@@ -136,3 +136,27 @@ def test_a_stop_before_the_start_keeps_the_agent_from_starting(tmp_path):
     run = process.run()  # would raise FileNotFoundError had it tried to start
     assert (run.stopped, run.exit_code) == ("cancelled", None)
     assert judge(run, None)[0] is State.CANCELLED
+
+
+def test_what_is_kept_and_shown_of_the_agent_s_output_is_bounded(tmp_path, monkeypatch):
+    """An agent that prints without end fills neither the shared volume nor the worker's log,
+    nor the runtime's memory with one endless line."""
+    from orchestrator import agent
+
+    monkeypatch.setattr(agent, "OUTPUT_LIMIT", 1000)
+    monkeypatch.setattr(agent, "LINE_LIMIT", 400)
+    shown: list[str] = []
+    transcript = io.StringIO()
+    process = AgentProcess(["claude"], prompt="p", user=AgentUser("nobody", 65534, 65534, tmp_path),
+                           cwd=str(tmp_path), env={}, timeout=None, on_line=shown.append, transcript=transcript,
+                           scrub=str)  # fmt: skip
+    long_line = "x" * 900 + "\n"
+    final = json.dumps(SUCCESS) + "\n"
+    process._read_stdout(io.StringIO("y" * 30 + "\n" + long_line + "z" * 30 + "\n"))
+    assert shown == ["y" * 30, "x" * 400, "z" * 30]  # the long line: its first LINE_LIMIT characters
+    assert transcript.getvalue().splitlines() == ["y" * 30, "x" * 400, "z" * 30]
+    process._read_stdout(io.StringIO(("v" * 50 + "\n") * 100 + final))
+    assert sum(len(line) + 1 for line in transcript.getvalue().splitlines()) <= 1000 + 500
+    assert "transcript cut at 1000 bytes" in transcript.getvalue().splitlines()[-1]
+    assert "cut here, at 1000 bytes" in shown[-1] and sum(len(line) for line in shown) <= 1000 + 500
+    assert process._final == SUCCESS  # read all the same: the outcome does not depend on the cut
