@@ -450,6 +450,9 @@ def _age_seconds(stamp: str | None, now: datetime) -> float:
 def death_notice(container: str, state: Mapping[str, Any]) -> str:
     """Why a worker container ended, in words."""
     code = state.get("ExitCode")
+    if code is None and state.get("Error"):
+        # A swarm job that was never placed, or whose container could not be made.
+        return f"the worker {container} never ran: {state['Error']}"
     if state.get("OOMKilled"):
         return f"the worker container {container} was killed: out of memory (exit code {code})"
     detail = " (killed by SIGKILL)" if code == 137 else " (killed by SIGTERM)" if code == 143 else ""

@@ -50,6 +50,13 @@ def add_placement_options(parser: argparse.ArgumentParser) -> None:
         default=_default(environment.IMAGE_PREFIX),
         help=f"image name prefix (default: ${environment.IMAGE_PREFIX.name}, else {environment.IMAGE_PREFIX.default})",
     )
+    parser.add_argument(
+        "--engine",
+        choices=config.ENGINES,
+        default=_default(environment.ENGINE),
+        help=f"what runs the workers: containers on this engine, or jobs of the swarm it manages "
+        f"(default: ${environment.ENGINE.name}, else {environment.ENGINE.default})",
+    )
     parser.add_argument("--debug", action="store_true", help="print the docker commands run, and tracebacks")
 
 

@@ -56,3 +56,9 @@ def container_attempt(name: str) -> int | None:
     """N for a container kept by orch retry (worker-ID-attempt-N), else None."""
     kept = _KEPT_ATTEMPT.fullmatch(name)
     return int(kept.group("n")) if kept else None
+
+
+# What runs the workers (--engine, ORCHESTRATOR_ENGINE): containers, or Swarm jobs (orchestrator/swarm.py).
+ENGINE_DOCKER = "docker"
+ENGINE_SWARM = "swarm"
+ENGINES = (ENGINE_DOCKER, ENGINE_SWARM)

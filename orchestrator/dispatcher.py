@@ -42,7 +42,7 @@ from .batch import (
 from .docker import (
     DockerError,
 )
-from .engine import DockerEngine, EngineEvents, EngineLook
+from .engine import EngineEvents, EngineLook, engine_for
 from .errors import UserError
 from .git import CLONE_TIMEOUT
 from .limits import WorkerLimits
@@ -149,7 +149,7 @@ class Dispatcher:
         self.orch = orch
         self.env = dict(env)
         self.scrub = scrubber(env_secrets(env))
-        self.engine = engine or DockerEngine.for_env(env)
+        self.engine = engine or engine_for(env)
         self.spawner = spawner or self.spawn_worker
         self.out = out or sys.stdout
         self.waiting_messages: dict[str, str] = {}
@@ -337,6 +337,7 @@ class Dispatcher:
             image_prefix=environment.IMAGE_PREFIX.require(env),
             limits=worker_limits(self.orch, view.task, env),
             attempt=view.attempt,
+            engine=environment.ENGINE.require(env),
         )
         try:
             spawn(spec, str(self.orch.root))

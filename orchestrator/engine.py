@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config, environment
 from .docker import (
@@ -25,6 +25,10 @@ from .docker import (
     remove_container,
     text,
 )
+from .errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .swarm import SwarmEngine
 
 ENGINE_CHECK_SECONDS = 15.0  # the engine is asked at least this often without events
 # ... and this often while events come in: a worker that ends says so; what has no event (a
@@ -163,6 +167,19 @@ class EngineEvents:
         self.close()
 
 
+def engine_for(env: Mapping[str, str], volume: str | None = None) -> DockerEngine | SwarmEngine:
+    """The engine the batch on ``volume`` (default: $ORCHESTRATOR_VOLUME) runs its workers on."""
+    volume = volume or environment.VOLUME.require(env)
+    kind = environment.ENGINE.require(env)
+    if kind == config.ENGINE_SWARM:
+        from .swarm import SwarmEngine
+
+        return SwarmEngine(volume)
+    if kind != config.ENGINE_DOCKER:
+        raise InvalidInput(f"{environment.ENGINE.name} must be one of {', '.join(config.ENGINES)}, not {kind!r}")
+    return DockerEngine(volume)
+
+
 class DockerEngine:
     """The engine as reconcile and the dispatcher need it, limited to this volume's workers.
 
@@ -172,10 +189,6 @@ class DockerEngine:
 
     def __init__(self, volume: str):
         self.volume = volume
-
-    @classmethod
-    def for_env(cls, env: Mapping[str, str]) -> DockerEngine:
-        return cls(environment.VOLUME.require(env))
 
     def ours(self, info: Mapping[str, Any]) -> bool:
         return container_label(info, config.LABEL_VOLUME) in (None, self.volume)
@@ -219,3 +232,7 @@ class DockerEngine:
             info = json.loads(line)
             found.append((str(info.get("Names", "")), info.get("State") == "running"))
         return found
+
+    def release(self) -> list[str]:
+        """What the engine keeps for the batch besides its workers: nothing (a swarm keeps secrets)."""
+        return []

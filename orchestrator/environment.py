@@ -45,6 +45,8 @@ BRANCH_PREFIX = Var("ORCHESTRATOR_BRANCH_PREFIX", "orchestrator/")
 VOLUME = Var("ORCHESTRATOR_VOLUME", "orchestration-volume")
 NETWORK = Var("ORCHESTRATOR_NETWORK")
 IMAGE_PREFIX = Var("ORCHESTRATOR_IMAGE_PREFIX", "claude-")
+# What runs the workers: "docker" (containers on this engine) or "swarm" (jobs of a swarm).
+ENGINE = Var("ORCHESTRATOR_ENGINE", "docker")
 MAX_WORKERS = Var("ORCHESTRATOR_MAX_WORKERS", "4")
 # How often a task whose worker was stopped from outside (an engine restart, a reboot) is queued
 # again by itself, from what it had handed back.
@@ -85,6 +87,7 @@ MANAGER_SETTINGS = (
     VOLUME,
     NETWORK,
     IMAGE_PREFIX,
+    ENGINE,
     WORKER_MEMORY,
     WORKER_CPUS,
     WORKER_PIDS,

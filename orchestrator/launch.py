@@ -278,6 +278,7 @@ def manager_settings(args: argparse.Namespace) -> dict[str, str]:
         environment.VOLUME: args.volume,
         environment.NETWORK: args.network,
         environment.IMAGE_PREFIX: args.image_prefix,
+        environment.ENGINE: args.engine,
         environment.WORKER_MEMORY: limits.memory,
         environment.WORKER_CPUS: limits.cpus,
         environment.WORKER_PIDS: str(limits.pids),

@@ -34,7 +34,7 @@ from .dispatcher import (
     max_workers,
 )
 from .docker import docker, text
-from .engine import ENGINE_CHECK_SECONDS, EVERYTHING, DockerEngine, EngineEvents, EngineLook
+from .engine import ENGINE_CHECK_SECONDS, EVERYTHING, EngineEvents, EngineLook, engine_for
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
 from .secrets import ClaudeCredential, env_secrets, scrubber
 from .tasks import (
@@ -65,7 +65,7 @@ def now() -> datetime:
 def current_views(
     orch: OrchestrationDir,
     cache: ViewCache,
-    engine: DockerEngine | None = None,
+    engine: batch.Engine | None = None,
     look: EngineLook = EVERYTHING,
     ids: Sequence[str] | None = None,
 ) -> list[TaskView]:
@@ -247,7 +247,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    engine = DockerEngine.for_env(os.environ)
+    engine = engine_for(os.environ)
     ids = check_known(orch, args.ids) if args.ids else None
     cache = ViewCache(orch)
 
@@ -312,7 +312,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         raise InvalidInput("give task ids or --all, not both")
     if args.timeout is not None and args.timeout <= 0:
         raise InvalidInput("--timeout must be a positive number of seconds")
-    engine = DockerEngine.for_env(os.environ)
+    engine = engine_for(os.environ)
     ids = check_known(orch, args.ids) if args.ids else None
     cache = ViewCache(orch)
     tty = sys.stderr.isatty()
@@ -418,7 +418,7 @@ def _print_file(path: Path, *, follow: bool, orch: OrchestrationDir, task_id: st
             # A worker that died writes no more, and nothing else may be there to notice.
             last_check = time.monotonic()
             with orch.locked():
-                view = reconcile(orch, [load_view(orch, task_id)], DockerEngine.for_env(os.environ))[0]
+                view = reconcile(orch, [load_view(orch, task_id)], engine_for(os.environ))[0]
         if view.state in SETTLED_STATES and not chunk:
             return EXIT_OK
         time.sleep(FOLLOW_SECONDS)
@@ -426,7 +426,7 @@ def _print_file(path: Path, *, follow: bool, orch: OrchestrationDir, task_id: st
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    engine = DockerEngine.for_env(os.environ)
+    engine = engine_for(os.environ)
     failures = 0
     for task_id in dict.fromkeys(args.ids):
         try:
@@ -441,7 +441,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    for retried in batch.retry(orch, DockerEngine.for_env(os.environ), args.ids):
+    for retried in batch.retry(orch, engine_for(os.environ), args.ids):
         if retried.attempt is None:
             print(f"{retried.task_id}: queued again")
             continue
@@ -455,9 +455,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
-    removed, kept = batch.cleanup(orch, DockerEngine(args.volume), force=args.force)
+    engine = engine_for(os.environ, args.volume)
+    removed, kept = batch.cleanup(orch, engine, force=args.force)
     print(f"removed {len(removed)} finished worker container{'s' if len(removed) != 1 else ''}" +
           (f": {' '.join(removed)}" if removed else ""))  # fmt: skip
+    released = engine.release()
+    if released:
+        print(f"removed the batch's swarm secrets: {' '.join(released)}")
     if kept:
         print(
             f"kept {' '.join(kept)}: work of theirs was neither pushed nor bundled, so their clone may hold the "

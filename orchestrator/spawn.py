@@ -88,6 +88,7 @@ class WorkerSpec:
     attempt: int | None = None
     branch_prefix: str = environment.BRANCH_PREFIX.require({})
     push_retry: str | None = None  # seconds a push waits for an unreachable server
+    engine: str = config.ENGINE_DOCKER  # what runs it: a container, or a swarm job
 
     @property
     def container(self) -> str:
@@ -147,6 +148,11 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
     while the container is created.
     """
     volume: LocalVolume | HelperVolume | None = local_volume(orch_dir)
+    if spec.engine == config.ENGINE_SWARM:
+        from .swarm import spawn_job
+
+        claimed = volume or host_volume(spec.volume, spec.image)
+        return spawn_job(spec, lambda: claimed.claim(spec.task_id, spec.worker_type, spec.container))
     with ThreadPoolExecutor(2) as pool:
         found = pool.submit(host_volume, spec.volume, spec.image) if volume is None else None
         create(spec)
@@ -236,6 +242,7 @@ def worker_spec(
     git_token_file: str | None = None,
     branch_prefix: str | None = None,
     attempt: int | None = None,
+    engine: str = config.ENGINE_DOCKER,
 ) -> WorkerSpec:
     """The spec of a worker, with the secrets read now (spawn-worker and orch's dispatcher)."""
     task_id = validate_task_id(task_id, "TASK_ID")
@@ -270,6 +277,7 @@ def worker_spec(
         attempt=attempt,
         push_retry=env.get(environment.PUSH_RETRY_SECONDS.name),
         branch_prefix=check_branch_prefix(branch_prefix or environment.BRANCH_PREFIX.require(env)),
+        engine=engine,
     )
 
 
@@ -346,11 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             known_hosts_file=args.known_hosts,
             git_token_file=args.git_token,
             branch_prefix=args.branch_prefix,
+            engine=args.engine,
         )
         task_id = spec.task_id
         name = spawn(spec, args.orchestration_dir)
         print(f"started {name} (image {spec.image}, task {task_id})")
-        print(f"  follow it:   docker logs -f {name}")
+        follow = "docker service logs -f" if spec.engine == config.ENGINE_SWARM else "docker logs -f"
+        print(f"  follow it:   {follow} {name}")
         print(f"  its result:  {args.orchestration_dir}/results/{task_id}.json")
         return 0
 

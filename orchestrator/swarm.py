@@ -29,9 +29,6 @@ from .secrets import GIT_TOKEN_NAME, PINNED_KNOWN_HOSTS_NAME, SSH_KEY_NAME, TOKE
 if TYPE_CHECKING:
     from .spawn import WorkerSpec
 
-ENGINE_DOCKER = "docker"
-ENGINE_SWARM = "swarm"
-ENGINES = (ENGINE_DOCKER, ENGINE_SWARM)
 # A job the swarm cannot place (no node has the resources it reserves) fails after this long.
 SCHEDULE_GRACE_SECONDS = 60.0
 # Task states of a job that has not ended yet.
@@ -209,15 +206,15 @@ class SwarmEngine:
         if self._services([name]):
             docker("service", "rm", name, check=False, timeout=60)
 
-    def make_way(self, name: str, attempt: int) -> str | None:
-        """A job cannot be renamed: the earlier attempt's job goes (its log and result are on the
-        volume, its work on origin or in a bundle) and the name is free for the next one."""
-        self.remove(name)
-        return None
-
     def rename(self, name: str, new_name: str) -> bool:
+        """A job cannot be renamed: the earlier attempt's job goes (its log and result are on the
+        volume, its work on origin or in a bundle), and the name is free for the next one."""
         self.remove(name)
         return False
+
+    def release(self) -> list[str]:
+        """The batch's secrets, removed once it has no job left; their names."""
+        return remove_secrets(self.volume) if not self.workers() else []
 
     def signal(self, name: str, signal: str) -> None:
         """Nothing reaches a job's container on another node by signal: the worker reads its stop

@@ -61,6 +61,7 @@ def test_starts_the_manager_with_socket_volume_and_environment(
         "GIT_USER_EMAIL": "ada@example.org",
         "ORCHESTRATOR_VOLUME": "orchestration-volume",
         "ORCHESTRATOR_IMAGE_PREFIX": "claude-",
+        "ORCHESTRATOR_ENGINE": "docker",
         "ORCHESTRATOR_BRANCH_PREFIX": "orchestrator/",
         "ORCHESTRATOR_WORKER_MEMORY": "4g",
         "ORCHESTRATOR_WORKER_CPUS": "2",

@@ -332,3 +332,54 @@ def test_on_the_host_a_bad_task_is_bad_input_through_the_helper_too(
     (orch / "tasks" / "task-001.json").write_text('{"id": "task-001", "prompt": ""}')
     err = refused(capsys, 2, "flutter", "task-001", *on_the_host)
     assert "field 'prompt' must be a non-empty string" in err and "volume: error" not in err
+
+
+def test_as_a_swarm_job_the_worker_is_a_one_shot_service_with_its_secrets_as_swarm_secrets(
+    fake_docker: FakeDocker, orch: Path, token: str, capsys
+):
+    assert run("--engine", "swarm", "flutter", "task-001") == 0
+    (created,) = fake_docker.find("secret", "create")
+    assert created["argv"][-1] == "-" and token not in json.dumps(created)  # the value goes on stdin
+    secret_name = created["argv"][-2]
+    assert secret_name.startswith("orchestrator-orchestration-volume-claude-token-")
+    (service,) = fake_docker.find("service", "create")
+    argv = service["argv"]
+    assert argv[argv.index("--name") + 1] == "worker-task-001" and argv[-1] == "claude-flutter"
+    assert argv[argv.index("--mode") + 1] == "replicated-job"
+    assert argv[argv.index("--restart-condition") + 1] == "none"
+    assert argv[argv.index("--reserve-memory") + 1] == "4g" and argv[argv.index("--limit-pids") + 1] == "1024"
+    assert f"source={secret_name},target=/root/.claude-token,uid=0,gid=0,mode=0400" in argv
+    assert "type=volume,source=orchestration-volume,target=/orchestration" in argv
+    assert "orchestrator.task-id=task-001" in argv and token not in json.dumps(service)
+    assert service["env"]["TASK_ID"] == "task-001" and not fake_docker.find("create")
+    status = json.loads((orch / "status" / "task-001.json").read_text())
+    assert (status["state"], status["container"]) == ("starting", "worker-task-001")
+    assert "docker service logs -f worker-task-001" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("task", "state"),
+    [
+        ({"Status": {"State": "running"}}, {"Status": "running", "Running": True}),
+        ({"Status": {"State": "complete", "ContainerStatus": {"ExitCode": 0}}},
+         {"Status": "exited", "Running": False, "ExitCode": 0}),
+        ({"Status": {"State": "failed", "ContainerStatus": {"ExitCode": 1}}},
+         {"Status": "exited", "Running": False, "ExitCode": 1}),
+        ({"Status": {"State": "shutdown", "ContainerStatus": {"ExitCode": 143}}},
+         {"Status": "exited", "Running": False, "ExitCode": 143}),
+        ({"Status": {"State": "orphaned"}}, {"Status": "exited", "Running": False, "ExitCode": 255,
+                                             "Error": "its node went away"}),
+        ({"Status": {"State": "rejected", "Err": "No such image: claude-flutter"}},
+         {"Status": "exited", "Running": False, "ExitCode": None, "Error": "No such image: claude-flutter"}),
+        ({"Status": {"State": "pending", "Err": "no suitable node"}, "CreatedAt": "2020-01-01T00:00:00.1Z"},
+         {"Status": "exited", "Running": False, "ExitCode": None, "Error": "no node can run it: no suitable node"}),
+    ],
+)  # fmt: skip
+def test_a_job_s_task_reads_as_a_container_s_state(task, state):
+    from orchestrator.batch import death_notice, interrupted
+    from orchestrator.swarm import task_as_container
+
+    assert task_as_container(task) == state
+    if state.get("ExitCode") is None and "Error" in state:
+        assert death_notice("worker-x", state).startswith("the worker worker-x never ran: ")
+    assert interrupted(state) == (state.get("ExitCode") in (143, 255))
