@@ -222,7 +222,11 @@ def attack(run: Run, manager: Manager, repo: str, evil: str, git_server: GitServ
     verdicts["output held past the timeout"] = timed_out["status"] == "timeout" and not _running(f"worker-{holder}")
     bombed = run.result(bomber)
     pids = json.loads(sh("docker", "inspect", f"worker-{bomber}").stdout)[0]["HostConfig"]["PidsLimit"]
-    verdicts["a fork bomb"] = pids == 200 and bombed["status"] == "timeout" and not _running(f"worker-{bomber}")
+    # Ended on time, whoever ended it: the runtime at the timeout, or the real Claude Code itself,
+    # which aborts when no thread can start (exit -6).
+    verdicts["a fork bomb"] = (
+        pids == 200 and bombed["status"] in ("timeout", "failed") and not _running(f"worker-{bomber}")
+    )
     hogged = run.result(hog)
     killed = any("rc=137" in out or "Killed" in out for out in run.tool_results("hog"))
     verdicts["a memory hog"] = killed and hogged["task_id"] == hog and not _running(f"worker-{hog}")

@@ -3,6 +3,7 @@ asks of it, the non-root user, the commands on PATH."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -57,7 +58,7 @@ def test_the_manager_runs_as_claude_and_the_worker_runtime_as_root_with_tini(tes
     assert in_image(WORKER_IMAGE, "id", "-Gn", "root") == "root claude\n"
     for image in (MANAGER_IMAGE, WORKER_IMAGE):
         inspect = sh("docker", "image", "inspect", "--format", "{{json .Config.Entrypoint}}", image).stdout
-        assert inspect.startswith('["/usr/bin/tini","--","python3"')
+        assert inspect.startswith('["/usr/bin/tini","--","') and '"-P","-m","orchestrator.' in inspect
         # A new volume takes these folders: the group of the orchestrator's user only.
         assert in_image(image, "stat", "-c", "%a %U %G", "/orchestration") == "2770 claude claude\n"
     assert in_image(WORKER_IMAGE, "stat", "-c", "%a %U", "/workspace", "/workspace/repo") == "755 root\n755 agent\n"
@@ -76,3 +77,19 @@ def test_the_worker_without_sdk_still_has_git_and_the_runtime(test_images):
     assert in_image(WORKER_IMAGE, "git", "--version").startswith("git version")
     assert "usage: worker" in in_image(WORKER_IMAGE, "python3", "-m", "orchestrator.worker", "--help")
     assert in_image(WORKER_IMAGE, "git", "config", "--system", "--get-all", "safe.directory") == "/opt/flutter\n"
+
+
+def test_the_worker_runtime_runs_nothing_the_agent_could_have_replaced(test_images):
+    """Every folder of the runtime's PATH, and its package, belong to root and are writable by
+    root alone; the entrypoint names its interpreter by its full path."""
+    from orchestrator.worker import RUNTIME_PATH
+
+    folders = [*RUNTIME_PATH.split(":"), "/opt/orchestrator", "/opt/orchestrator/orchestrator"]
+    script = (
+        'for d in "$@"; do [ -e "$d" ] || continue; stat -L -c "%n %U" "$d"; '
+        'setpriv --reuid=agent --regid=agent --init-groups test -w "$d" && echo "$d writable by agent"; done; exit 0'
+    )
+    listing = in_image(WORKER_IMAGE, "sh", "-c", script, "sh", *folders).splitlines()
+    assert len(listing) >= 5 and all(line.endswith(" root") for line in listing), listing
+    entrypoint = sh("docker", "image", "inspect", "--format", "{{json .Config.Entrypoint}}", WORKER_IMAGE).stdout
+    assert json.loads(entrypoint)[2] == "/usr/bin/python3"
