@@ -540,6 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=environment.ORCHESTRATION_DIR.get(os.environ),
         help="where the shared volume is mounted (default: $ORCHESTRATION_DIR, else /orchestration)",
     )
+    common.add_argument(
+        "--engine",
+        choices=config.ENGINES,
+        default=environment.ENGINE.require(os.environ),
+        help="what runs the workers: containers on this engine, or jobs of its swarm (default: "
+        f"${environment.ENGINE.name}, which run.py sets in the manager, else {environment.ENGINE.default})",
+    )
     common.add_argument("--debug", action="store_true", help="print the docker commands run, and tracebacks")
 
     parser = argparse.ArgumentParser(
@@ -738,6 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.umask(OrchestrationDir.UMASK)
+    # For engine_for here, and for the dispatcher this command may start.
+    os.environ[environment.ENGINE.name] = args.engine
     return run_command(f"orch {args.command}", lambda: args.func(args), debug=args.debug)
 
 
