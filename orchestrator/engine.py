@@ -25,7 +25,7 @@ from .docker import (
     remove_container,
     text,
 )
-from .errors import InvalidInput
+from .errors import InvalidInput, UserError
 
 if TYPE_CHECKING:
     from .swarm import SwarmEngine
@@ -232,6 +232,13 @@ class DockerEngine:
             info = json.loads(line)
             found.append((str(info.get("Names", "")), info.get("State") == "running"))
         return found
+
+    def logs(self, name: str) -> str:
+        """What the worker container printed, as `docker logs` shows it."""
+        proc = docker("logs", name, check=False, timeout=60)
+        if proc.returncode:
+            raise UserError(f"no container {name}")
+        return text(proc)
 
     def release(self) -> list[str]:
         """What the engine keeps for the batch besides its workers: nothing (a swarm keeps secrets)."""

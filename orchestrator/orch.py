@@ -33,7 +33,6 @@ from .dispatcher import (
     env_max_workers,
     max_workers,
 )
-from .docker import docker, text
 from .engine import ENGINE_CHECK_SECONDS, EVERYTHING, EngineEvents, EngineLook, engine_for
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
 from .secrets import ClaudeCredential, env_secrets, scrubber
@@ -389,11 +388,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
     path = orch.log_path(args.id) if args.raw else orch.worker_log_path(args.id)
     if path.exists() or args.follow:
         return _print_file(path, follow=args.follow, orch=orch, task_id=args.id)
-    # Workers from before the log was kept on the volume: ask the engine.
-    proc = docker("logs", view.container, check=False, timeout=60)
-    if proc.returncode:
-        raise UserError(f"task {args.id} has no log yet ({view.state.value})")
-    sys.stdout.write(text(proc))
+    # A worker that never wrote its log (one that could not start, or from before the log was
+    # kept on the volume): what the engine has (docker logs, or docker service logs of a job).
+    try:
+        sys.stdout.write(engine_for(os.environ).logs(view.container))
+    except UserError:
+        raise UserError(f"task {args.id} has no log yet ({view.state.value})") from None
     return EXIT_OK
 
 

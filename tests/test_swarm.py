@@ -77,7 +77,10 @@ def test_a_batch_runs_as_swarm_jobs(
         overloaded = error(529, "Overloaded", should_retry=False)
         manager.orch("submit", "--id", broken, "--prompt", run.prompt("broken", attempts(overloaded, text("fine now"))))
         manager.orch("submit", "--id", slow, "--prompt", run.prompt("slow", bash(LONG_JOB)))
-        manager.orch("start", "--all", "--max-workers", "3")
+        # More memory than any node has: the swarm never places it.
+        huge = run.task_id("huge")
+        manager.orch("submit", "--id", huge, "--memory", "4000g", "--prompt", run.prompt("huge", text("never")))
+        manager.orch("start", "--all", "--max-workers", "4")
         wait_until(partial(logs_show, manager, slow, "-> Bash python3"), "the slow task at work")
         assert manager.orch("cancel", slow).stdout.strip() == f"{slow}: cancelled"
         manager.orch("wait", "--all", check=False, timeout=600)
@@ -90,6 +93,8 @@ def test_a_batch_runs_as_swarm_jobs(
         ]
         assert run.tool_results("settings")[0] == "dark"  # it started from its dependency's work
         assert "API Error: 529" in status[broken]["message"]
+        assert status[huge]["state"] == "failed" and "never ran: no node can run it" in status[huge]["message"]
+        assert "insufficient resources" in status[huge]["message"]
         retried = manager.orch("retry", broken).stdout
         assert f"{broken}: attempt 2 queued" in retried
         assert manager.orch("wait", broken, timeout=600).returncode == 0
