@@ -171,7 +171,9 @@ class Bench:
         if names:
             run("docker", "rm", "--force", *names, check=False, timeout=300)
         for volume in volumes:
-            run("docker", "volume", "rm", "--force", volume, check=False)
+            # The manager's workspace volume too (run.py keeps it for the next manager of that name).
+            manager = volume.replace("-volume-", "-manager-")
+            run("docker", "volume", "rm", "--force", volume, f"{manager}-workspace", check=False)
 
     def cleanup(self) -> None:
         names: list[str] = []
@@ -187,7 +189,9 @@ class Bench:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
-        for volume in self.volumes:
+        workspaces = run("docker", "volume", "ls", "-q", "--filter", f"name=^{self.prefix}{self.run_id}-",
+                         check=False).stdout.decode().split()  # fmt: skip
+        for volume in [*self.volumes, *workspaces]:
             run("docker", "volume", "rm", "--force", volume, check=False)
         if getattr(self, "git_daemon", None) is not None:
             self.git_daemon.terminate()

@@ -33,3 +33,6 @@ def test_the_benchmark_runs_every_comparison_and_prints_its_table(test_images: N
     left = subprocess.run(["docker", "ps", "-aq", "--filter", f"name={PREFIX}bench-"], capture_output=True, text=True,
                           check=True).stdout  # fmt: skip
     assert left == ""
+    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"name={PREFIX}bench-"], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    assert volumes == ""
