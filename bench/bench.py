@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator import images, spawn  # noqa: E402
 from orchestrator.limits import WorkerLimits  # noqa: E402
-from tests.helpers import seed_repo  # noqa: E402
+from tests.helpers import free_port, seed_repo, start_git_daemon  # noqa: E402
 from tests.scripted_api import ScriptedAPI, bash, text  # noqa: E402
 
 INSIDE = Path(__file__).with_name("inside.py")
@@ -114,20 +113,9 @@ class Bench:
         base.mkdir()
         seed = seed_repo(self.tmp / "seed")
         run("git", "clone", "-q", "--bare", str(seed), str(base / "app.git"))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.git_daemon = subprocess.Popen(
-            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}", "--listen=127.0.0.1",
-             f"--port={port}", str(base)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        port = free_port()
         self.repo_url = f"git://127.0.0.1:{port}/app.git"
-        deadline = time.monotonic() + 30
-        while run("git", "ls-remote", self.repo_url, check=False).returncode:
-            if time.monotonic() > deadline:
-                raise RuntimeError("git daemon did not start")
-            time.sleep(0.2)
+        self.git_daemon = start_git_daemon(base, port, self.repo_url, receive_pack=False)
 
     @property
     def host_env(self) -> dict[str, str]:

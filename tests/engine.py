@@ -14,7 +14,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tarfile
 import time
@@ -27,7 +26,7 @@ import pytest
 
 from orchestrator import images
 
-from .helpers import ROOT, seed_repo
+from .helpers import ROOT, free_port, seed_repo, start_git_daemon
 from .scripted_api import ScriptedAPI, Turn
 
 PREFIX = os.environ.get("ORCH_TEST_PREFIX") or "orch-test-"
@@ -89,28 +88,12 @@ class GitServer:
         return f"git://127.0.0.1:{self.port}/{name}.git"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
     base = tmp_path_factory.mktemp("git") / "repos"
     base.mkdir()
-    port = _free_port()
-    daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", f"--base-path={base}",
-         "--listen=127.0.0.1", f"--port={port}", str(base)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    server = GitServer(base, port)
-    deadline = time.monotonic() + 30
-    probe = server.repo("probe")
-    while subprocess.run(["git", "ls-remote", probe], capture_output=True, check=False).returncode:
-        assert time.monotonic() < deadline, "git daemon did not start"
-        time.sleep(0.2)
+    server = GitServer(base, free_port())
+    daemon = start_git_daemon(base, server.port, server.repo("probe"))
     yield server
     daemon.terminate()
     daemon.wait(10)

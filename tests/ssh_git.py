@@ -20,8 +20,8 @@ import pytest
 
 from orchestrator import images
 
-from .engine import PREFIX, _free_port, sh
-from .helpers import TESTS, seed_repo
+from .engine import PREFIX, sh
+from .helpers import TESTS, free_port, seed_repo
 
 GITSERVER_IMAGE = f"{PREFIX}gitserver"
 REPOS = "/srv/git"
@@ -108,7 +108,7 @@ def ssh_git_server(engine: None, tmp_path_factory: pytest.TempPathFactory) -> It
     images.build_image(GITSERVER_IMAGE, TESTS / "gitserver", ca_certs=certs)
     base = tmp_path_factory.mktemp("ssh-git")
     key, wrong_key = keygen(base / "id_authorized"), keygen(base / "id_wrong")
-    container, port = f"{PREFIX}gitserver-{uuid.uuid4().hex[:8]}", _free_port()
+    container, port = f"{PREFIX}gitserver-{uuid.uuid4().hex[:8]}", free_port()
     # A public key is no secret, so it may go on the command line.
     sh("docker", "run", "--detach", "--name", container, "--network", "host", "--env", f"SSH_PORT={port}",
        "--env", f"AUTHORIZED_KEYS={key.with_suffix('.pub').read_text().strip()}", GITSERVER_IMAGE)  # fmt: skip

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from .engine import GitServer, Manager, Run, sh, start_manager
-from .helpers import seed_repo
+from .helpers import free_port, seed_repo, start_git_daemon
 from .own_engine import OwnEngine
 from .scripted_api import attempts, bash, reply, text, write
 
@@ -261,8 +261,8 @@ def git_server_down_then_back(fault: Fault, tmp: Path) -> Figures:
     seed = seed_repo(tmp / "seed")
     sh("git", "clone", "-q", "--bare", str(seed), str(base / "app.git"))
     port = free_port()
-    daemon = git_daemon(base, port)
     repo = f"git://127.0.0.1:{port}/app.git"
+    daemon = start_git_daemon(base, port, repo)
     manager = fault.manager("g1", repo)
     names = ["push0", "push1"]
     ids = [run.task_id(name) for name in names]
@@ -281,7 +281,7 @@ def git_server_down_then_back(fault: Fault, tmp: Path) -> Figures:
         daemon.wait(10)
         for task_id in ids:
             wait_until(partial(logs_show, manager, task_id, "trying again"), f"{task_id} waiting for the server")
-        daemon = git_daemon(base, port)
+        daemon = start_git_daemon(base, port, repo)
         manager.orch("wait", "--all", check=False, timeout=600)
         results = fault.results(manager, ids)
         on_origin = sum(
@@ -377,22 +377,3 @@ def shown(bare: Path, ref_path: str) -> str:
     """A file of a branch of a bare repository, or '' when there is none."""
     return subprocess.run(["git", "--git-dir", str(bare), "show", ref_path], capture_output=True, text=True,
                           check=False).stdout  # fmt: skip
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def git_daemon(base: Path, port: int) -> subprocess.Popen[bytes]:
-    daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", f"--base-path={base}",
-         "--listen=127.0.0.1", f"--port={port}", str(base)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    wait_until(lambda: subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/app.git"], capture_output=True,
-                                      check=False).returncode == 0, "the git server", timeout=30)  # fmt: skip
-    return daemon

@@ -3,7 +3,6 @@ orch start with one line, in seconds; anything else lets them go on."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from orchestrator.errors import UserError
 from orchestrator.login import LoginRefused, check_login
 from orchestrator.secrets import ClaudeCredential
 
-from .helpers import FakeDocker
+from .helpers import FakeDocker, free_port
 from .scripted_api import ScriptedAPI
 
 
@@ -21,12 +20,6 @@ from .scripted_api import ScriptedAPI
 def api():
     with ScriptedAPI() as api:
         yield api
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_an_accepted_token_passes_and_is_sent_as_claude_code_sends_it(api: ScriptedAPI, token: str):
@@ -51,7 +44,7 @@ def test_a_refused_api_key_says_so(api: ScriptedAPI):
 
 
 def test_no_api_at_all_is_one_clear_error(token: str):
-    port = closed_port()
+    port = free_port()
     with pytest.raises(UserError, match=rf"^cannot reach the API at http://127.0.0.1:{port}: "):
         check_login(ClaudeCredential(token), f"http://127.0.0.1:{port}")
 

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, STANDIN, seed_repo
+from .helpers import ROOT, STANDIN, free_port, seed_repo, start_git_daemon
 
 AGENT_USER = "orch-test-agent"
 
@@ -389,32 +388,13 @@ def test_a_branch_name_origin_has_already_is_not_reused(box: Box):
     assert remote_git(box, "rev-parse", "orchestrator/task-001") == main
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def git_daemon(base: Path, port: int) -> subprocess.Popen[bytes]:
-    daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack", f"--base-path={base}",
-         "--listen=127.0.0.1", f"--port={port}", str(base)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while subprocess.run(["git", "ls-remote", f"git://127.0.0.1:{port}/remote"], capture_output=True,
-                         check=False).returncode:  # fmt: skip
-        assert time.monotonic() < deadline, "git daemon did not start"
-        time.sleep(0.2)
-    return daemon
-
-
 def test_a_push_waits_for_a_git_server_that_went_away_and_came_back(box: Box):
     port = free_port()
-    daemon = git_daemon(box.root, port)
+    remote = f"git://127.0.0.1:{port}/remote"
+    daemon = start_git_daemon(box.root, port, remote)
     try:
         box.task("@write notes/kept.txt kept\n@sleep 60")
-        proc = box.start(REPO_URL=f"git://127.0.0.1:{port}/remote", ORCHESTRATOR_PUSH_RETRY_SECONDS="120")
+        proc = box.start(REPO_URL=remote, ORCHESTRATOR_PUSH_RETRY_SECONDS="120")
         transcript = box.orch / "logs" / "task-001.jsonl"
         deadline = time.monotonic() + 60
         while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
@@ -429,7 +409,7 @@ def test_a_push_waits_for_a_git_server_that_went_away_and_came_back(box: Box):
         while "the server is out of reach; trying again" not in (log.read_text() if log.exists() else ""):
             assert time.monotonic() < deadline, log.read_text() if log.exists() else ""
             time.sleep(0.2)
-        daemon = git_daemon(box.root, port)  # and comes back
+        daemon = start_git_daemon(box.root, port, remote)  # and comes back
         out, _ = proc.communicate(timeout=120)
     finally:
         daemon.terminate()
