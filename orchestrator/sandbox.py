@@ -77,32 +77,20 @@ def run_as(
     """Run a command of the runtime's as the agent's user (a clone for it, a chmod of its files);
     one that outlives ``timeout`` is a UserError."""
     try:
-        return _run_as(user, argv, cwd=cwd, env=env, timeout=timeout, input=input)
+        return subprocess.run(
+            list(argv),
+            cwd=cwd,
+            env=dict(env),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            **user.popen_options(),
+        )
     except subprocess.TimeoutExpired:
         raise UserError(f"`{shlex.join(argv)}`, run as {user.name}, did not finish within {timeout:.0f} s") from None
-
-
-def _run_as(
-    user: AgentUser,
-    argv: Sequence[str],
-    *,
-    cwd: str | os.PathLike[str],
-    env: Mapping[str, str],
-    timeout: float,
-    input: str | None,
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv),
-        cwd=cwd,
-        env=dict(env),
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        **user.popen_options(),
-    )
 
 
 def without_new_privileges(argv: Sequence[str]) -> list[str]:

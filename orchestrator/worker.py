@@ -113,7 +113,7 @@ class Worker:
         self.scrub = scrubber([])
         self.agent: agent.AgentProcess | None = None
         self.finishing = False
-        self.stopping = False  # a stop signal came: no time for a push to wait for its server
+        # Set when a stop came (a signal, or orch's request): no time for a push to wait for its server.
         self.stop_event = threading.Event()
         self.requested: State | None = None  # the stop orch asked for in the status
         self.log_file: TextIO | None = None
@@ -153,7 +153,6 @@ class Worker:
         state = STOP_SIGNALS[signal.Signals(signum)]
         if state is State.INTERRUPTED:
             state = ASKED_BY_ORCH.get(self.stop_reason() or "", state)
-        self.stopping = True
         self.stop_event.set()
         self.say(f"received {signal.Signals(signum).name}, stopping ({state.value})")
         if self.finishing:
@@ -171,7 +170,6 @@ class Worker:
             if reason in ASKED_BY_ORCH and self.requested is None:
                 state = ASKED_BY_ORCH[reason]
                 self.requested = state
-                self.stopping = True
                 self.stop_event.set()
                 self.say(f"orch asked this worker to stop ({state.value})")
                 if self.agent is not None:
@@ -383,7 +381,7 @@ class Worker:
                 git_env=self.git_env,
                 scrub=self.scrub,
                 say=self.say,
-                retry_for=0.0 if self.stopping else float(environment.PUSH_RETRY_SECONDS.require(self.env)),
+                retry_for=0.0 if self.stop_event.is_set() else float(environment.PUSH_RETRY_SECONDS.require(self.env)),
                 stopping=self.stop_event,
             )
         except UserError as exc:

@@ -15,7 +15,7 @@ from orchestrator import environment
 from orchestrator.secrets import SECRET_ENV
 from orchestrator.tasks import OrchestrationDir
 
-from .engine import api, engine, git_server, run, test_images  # noqa: F401  (end-to-end fixtures)
+from .engine import api, engine, git_server, manager, run, test_images  # noqa: F401  (end-to-end fixtures)
 from .helpers import TESTS, FakeDocker
 from .http_git import http_git_server  # noqa: F401  (a git server over HTTP that wants a token)
 from .own_engine import own_engine  # noqa: F401  (an engine of the tests' own)

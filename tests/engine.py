@@ -219,6 +219,14 @@ class Manager:
         self.process.wait(60)
 
 
+@pytest.fixture
+def manager(run: Run, git_server: GitServer, token_file: Path) -> Iterator[Manager]:
+    """A manager on a new repository of the tests' git server, removed after the test."""
+    manager = start_manager(run, git_server.repo(f"repo-{run.id}"), token_file)
+    yield manager
+    manager.remove()
+
+
 def start_manager(run: Run, repo: str, token_file: Path, *options: str, name: str | None = None) -> Manager:
     """run.py as a person runs it, with `-- sleep infinity` so that tests can `docker exec` into it."""
     name = name or run.manager

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,13 +14,6 @@ from .engine import PREFIX, GitServer, Manager, Run, run_py, sh, start_manager
 from .scripted_api import text
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def manager(run: Run, git_server: GitServer, token_file) -> Iterator[Manager]:
-    manager = start_manager(run, git_server.repo(f"inputs-{run.id}"), token_file)
-    yield manager
-    manager.remove()
 
 
 def test_a_prompt_of_180_kb_reaches_the_agent_whole(run: Run, manager: Manager):

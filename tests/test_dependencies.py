@@ -5,23 +5,15 @@ and orch merge takes the stack without conflicts of its own making."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from .engine import GitServer, Manager, Run, start_manager
+from .engine import Manager, Run
 from .scripted_api import bash, read, text, write
 
 pytestmark = pytest.mark.docker
 
 CLONE = "/workspace/repo"
-
-
-@pytest.fixture
-def manager(run: Run, git_server: GitServer, token_file) -> Iterator[Manager]:
-    manager = start_manager(run, git_server.repo(f"deps-{run.id}"), token_file)
-    yield manager
-    manager.remove()
 
 
 def submit(manager: Manager, run: Run, name: str, *turns, depends_on: tuple[str, ...] = ()) -> str:

@@ -151,12 +151,7 @@ def engine_restart_without_live_restore(fault: Fault, _: Path) -> Figures:
         )  # fmt: skip
         manager.orch("submit", "--id", task_id, "--prompt", prompt)
     manager.orch("start", "--all", "--max-workers", "4")
-    for task_id in ids:
-        wait_until(
-            partial(logs_show, manager, task_id, "-> Bash python3"),
-            f"{task_id} at work",
-            explain=lambda: state_of(manager),
-        )
+    wait_at_work(manager, ids)
     fault.engine.stop()
     fault.engine.start(live_restore=False)
     second = fault.manager("r2", repo)
@@ -193,12 +188,7 @@ def engine_restart_with_live_restore(fault: Fault, _: Path) -> Figures:
         prompt = run.prompt(name, bash(pause(20)), write(f"{CLONE}/notes/{name}.txt", f"{name}\n"), text("done"))
         manager.orch("submit", "--id", task_id, "--prompt", prompt)
     manager.orch("start", "--all")
-    for task_id in ids:
-        wait_until(
-            partial(logs_show, manager, task_id, "-> Bash python3"),
-            f"{task_id} at work",
-            explain=lambda: state_of(manager),
-        )
+    wait_at_work(manager, ids)
     fault.engine.stop()
     running = fault.engine  # stopped: the containers go on without it
     time.sleep(3)
@@ -271,12 +261,7 @@ def git_server_down_then_back(fault: Fault, tmp: Path) -> Figures:
             prompt = run.prompt(name, write(f"{CLONE}/notes/{name}.txt", f"{name}\n"), bash(pause(6)), text("done"))
             manager.orch("submit", "--id", task_id, "--prompt", prompt)
         manager.orch("start", "--all")
-        for task_id in ids:
-            wait_until(
-                partial(logs_show, manager, task_id, "-> Bash python3"),
-                f"{task_id} at work",
-                explain=lambda: state_of(manager),
-            )
+        wait_at_work(manager, ids)
         daemon.terminate()
         daemon.wait(10)
         for task_id in ids:
@@ -371,6 +356,16 @@ def twenty_spawns_for_ten_tasks(fault: Fault, _: Path) -> Figures:
         results_lost=len(ids) - len(results),
         detail=f"{started} started, {refused} refused, {len(workers.split())} workers",
     )
+
+
+def wait_at_work(manager: Manager, ids: list[str]) -> None:
+    """Until each task's agent runs its long Bash command."""
+    for task_id in ids:
+        wait_until(
+            partial(logs_show, manager, task_id, "-> Bash python3"),
+            f"{task_id} at work",
+            explain=lambda: state_of(manager),
+        )
 
 
 def shown(bare: Path, ref_path: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -21,13 +20,6 @@ CLONE = "/workspace/repo"  # the agent's clone in a worker
 # starts with a long sleep ("Blocked: standalone sleep 300. To wait for a condition, ..."; measured
 # with 2.1.332: sleep 30 is refused, sleep 10 runs).
 LONG_JOB = "python3 -c 'import time; time.sleep(300)'"
-
-
-@pytest.fixture
-def manager(run: Run, git_server: GitServer, token_file) -> Iterator[Manager]:
-    manager = start_manager(run, git_server.repo(f"orch-{run.id}"), token_file)
-    yield manager
-    manager.remove()
 
 
 def running_workers(run: Run) -> list[str]:
