@@ -203,6 +203,8 @@ class Dispatcher:
         """One look at the batch; returns the tasks to start now (marked starting), or None when
         all is done. ``look``: the workers to ask the engine about."""
         with self.orch.locked():
+            settings = self.orch.load_settings()  # once a round: orch start may change them
+            resume_limit = settings.resume_limit(self.env)
             views = self.cache.views()
             if look:
                 # Not the workers this dispatcher is starting: their containers may not exist yet.
@@ -211,12 +213,12 @@ class Dispatcher:
                 if skip:
                     only = {name for name in (only or {v.container for v in views}) if name not in skip}
                 views = reconcile(self.orch, views, self.engine, starting_grace=0, only=only)
-            views = self.resume_interrupted(views)
+            views = self.resume_interrupted(views, resume_limit)
             views = self.block_dependents(views)
             self.enforce_timeouts(views)
             active = [v for v in views if v.state in ACTIVE_STATES]
             queued = [v for v in views if v.state is State.QUEUED]
-            if not needs_dispatcher(views, self.orch.load_settings().resume_limit(self.env)):
+            if not needs_dispatcher(views, resume_limit):
                 # Released before the state lock: an `orch start` that queues after this
                 # finds no dispatcher and starts a new one.
                 lock.close()
@@ -224,16 +226,15 @@ class Dispatcher:
             by_id = {v.id: v for v in views}
             ready = [v for v in queued if self.ready(v, by_id)]
             # Starting counts as active: a slot is taken from the moment its task is marked.
-            slots = max(0, max_workers(self.orch, self.env) - len(active))
+            slots = max(0, (settings.max_workers or env_max_workers(self.env)) - len(active))
             to_start = ready[:slots]
             for view in to_start:
                 self.orch.update_status(view.id, State.STARTING, message="its worker is being started")
             return [load_view(self.orch, view.id) for view in to_start]
 
-    def resume_interrupted(self, views: list[TaskView]) -> list[TaskView]:
+    def resume_interrupted(self, views: list[TaskView], limit: int) -> list[TaskView]:
         """Tasks whose workers were stopped from outside go back to the queue, as often as the
-        batch allows (once by default), before their dependents are judged."""
-        limit = self.orch.load_settings().resume_limit(self.env)
+        batch allows (``limit``: once by default), before their dependents are judged."""
         resumed = {}
         for view in views:
             if resumable(view, limit):

@@ -332,16 +332,11 @@ class Worker:
             return None
         if earlier is None or earlier.status is not State.INTERRUPTED or not earlier.branch or not earlier.head_commit:
             return None
-        if earlier.pushed:
-            point = delivery.StartPoint(config.task_id, earlier.branch, earlier.head_commit, base=earlier.base_commit)
-        elif earlier.bundle:
-            point = delivery.StartPoint(
-                config.task_id, earlier.branch, earlier.head_commit, earlier.bundle, base=earlier.base_commit
-            )
-        else:
+        if not earlier.pushed and not earlier.bundle:
             return None
+        bundle = None if earlier.pushed else earlier.bundle  # origin has it, or only the bundle does
         self.say(f"attempt {config.attempt - 1} was interrupted; carrying on from its work ({earlier.branch})")
-        return point
+        return delivery.StartPoint(config.task_id, earlier.branch, earlier.head_commit, bundle, earlier.base_commit)
 
     def agent_env(self, user: AgentUser, model: str | None) -> dict[str, str]:
         """The agent's environment: the container's, which holds no secret, without the real API
