@@ -114,16 +114,20 @@ class WorkerSpec:
         }
         return {name: value for name, value in env.items() if value}
 
+    def labels(self) -> dict[str, str]:
+        """What the worker's container (or job) is labelled with: orch finds its workers by them."""
+        return {
+            config.LABEL_ROLE: "worker",
+            config.LABEL_TASK_ID: self.task_id,
+            config.LABEL_WORKER_TYPE: self.worker_type,
+            config.LABEL_VOLUME: self.volume,
+        }
+
     def create_argv(self) -> list[str]:
         return [
             "create",
             "--name", self.container,
-            *labels({
-                config.LABEL_ROLE: "worker",
-                config.LABEL_TASK_ID: self.task_id,
-                config.LABEL_WORKER_TYPE: self.worker_type,
-                config.LABEL_VOLUME: self.volume,
-            }),
+            *labels(self.labels()),
             "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
             *flag("--network", self.network),
             *self.limits.argv(),

@@ -78,12 +78,7 @@ def service_argv(spec: WorkerSpec, secret_names: Mapping[str, str]) -> list[str]
     capabilities as a container, the secrets as Swarm secrets (root's, mode 0400)."""
     from .spawn import RUNTIME_CAPABILITIES
 
-    task_labels = labels({
-        config.LABEL_ROLE: "worker",
-        config.LABEL_TASK_ID: spec.task_id,
-        config.LABEL_WORKER_TYPE: spec.worker_type,
-        config.LABEL_VOLUME: spec.volume,
-    })  # fmt: skip
+    task_labels = labels(spec.labels())
     container_labels = [arg.replace("--label", "--container-label") for arg in task_labels]
     return [
         "service", "create", "--detach", "--name", spec.container,
