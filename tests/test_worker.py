@@ -46,7 +46,9 @@ def box(token: str):
     root.chmod(0o755)
     bin_dir = root / "bin"
     bin_dir.mkdir()
-    (bin_dir / "claude").symlink_to(STANDIN / "claude")
+    # A copy, not a link: the checkout may sit in a folder the agent's user cannot enter (a
+    # clone into `mktemp -d`, mode 0700).
+    shutil.copy2(STANDIN / "claude", bin_dir / "claude")
     repo = seed_repo(root / "remote")
     orch = root / "orchestration"
     for sub in ("tasks", "results", "status", "logs"):
