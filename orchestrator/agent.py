@@ -37,6 +37,8 @@ OUTPUT_LIMIT = 100 * 1024 * 1024
 LINE_LIMIT = 16 * 1024 * 1024
 WAIT_STEP_SECONDS = 1.0  # how often the wait for the agent looks at its deadline
 _SUMMARY_LIMIT = 160
+# Why a run was stopped when its agent made itself harder to kill than the runtime.
+LOWERED_OOM_SCORE = "lowered-oom-score"
 
 
 def headless_argv(model: str | None, max_turns: int | None = None) -> list[str]:
@@ -140,6 +142,11 @@ def judge(run: AgentRun, timeout: float | None) -> tuple[State, str | None]:
         return State.TIMEOUT, f"the agent did not finish within {timeout:g} s and was stopped"
     if run.stopped == "cancelled":
         return State.CANCELLED, "the worker was stopped before the agent finished"
+    if run.stopped == LOWERED_OOM_SCORE:
+        return State.FAILED, (
+            "the agent lowered the OOM score of its processes (so that the OOM killer would end the worker's "
+            "runtime first) and was stopped"
+        )
     if run.stopped == "interrupted":
         return State.INTERRUPTED, (
             "the worker was stopped from outside (an engine shutdown, docker stop) before the agent finished"
@@ -290,6 +297,8 @@ class AgentProcess:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 self.stop("timeout")
+            elif self._stopped is None and sandbox.lowered_oom_score(self.user.uid):
+                self.stop(LOWERED_OOM_SCORE)
             stopped_at = self._stopped_at
             if stopped_at is not None and now - stopped_at >= TERMINATE_GRACE_SECONDS:
                 with contextlib.suppress(UserError):
@@ -301,8 +310,8 @@ class AgentProcess:
                 return AgentRun(exit_code=None, final=None, last_text="", stderr_tail="", stopped=self._stopped)
             # Its own session, so that a stop reaches the tools it started too.
             self._proc = subprocess.Popen(
-                sandbox.without_new_privileges(self.argv),
-                cwd=self.cwd,
+                sandbox.agent_argv(self.user, self.argv, self.cwd),
+                cwd="/",
                 env=self.env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -311,7 +320,6 @@ class AgentProcess:
                 encoding="utf-8",
                 errors="replace",
                 start_new_session=True,
-                **self.user.popen_options(),
             )
         proc = self._proc
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None

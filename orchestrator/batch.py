@@ -736,7 +736,7 @@ def work_is_safe(result: TaskResult | None) -> bool:
     bundled, or there were none, or the agent never ran."""
     if result is None:
         return False
-    if result.pushed or result.bundle or result.commits == 0:
+    if result.pushed or result.bundle or result.archive or result.commits == 0:
         return True
     # No hand-back recorded: a worker that died or was killed may have left work in its clone.
     return result.base_commit is None and result.exit_code is None and result.worker_exit_code is None
@@ -763,6 +763,7 @@ def submit(
     memory: str | None = None,
     cpus: str | None = None,
     pids_limit: str | None = None,
+    disk: str | None = None,
 ) -> Task:
     """Write a new task (never over an existing one) and mark it submitted."""
     if task_id is not None:
@@ -791,6 +792,7 @@ def submit(
         memory=limits.check_memory(memory) if memory else None,
         cpus=limits.check_cpus(cpus) if cpus else None,
         pids_limit=limits.check_pids(pids_limit) if pids_limit else None,
+        disk=limits.check_disk(disk) if disk else None,
     )
     if task.id in deps:
         raise InvalidInput("--depends-on names the task itself")

@@ -122,6 +122,14 @@ def add_limit_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
         help=f"processes a worker may run at once (default: ${environment.WORKER_PIDS.name}, else "
         f"{environment.WORKER_PIDS.default})",
     )
+    parser.add_argument(
+        "--disk",
+        metavar="SIZE",
+        default=default(environment.WORKER_DISK),
+        help="what a worker's agent may write (its clone, home and temporary files), or 'none' for no bound; "
+        "a tmpfs counted in the memory limit where the storage driver has no quota (default: "
+        f"${environment.WORKER_DISK.name}, else {environment.WORKER_DISK.default})",
+    )
 
 
 def check_branch_prefix(prefix: str) -> str:

@@ -7,19 +7,22 @@ Every worker holds two clones of the repository:
 - the agent's, ``/workspace/repo``: cloned from the runtime's by the agent's user, on the
   task's branch, with ``origin`` naming the repository's URL (and no credentials).
 
-When the agent is done and its processes are gone, the runtime fetches the agent's commits
-and its working tree into its own clone, with none of the agent's hooks, fsmonitor or git
-configuration taking part, commits there what was left uncommitted, and pushes the task's
-branch to the literal ``REPO_URL``. When the push fails, the commits are saved on the shared
-volume as a git bundle (``bundles/ID-attempt-N.bundle``), and the result says where.
+When the agent is done and its processes are gone, a step run as the agent's user makes a
+snapshot of its work (snapshot.py: its commits and its working tree, in a repository of the
+step's own); the runtime fetches that snapshot through a checked ``upload-pack``, also run as the
+agent's user, commits there what was left uncommitted, and pushes the task's branch to the
+literal ``REPO_URL``. Root never opens a path of the agent's tree, and no git reads a
+configuration the agent could have written. When the push fails, the commits are saved on the
+shared volume as a git bundle (``bundles/ID-attempt-N.bundle``), and the result says where.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
-import shlex
+import secrets
 import stat
 import threading
 import time
@@ -34,19 +37,16 @@ from .sandbox import AgentUser
 from .tasks import Task
 
 TITLE_LIMIT = 72
-# upload-pack is the part of git made to serve untrusted repositories; the runtime reads the
-# agent's clone (and the agent the runtime's) through it. Each is owned by the other user,
-# which git would otherwise refuse as "dubious ownership".
+# upload-pack is the part of git made to serve untrusted repositories; the agent's user reads the
+# runtime's clone through it, which git would otherwise refuse as "dubious ownership".
 UPLOAD_PACK = "git -c safe.directory=* upload-pack"
-
-
-def upload_pack_as(user: AgentUser) -> str:
-    """upload-pack for the runtime to read the agent's clone: run as the agent's user, so that
-    nothing in that repository runs with the runtime's privileges."""
-    return (
-        f"/usr/bin/env HOME={shlex.quote(str(user.home))} /usr/bin/setpriv --reuid={user.uid} --regid={user.gid} "
-        "--clear-groups --no-new-privs /usr/bin/git -c safe.directory=* upload-pack"
-    )
+SNAPSHOT_SCRIPT = Path(__file__).with_name("snapshot.py")
+# The committer of the snapshot commit, which only carries the agent's tree to the runtime.
+_SNAPSHOT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "orchestrator", "GIT_AUTHOR_EMAIL": "orchestrator@localhost",
+    "GIT_COMMITTER_NAME": "orchestrator", "GIT_COMMITTER_EMAIL": "orchestrator@localhost",
+}  # fmt: skip
+OriginAccess = Callable[[], contextlib.AbstractContextManager[object]]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ class Delivery:
     branch: str | None = None  # set when there was something to hand back
     pushed: bool = False
     bundle: str | None = None
+    archive: str | None = None  # the agent's clone as a tar archive, when it could not be committed
     error: str | None = None  # why the work did not reach origin
 
 
@@ -113,15 +114,16 @@ def free_name(repo: Path, wanted: str) -> str:
     return name
 
 
-def check_agent_folder(folder: Path, user: AgentUser) -> None:
-    """The agent's clone must be a folder of its own that it cannot swap for a link elsewhere:
-    the runtime reads it back as root."""
+def make_agent_folder(folder: Path, user: AgentUser) -> None:
+    """The agent's clone folder, made by the agent's user when it is not there (a workspace on
+    tmpfs starts empty): a folder of its own, and nothing else."""
+    if not folder.is_dir():
+        proc = sandbox.agent_step(user, ["mkdir", "-p", "--", str(folder)], cwd="/", env=sandbox.isolated_git_env())
+        if proc.returncode:
+            raise GitError(f"{folder} could not be made for {user.name}: {proc.stderr.strip()}")
     info = os.lstat(folder)
-    parent = os.stat(folder.parent)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != user.uid:
         raise GitError(f"{folder} must be a folder owned by {user.name}")
-    if parent.st_uid != 0 or parent.st_mode & 0o022:
-        raise GitError(f"{folder.parent} must belong to root and be writable by root alone")
 
 
 def prepare(
@@ -138,18 +140,21 @@ def prepare(
     say: Callable[[str], None],
     task_id: str = "",
     start_from: Sequence[StartPoint] = (),
+    origin_access: OriginAccess = contextlib.nullcontext,
 ) -> Workspace:
     """Clone origin for the runtime, create the task's branch, and give the agent its clone.
 
     The branch starts from ``branch``, or from the work of the tasks in ``start_from``: the one
     dependency's head commit, or a merge of several made here (a conflict there: Blocked).
+    ``origin_access`` is held while git talks to origin (the SSH key is on disk only then).
     """
-    check_agent_folder(agent, user)
+    make_agent_folder(agent, user)
     # Readable by the agent's user, which clones from it (the runtime's umask keeps the
     # shared volume's files from it).
     umask = os.umask(0o022)
     try:
-        git.clone(url, branch, own, scrub=scrub, env=git_env)
+        with origin_access():
+            git.clone(url, branch, own, scrub=scrub, env=git_env)
         start = _start(own, task_id, start_from, say) if start_from else git.head(own)
         # An attempt that carries on from an interrupted one counts its work from where that
         # one started: its branch holds the whole of it.
@@ -161,7 +166,7 @@ def prepare(
         git.git("branch", "--quiet", "--no-track", name, start, cwd=own)
     finally:
         os.umask(umask)
-    _clone_for_agent(own, agent, name, url, user, agent_env, scrub)
+    _clone_for_agent(own, agent, name, url, user, scrub)
     return Workspace(own, agent, name, base, tuple(start_from), start, user)
 
 
@@ -197,18 +202,22 @@ def _start(own: Path, task_id: str, points: Sequence[StartPoint], say: Callable[
 
 
 def _clone_for_agent(
-    own: Path, agent: Path, branch: str, url: str, user: AgentUser, env: Mapping[str, str], scrub: Callable[[str], str]
+    own: Path, agent: Path, branch: str, url: str, user: AgentUser, scrub: Callable[[str], str]
 ) -> None:
+    """The agent's clone, made by the agent's user from the runtime's. It borrows the runtime's
+    objects (alternates), so that a large history costs the agent's bounded space nothing."""
     steps = [
         ["git", "init", "--quiet", f"--initial-branch={branch}"],
+        ["sh", "-c", 'printf "%s\\n" "$1" > .git/objects/info/alternates', "sh", str(own / ".git" / "objects")],
         ["git", "remote", "add", "origin", url],
         # origin's branches as the runtime saw them, and the task's branch, checked out.
         ["git", "fetch", "--quiet", "--no-tags", "--update-head-ok", f"--upload-pack={UPLOAD_PACK}", "--", str(own),
          "+refs/remotes/origin/*:refs/remotes/origin/*", f"+refs/heads/{branch}:refs/heads/{branch}"],
         ["git", "reset", "--quiet", "--hard"],
     ]  # fmt: skip
+    env = sandbox.isolated_git_env()
     for argv in steps:
-        proc = sandbox.run_as(user, argv, cwd=agent, env=env, timeout=git.CLONE_TIMEOUT)
+        proc = sandbox.agent_step(user, argv, cwd=agent, env=env, timeout=git.CLONE_TIMEOUT)
         if proc.returncode:
             message = scrub(proc.stderr.strip() or f"exit code {proc.returncode}")
             raise GitError(f"the agent's clone could not be made (`{' '.join(argv[:2])}`): {message}")
@@ -241,6 +250,8 @@ def hand_back(
     say: Callable[[str], None],
     retry_for: float = 0.0,
     stopping: threading.Event | None = None,
+    scratch: Path | None = None,
+    origin_access: OriginAccess = contextlib.nullcontext,
 ) -> Delivery:
     """Take the agent's commits and working tree into the runtime's clone, commit what was left
     uncommitted, and push the task's branch; bundle it when the push fails.
@@ -250,7 +261,7 @@ def hand_back(
     gone, so that nothing changes the files while they are read.
     """
     own, branch, base = workspace.own, workspace.branch, workspace.base
-    tip = _take_agent_work(workspace, message, say)
+    tip = _take_agent_work(workspace, message, say, scratch or own.parent)
     commits = git.count_commits(own, base, tip)
     if commits == 0:
         say("no changes to hand back")
@@ -260,7 +271,8 @@ def hand_back(
     done = Delivery(base_commit=base, head_commit=tip, commits=commits, files_changed=files, branch=branch)
     say(f"pushing {branch} ({commits} commit{'s' if commits != 1 else ''}, {len(files)} file(s) changed)")
     try:
-        _push(own, url, branch, scrub, git_env, say, retry_for, stopping or threading.Event())
+        with origin_access():
+            _push(own, url, branch, scrub, git_env, say, retry_for, stopping or threading.Event())
     except GitError as exc:
         push_error = f"the push of {branch} failed: {exc}"
         try:
@@ -299,40 +311,65 @@ def _push(
                 raise
 
 
-def _take_agent_work(workspace: Workspace, message: str, say: Callable[[str], None]) -> str:
-    """The commit that holds the agent's work, made in the runtime's clone."""
-    own, agent = workspace.own, workspace.agent
-    reader = upload_pack_as(workspace.user) if workspace.user is not None and os.geteuid() == 0 else UPLOAD_PACK
+def _take_agent_work(workspace: Workspace, message: str, say: Callable[[str], None], scratch: Path) -> str:
+    """The commit that holds the agent's work, made in the runtime's clone from a snapshot the
+    agent's user made (see snapshot.py); the objects it brings are checked as they come in."""
+    own, user = workspace.own, workspace.user
+    fallback = workspace.start or workspace.base
+    if user is None:
+        raise GitError("the agent's user is unknown: its work cannot be read")
+    # A folder of root's, made now that none of the agent's processes runs, which the step (the
+    # agent's user) may write into; its name is new, so nothing of the agent's is there.
+    parent = scratch / f"handback-{secrets.token_hex(8)}"
+    parent.mkdir(mode=0o700)
+    os.chmod(parent, 0o777)
+    into = parent / "snapshot.git"
+    step = sandbox.agent_step(
+        user,
+        ["/usr/bin/python3", "-E", "-s", "-P", "-", "--work-tree", str(workspace.agent), "--into", str(into),
+         "--fallback", fallback, "--objects", str(own / ".git" / "objects")],
+        cwd="/", env=sandbox.isolated_git_env(_SNAPSHOT_IDENTITY), timeout=git.PUSH_TIMEOUT,
+        input=SNAPSHOT_SCRIPT.read_text(encoding="utf-8"),
+    )  # fmt: skip
     try:
-        # Objects the agent made are checked as they come in: a malformed one is refused here.
-        git.git("-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", f"--upload-pack={reader}", "--",
-                str(agent), "HEAD", cwd=own, timeout=git.PUSH_TIMEOUT)  # fmt: skip
-        agent_head = git.git("rev-parse", "--verify", "FETCH_HEAD^{commit}", cwd=own).strip()
-    except GitError as exc:
-        say(f"the agent's commits could not be read ({exc}); its files are handed back on top of the branch's start")
-        agent_head = workspace.start or workspace.base
-    # The working tree, read with the runtime's repository and an index of its own: the agent's
-    # .git is not consulted, and .gitignore files in the tree are honoured as in any checkout.
-    index = own / ".git" / "orchestrator-handback-index"
-    with contextlib.suppress(FileNotFoundError):
-        index.unlink()
-    env = {"GIT_INDEX_FILE": str(index)}
+        found = json.loads(step.stdout.strip().splitlines()[-1]) if step.stdout.strip() else {}
+    except ValueError:
+        found = {}
+    if not isinstance(found, dict) or step.returncode or "base" not in found:
+        detail = found.get("error") if isinstance(found, dict) else None
+        raise GitError(f"the agent's work could not be read: {detail or step.stderr.strip()[-500:] or 'no answer'}")
+    for problem in found.get("problems") or []:
+        say(str(problem)[:2000])
     try:
-        git.git("read-tree", agent_head, cwd=own, env=env)
-        try:
-            git.git(f"--work-tree={agent}", "add", "--all", cwd=own, env=env, timeout=git.PUSH_TIMEOUT)
-        except GitError as exc:
-            # A path git cannot take (a nested repository without commits, an unreadable file)
-            # must not cost the rest: everything else is taken, and the failure said.
-            say(f"some of the agent's files could not be taken: {exc}")
-            with contextlib.suppress(GitError):
-                git.git(f"--work-tree={agent}", "add", "--all", "--ignore-errors", cwd=own, env=env,
-                        timeout=git.PUSH_TIMEOUT)  # fmt: skip
-        tree = git.git("write-tree", cwd=own, env=env).strip()
+        git.git("-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags",
+                f"--upload-pack={sandbox.upload_pack_as(user)}", "--", str(into), "refs/heads/snapshot",
+                cwd=own, timeout=git.PUSH_TIMEOUT)  # fmt: skip
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            index.unlink()
+        sandbox.kill_all(user.uid)
+        # The step's files are the agent's user's: that user removes them.
+        sandbox.agent_step(user, ["rm", "-rf", "--", str(into)], cwd="/", env=sandbox.isolated_git_env())
+    snapshot = git.git("rev-parse", "--verify", "FETCH_HEAD^{commit}", cwd=own).strip()
+    agent_head = git.git("rev-parse", "--verify", f"{snapshot}^1^{{commit}}", cwd=own).strip()
+    tree = git.git("rev-parse", f"{snapshot}^{{tree}}", cwd=own).strip()
     if tree == git.git("rev-parse", f"{agent_head}^{{tree}}", cwd=own).strip():
         return agent_head
     say("committed the agent's uncommitted changes")
     return git.git("commit-tree", tree, "-p", agent_head, "-m", message, cwd=own).strip()
+
+
+def salvage(workspace: Workspace, dest: Path, reason: str, say: Callable[[str], None]) -> Delivery:
+    """When the agent's work cannot be committed: its clone, saved as a tar archive on the
+    volume (a workspace on tmpfs is gone once the container stops)."""
+    base = workspace.base
+    failed = f"its work could not be committed: {reason}"
+    if workspace.user is None:
+        return Delivery(base, base, 0, error=failed)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        problem = sandbox.archive_as(workspace.user, workspace.agent, dest)
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    if problem is not None:
+        return Delivery(base, base, 0, error=f"{failed}; saving the agent's clone failed too: {problem}")
+    say(f"the agent's clone is saved in {dest}")
+    return Delivery(base, base, 0, archive=str(dest), error=f"{failed}; the agent's clone is saved in {dest}")

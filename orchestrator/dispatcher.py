@@ -83,8 +83,8 @@ def env_max_workers(env: Mapping[str, str]) -> int:
 def worker_limits(orch: OrchestrationDir, task: Task | None, env: Mapping[str, str]) -> WorkerLimits:
     """The task's own limits, else the batch's, else the manager's defaults."""
     settings = orch.load_settings()
-    limits = WorkerLimits.from_env(env).over(settings.memory, settings.cpus, settings.pids_limit)
-    return limits if task is None else limits.over(task.memory, task.cpus, task.pids_limit)
+    limits = WorkerLimits.from_env(env).over(settings.memory, settings.cpus, settings.pids_limit, settings.disk)
+    return limits if task is None else limits.over(task.memory, task.cpus, task.pids_limit, task.disk)
 
 
 # --- One dispatcher at a time.

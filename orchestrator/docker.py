@@ -34,7 +34,8 @@ class DockerError(UserError):
     @classmethod
     def from_process(cls, argv: Sequence[str], proc: subprocess.CompletedProcess[Any]) -> DockerError:
         stderr = proc.stderr if isinstance(proc.stderr, str) else (proc.stderr or b"").decode("utf-8", "replace")
-        for sub in (NoSuchContainer, NoSuchImage, NoSuchVolume, NotRunning, NameConflict, DaemonUnreachable):
+        for sub in (NoSuchContainer, NoSuchImage, NoSuchVolume, NotRunning, NameConflict, DaemonUnreachable,
+                    StorageQuotaRefused):  # fmt: skip
             if any(marker in stderr for marker in sub.markers):
                 return sub(argv, proc.returncode, stderr)
         return cls(argv, proc.returncode, stderr)
@@ -60,6 +61,13 @@ class NotRunning(DockerError):
 
 class NameConflict(DockerError):
     markers = ("Conflict. The container name",)
+
+
+class StorageQuotaRefused(DockerError):
+    """``--storage-opt size=`` on a storage driver that cannot bound a container (overlay2 on a
+    file system without project quotas)."""
+
+    markers = ("--storage-opt is supported only", "Storage Opt is not supported", "storage-opt is not supported")
 
 
 class DaemonUnreachable(DockerError):
@@ -173,6 +181,25 @@ def remove_container(name: str) -> None:
 def image_exists(name: str) -> bool:
     proc = docker("image", "inspect", "--format", "{{.Id}}", name, check=False, timeout=30)
     return proc.returncode == 0
+
+
+# Storage drivers whose containers' writable layers can be bounded (docker create --storage-opt
+# size=): overlay2 only on XFS mounted with pquota, which `docker info` does not say (a create
+# that is refused tells: see StorageQuotaRefused).
+_QUOTA_DRIVERS = ("btrfs", "zfs", "devicemapper", "windowsfilter")
+
+
+def storage_quota_supported() -> bool:
+    """Whether the engine's storage driver may bound a container's writable layer."""
+    proc = docker("info", "--format", "{{.Driver}} {{json .DriverStatus}}", check=False, timeout=30)
+    driver, _, status = text(proc).strip().partition(" ")
+    if driver in _QUOTA_DRIVERS:
+        return True
+    try:
+        facts = {str(pair[0]): str(pair[1]) for pair in json.loads(status or "[]") if len(pair) == 2}
+    except (ValueError, TypeError):
+        return False
+    return driver == "overlay2" and facts.get("Backing Filesystem") == "xfs"
 
 
 def check_daemon() -> None:

@@ -55,6 +55,11 @@ RESUME_INTERRUPTED = Var("ORCHESTRATOR_RESUME_INTERRUPTED", "1")
 WORKER_MEMORY = Var("ORCHESTRATOR_WORKER_MEMORY", "4g")
 WORKER_CPUS = Var("ORCHESTRATOR_WORKER_CPUS", "2")
 WORKER_PIDS = Var("ORCHESTRATOR_WORKER_PIDS", "1024")
+# What one worker may write (see limits.py): a size, or "none" for no bound.
+WORKER_DISK = Var("ORCHESTRATOR_WORKER_DISK", "10g")
+# Whether the engine's storage driver bounds a container's writable layer (--storage-opt size=);
+# run.py finds out and tells the manager ("yes" or "no"; unset: spawn-worker asks the engine).
+STORAGE_QUOTA = Var("ORCHESTRATOR_STORAGE_QUOTA")
 # Seconds a stopped worker gets to commit and push before Docker kills it.
 STOP_TIMEOUT = Var("ORCHESTRATOR_STOP_TIMEOUT", "120")
 # Seconds a worker keeps trying a push while the git server cannot be reached, before it saves
@@ -91,6 +96,8 @@ MANAGER_SETTINGS = (
     WORKER_MEMORY,
     WORKER_CPUS,
     WORKER_PIDS,
+    WORKER_DISK,
+    STORAGE_QUOTA,
     STOP_TIMEOUT,
     PUSH_RETRY_SECONDS,
 )

@@ -34,6 +34,7 @@ from .docker import (
     inspect_container,
     labels,
     remove_container,
+    storage_quota_supported,
 )
 from .errors import UserError
 from .git import host_config
@@ -263,7 +264,7 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def manager_settings(args: argparse.Namespace) -> dict[str, str]:
     """What the manager is told, and tells every worker it starts (environment.MANAGER_SETTINGS)."""
-    limits = WorkerLimits.parse(args.memory, args.cpus, args.pids_limit)
+    limits = WorkerLimits.parse(args.memory, args.cpus, args.pids_limit, args.disk)
     env = os.environ
     values = {
         environment.REPO_URL: args.repo,
@@ -282,6 +283,8 @@ def manager_settings(args: argparse.Namespace) -> dict[str, str]:
         environment.WORKER_MEMORY: limits.memory,
         environment.WORKER_CPUS: limits.cpus,
         environment.WORKER_PIDS: str(limits.pids),
+        environment.WORKER_DISK: limits.disk,
+        environment.STORAGE_QUOTA: None,  # found out once the engine is reached (main)
         environment.STOP_TIMEOUT: str(stop_timeout({environment.STOP_TIMEOUT.name: args.stop_timeout or ""})),
         environment.PUSH_RETRY_SECONDS: env.get(environment.PUSH_RETRY_SECONDS.name),
     }
@@ -307,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ca_certs = ca_cert_paths(args)
         socket = docker_socket()
         check_daemon()
+        settings[environment.STORAGE_QUOTA.name] = "yes" if storage_quota_supported() else "no"
         image = ensure_images(args, ca_certs)
         spec = ManagerSpec(
             name=args.name,

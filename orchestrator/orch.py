@@ -183,6 +183,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             memory=args.memory,
             cpus=args.cpus,
             pids_limit=args.pids_limit,
+            disk=args.disk,
         )
         if args.start:
             views = load_views(orch)
@@ -203,7 +204,12 @@ def _utf8(data: bytes, what: str) -> str:
 def cmd_start(args: argparse.Namespace) -> int:
     orch = volume_dir(args)
     settings_given = args.max_workers is not None or args.resume_interrupted is not None
-    if not args.ids and not args.all and not settings_given and not (args.memory or args.cpus or args.pids_limit):
+    if (
+        not args.ids
+        and not args.all
+        and not settings_given
+        and not (args.memory or args.cpus or args.pids_limit or args.disk)
+    ):
         raise InvalidInput("name the tasks to start, or --all")
     if args.ids and args.all:
         raise InvalidInput("give task ids or --all, not both")
@@ -229,6 +235,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             "memory": limits.check_memory(args.memory) if args.memory else None,
             "cpus": limits.check_cpus(args.cpus) if args.cpus else None,
             "pids_limit": limits.check_pids(args.pids_limit) if args.pids_limit else None,
+            "disk": limits.check_disk(args.disk) if args.disk else None,
             "resume_interrupted": args.resume_interrupted,
         }
         if any(value is not None for value in changes.values()):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,14 +202,33 @@ class Secrets:
 
     @classmethod
     def take(cls, home: Path) -> Secrets:
-        """The secrets copied into ``home`` (the worker runtime's side). The token files are
-        removed once read; the SSH key stays for ssh until ``forget``."""
+        """The secrets copied into ``home`` (the worker runtime's side), every file removed once
+        read: none is on disk while the agent runs. The SSH key goes back on disk only while git
+        talks to origin (``key_on_disk``)."""
         secrets = cls.take_copy(home)
-        for name in (TOKEN_NAME, GIT_TOKEN_NAME):
+        for name in (TOKEN_NAME, GIT_TOKEN_NAME, SSH_KEY_NAME):
             # A swarm secret is a read-only mount that stays: it is root's alone, like the copy.
             with contextlib.suppress(OSError):
                 (home / name).unlink()
         return secrets
+
+    @contextlib.contextmanager
+    def key_on_disk(self, home: Path) -> Iterator[None]:
+        """The SSH key in ``home/.ssh`` for as long as this lasts (ssh reads it from a file),
+        then gone again. Nothing of the agent's runs meanwhile."""
+        path = home / SSH_KEY_NAME
+        if self.ssh_key is None or path.exists():  # no key, or a swarm secret's mount
+            yield
+            return
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(self.ssh_key)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     @classmethod
     def take_copy(cls, home: Path) -> Secrets:

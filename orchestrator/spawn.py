@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import config, environment
 from .cli import (
@@ -31,6 +31,7 @@ from .docker import (
     DaemonUnreachable,
     NameConflict,
     NoSuchImage,
+    StorageQuotaRefused,
     container_label,
     docker,
     env_pass,
@@ -38,6 +39,7 @@ from .docker import (
     inspect_container,
     labels,
     remove_container,
+    storage_quota_supported,
     unusable,
 )
 from .errors import InvalidInput, UserError
@@ -89,6 +91,7 @@ class WorkerSpec:
     branch_prefix: str = environment.BRANCH_PREFIX.require({})
     push_retry: str | None = None  # seconds a push waits for an unreachable server
     engine: str = config.ENGINE_DOCKER  # what runs it: a container, or a swarm job
+    storage_quota: bool = False  # the engine bounds a container's writable layer (see limits.py)
 
     @property
     def container(self) -> str:
@@ -131,6 +134,7 @@ class WorkerSpec:
             "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
             *flag("--network", self.network),
             *self.limits.argv(),
+            *self.limits.disk_argv(self.storage_quota),
             "--cap-drop", "ALL",
             *[arg for cap in RUNTIME_CAPABILITIES for arg in ("--cap-add", cap)],
             "--security-opt", "no-new-privileges",
@@ -186,7 +190,11 @@ def spawn(spec: WorkerSpec, orch_dir: str) -> str:
 def create(spec: WorkerSpec) -> None:
     """``docker create`` of the worker; a refusal becomes the error that says what to do."""
     try:
-        docker(*spec.create_argv(), env=spec.environment(), timeout=120)
+        try:
+            docker(*spec.create_argv(), env=spec.environment(), timeout=120)
+        except StorageQuotaRefused:
+            # The driver said no (overlay2 on XFS without pquota): the workspace is a tmpfs instead.
+            docker(*replace(spec, storage_quota=False).create_argv(), env=spec.environment(), timeout=120)
     except NameConflict:
         raise existing_worker(spec) from None
     except NoSuchImage:
@@ -247,6 +255,7 @@ def worker_spec(
     branch_prefix: str | None = None,
     attempt: int | None = None,
     engine: str = config.ENGINE_DOCKER,
+    storage_quota: bool | None = None,
 ) -> WorkerSpec:
     """The spec of a worker, with the secrets read now (spawn-worker and orch's dispatcher)."""
     task_id = validate_task_id(task_id, "TASK_ID")
@@ -282,7 +291,19 @@ def worker_spec(
         push_retry=env.get(environment.PUSH_RETRY_SECONDS.name),
         branch_prefix=check_branch_prefix(branch_prefix or environment.BRANCH_PREFIX.require(env)),
         engine=engine,
+        storage_quota=engine == config.ENGINE_DOCKER and limits.bounded and quota_of(storage_quota, env),
     )
+
+
+def quota_of(given: bool | None, env: Mapping[str, str]) -> bool:
+    """Whether the engine bounds a container's writable layer: as given, as run.py found out
+    ($ORCHESTRATOR_STORAGE_QUOTA), else asked now."""
+    if given is not None:
+        return given
+    known = environment.STORAGE_QUOTA.get(env)
+    if known in ("yes", "no"):
+        return known == "yes"
+    return storage_quota_supported()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             volume=args.volume,
             network=args.network,
             image_prefix=args.image_prefix,
-            limits=WorkerLimits.parse(args.memory, args.cpus, args.pids_limit),
+            limits=WorkerLimits.parse(args.memory, args.cpus, args.pids_limit, args.disk),
             timeout=args.timeout,
             token_file=args.token,
             ssh_key_file=args.ssh_key,

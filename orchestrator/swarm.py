@@ -89,6 +89,8 @@ def service_argv(spec: WorkerSpec, secret_names: Mapping[str, str]) -> list[str]
         # The swarm places a job where what it reserves is free; the limits hold it there.
         "--reserve-memory", spec.limits.memory, "--limit-memory", spec.limits.memory,
         "--limit-cpu", spec.limits.cpus, "--limit-pids", str(spec.limits.pids),
+        # A service has no storage option: what the agent writes is bounded by a tmpfs workspace.
+        *(["--mount", spec.limits.workspace_mount()] if spec.limits.bounded else []),
         "--cap-drop", "ALL", *[arg for cap in RUNTIME_CAPABILITIES for arg in ("--cap-add", f"CAP_{cap}")],
         "--stop-grace-period", f"{spec.stop_timeout}s",
         *[arg for path, name in secret_names.items()

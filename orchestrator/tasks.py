@@ -167,9 +167,11 @@ class Task:
     memory: str | None = None
     cpus: str | None = None
     pids_limit: int | None = None
+    disk: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
-    KNOWN = ("id", "prompt", "model", "timeout", "worker", "depends_on", "max_turns", "memory", "cpus", "pids_limit")
+    KNOWN = ("id", "prompt", "model", "timeout", "worker", "depends_on", "max_turns", "memory", "cpus", "pids_limit",
+             "disk")  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any) -> Task:
@@ -195,6 +197,7 @@ class Task:
             memory = limits.check_memory(data["memory"]) if data.get("memory") is not None else None
             cpus = limits.check_cpus(data["cpus"]) if data.get("cpus") is not None else None
             pids_limit = limits.check_pids(data["pids_limit"]) if data.get("pids_limit") is not None else None
+            disk = limits.check_disk(data["disk"]) if data.get("disk") is not None else None
         except InvalidInput as exc:
             raise InvalidInput(f"{what}: {exc}") from None
         return cls(
@@ -208,6 +211,7 @@ class Task:
             memory=memory,
             cpus=cpus,
             pids_limit=pids_limit,
+            disk=disk,
             extra={k: v for k, v in data.items() if k not in cls.KNOWN},
         )
 
@@ -223,7 +227,7 @@ class Task:
             data["depends_on"] = list(self.depends_on)
         if self.max_turns is not None:
             data["max_turns"] = self.max_turns
-        for name in ("memory", "cpus", "pids_limit"):
+        for name in ("memory", "cpus", "pids_limit", "disk"):
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
         return {**data, **self.extra}
@@ -255,6 +259,8 @@ class TaskResult:
     files_changed: tuple[Mapping[str, Any], ...] = ()  # {"path", "added", "deleted"}; counts null for binary files
     pushed: bool | None = None  # the branch is on origin
     bundle: str | None = None  # when the push failed: the commits, saved on the volume
+    # When the work could not be committed at all: the agent's clone as a tar archive on the volume.
+    archive: str | None = None
     # The dependencies' work the branch started from ({"task_id", "branch", "commit"}); empty: REPO_BRANCH.
     started_from: tuple[Mapping[str, Any], ...] = ()
 
@@ -290,6 +296,7 @@ class TaskResult:
             files_changed=tuple(_file_changes(data, what)),
             pushed=_field(data, "pushed", bool, what),
             bundle=_field(data, "bundle", str, what),
+            archive=_field(data, "archive", str, what),
             started_from=tuple(_field(data, "started_from", list, what) or ()),
         )
 
@@ -355,6 +362,7 @@ class BatchSettings:
     cpus: str | None = None
     pids_limit: int | None = None
     resume_interrupted: int | None = None  # how often an interrupted task is run again by itself
+    disk: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> BatchSettings:
@@ -365,13 +373,14 @@ class BatchSettings:
         resume = _field(data, "resume_interrupted", int, "dispatcher.json")
         if resume is not None and resume < 0:
             raise InvalidInput("dispatcher.json: field 'resume_interrupted' must be 0 or more")
-        memory, cpus, pids = data.get("memory"), data.get("cpus"), data.get("pids_limit")
+        memory, cpus, pids, disk = data.get("memory"), data.get("cpus"), data.get("pids_limit"), data.get("disk")
         return cls(
             max_workers=max_workers,
             memory=limits.check_memory(memory) if memory is not None else None,
             cpus=limits.check_cpus(cpus) if cpus is not None else None,
             pids_limit=limits.check_pids(pids) if pids is not None else None,
             resume_interrupted=resume,
+            disk=limits.check_disk(disk) if disk is not None else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -594,6 +603,10 @@ class OrchestrationDir:
     def bundle_path(self, task_id: str, attempt: int | None) -> Path:
         """Where a worker saves its commits when its push fails."""
         return self.root / "bundles" / f"{task_id}-attempt-{attempt or 1}.bundle"
+
+    def archive_path(self, task_id: str, attempt: int | None) -> Path:
+        """Where a worker saves its agent's clone when the work cannot be committed."""
+        return self.root / "bundles" / f"{task_id}-attempt-{attempt or 1}.tar.gz"
 
     @property
     def settings_path(self) -> Path:

@@ -14,10 +14,14 @@ relay (relay.py), and the work comes back through the runtime's own clone (deliv
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import shlex
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -32,7 +36,7 @@ from . import agent, delivery, environment, git, sandbox
 from .cli import HelpFormatter, run_command
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
 from .relay import ApiRelay
-from .sandbox import AgentUser
+from .sandbox import RUNTIME_PATH, AgentUser
 from .secrets import GIT_TOKEN_ENV, SECRET_ENV, Secrets, scrubber
 from .tasks import AlreadyExists, OrchestrationDir, State, Task, TaskResult, utc_now
 
@@ -119,6 +123,7 @@ class Worker:
         self.log_file: TextIO | None = None
         self.workspace: delivery.Workspace | None = None
         self.git_env: dict[str, str] = {}
+        self.secrets: Secrets | None = None
 
     def _print(self, line: str) -> None:
         print(line, flush=True)
@@ -204,6 +209,7 @@ class Worker:
         task: Task | None = None
         model = config.model
         relay: ApiRelay | None = None
+        self.secrets = secrets
         try:
             self.log_file = open(orch.worker_log_path(config.task_id), "w", encoding="utf-8")  # noqa: SIM115
             self.set_state(State.RUNNING, started_at=started_at)
@@ -223,6 +229,7 @@ class Worker:
             git.configure_identity(config.git_user_name, config.git_user_email)
             git.configure_credentials()
             git.prepare_ssh(config.home)
+            self.prepare_agent_folders(user)
             start_from = self.start_points(task)
             self.say(f"cloning {config.repo_url} (branch {config.branch})")
             self.workspace = delivery.prepare(
@@ -238,6 +245,7 @@ class Worker:
                 say=self.say,
                 task_id=config.task_id,
                 start_from=start_from,
+                origin_access=self.origin_access,
             )
             self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
             # For orch's dispatcher, which stops a worker that outlives this by far.
@@ -338,9 +346,42 @@ class Worker:
         self.say(f"attempt {config.attempt - 1} was interrupted; carrying on from its work ({earlier.branch})")
         return delivery.StartPoint(config.task_id, earlier.branch, earlier.head_commit, bundle, earlier.base_commit)
 
+    def origin_access(self) -> contextlib.AbstractContextManager[object]:
+        """What git needs to reach origin, on disk for as long as it does (the SSH key)."""
+        secrets = self.secrets or Secrets()
+        return secrets.key_on_disk(self.config.home)
+
+    @property
+    def agent_home(self) -> Path:
+        """The agent's home and temporary folder are in the workspace, the space that is bounded
+        (a size of the batch's: see spawn.py); the image's /home/agent and /tmp are not its."""
+        return self.config.workspace / "home"
+
+    @property
+    def agent_tmp(self) -> Path:
+        return self.config.workspace / "tmp"
+
+    def prepare_agent_folders(self, user: AgentUser) -> None:
+        """The workspace's folders: a temporary folder like /tmp (root's, sticky, open to all; the
+        image links /tmp and /var/tmp to it), and the agent's home, made by the agent's user."""
+        tmp = self.agent_tmp
+        if not tmp.is_dir():
+            tmp.mkdir()
+        os.chmod(tmp, 0o1777)
+        claude = shutil.which(agent.CLAUDE, path=self.env.get("PATH"))
+        home = shlex.quote(str(self.agent_home))
+        # Claude Code looks for itself in ~/.local/bin and says it is "missing or broken" otherwise.
+        script = f"mkdir -p -m 0700 {home} && mkdir -p {home}/.local/bin"
+        if claude:
+            script += f" && ln -sfn {shlex.quote(claude)} {home}/.local/bin/claude"
+        proc = sandbox.agent_step(user, ["sh", "-c", script], cwd="/", env=sandbox.isolated_git_env())
+        if proc.returncode:
+            raise UserError(f"the agent's home could not be made in {self.config.workspace}: {proc.stderr.strip()}")
+
     def agent_env(self, user: AgentUser, model: str | None) -> dict[str, str]:
         """The agent's environment: the container's, which holds no secret, without the real API
-        endpoint (the agent reaches it through the relay), and with its git identity."""
+        endpoint (the agent reaches it through the relay), and with its git identity, its home
+        and its temporary folder in the workspace."""
         env = {name: value for name, value in self.env.items() if name != environment.ANTHROPIC_BASE_URL.name}
         config = self.config
         env.update(
@@ -348,13 +389,14 @@ class Worker:
             GIT_AUTHOR_EMAIL=config.git_user_email,
             GIT_COMMITTER_NAME=config.git_user_name,
             GIT_COMMITTER_EMAIL=config.git_user_email,
+            TMPDIR=str(self.agent_tmp),
         )
         if model:
             env[environment.ANTHROPIC_MODEL.name] = model
         # The relay is on loopback: a proxy for the way out must not take those requests.
         for name in ("NO_PROXY", "no_proxy"):
             env[name] = ",".join(p for p in (env.get(name), "127.0.0.1", "localhost") if p)
-        return user.environment(env)
+        return {**user.environment(env), "HOME": str(self.agent_home)}
 
     def hand_back(self, task: Task) -> delivery.Delivery | None:
         """Commit and push the agent's work, whatever the outcome: nothing it did is lost."""
@@ -363,10 +405,8 @@ class Worker:
         user = AgentUser.named(config.agent_user)
         bundle = config.orch.bundle_path(config.task_id, config.attempt)
         try:
-            # The agent's processes are gone (the run ends them all); its files are opened for
-            # the runtime, which can read no further than their modes say.
-            sandbox.kill_all(user.uid)
-            sandbox.open_tree(user, self.workspace.agent, self.agent_env(user, None))
+            # The agent's processes are gone (the run ends them all); again, in case anything of
+            # its user started since.
             sandbox.kill_all(user.uid)
             return delivery.hand_back(
                 self.workspace,
@@ -378,17 +418,17 @@ class Worker:
                 say=self.say,
                 retry_for=0.0 if self.stop_event.is_set() else float(environment.PUSH_RETRY_SECONDS.require(self.env)),
                 stopping=self.stop_event,
+                scratch=config.runtime_dir,
+                origin_access=self.origin_access,
             )
         except UserError as exc:
-            # Not committed: the work stays in the agent's clone, in the kept container.
-            base = self.workspace.base
-            return delivery.Delivery(base, base, 0, error=f"its work could not be committed: {exc}")
+            reason = str(exc)
         except Exception as exc:  # noqa: BLE001 (a bug here must still leave a result behind)
             self.say("internal error while handing the work back:\n" + "".join(traceback.format_exception(exc)))
-            base = self.workspace.base
-            return delivery.Delivery(
-                base, base, 0, error=f"its work could not be committed: internal error: {type(exc).__name__}: {exc}"
-            )
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+        # Not committed: the agent's clone goes to the volume as it is.
+        return delivery.salvage(self.workspace, config.orch.archive_path(config.task_id, config.attempt), reason,
+                                self.say)  # fmt: skip
 
     def result(
         self,
@@ -432,6 +472,7 @@ class Worker:
             files_changed=tuple(handed_back.files_changed),
             pushed=handed_back.pushed,
             bundle=handed_back.bundle,
+            archive=handed_back.archive,
             started_from=tuple(point.to_json() for point in self.workspace.started_from) if self.workspace else (),
         )
 
@@ -451,16 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What the runtime's own commands (git, its credential helper, ssh) are looked up in: folders
-# that only root can write. The image's PATH starts with the SDK's folders, which the agent owns
-# (it fills the SDK's cache): the agent gets that PATH, the root runtime never uses it.
-RUNTIME_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = dict(os.environ)  # the agent's environment is made from this one
     os.environ["PATH"] = RUNTIME_PATH
+    # The runtime's temporary files stay in a folder of root's: /tmp is the agent's (see agent_home).
+    runtime_tmp = Path(environment.RUNTIME_DIR.require(env)) / "tmp"
+    with contextlib.suppress(OSError):
+        runtime_tmp.mkdir(mode=0o700, exist_ok=True)
+    os.environ["TMPDIR"] = str(runtime_tmp)
+    tempfile.tempdir = None
 
     def work() -> int:
         config = WorkerConfig.from_env(env, args.task_id)

@@ -61,7 +61,22 @@ def test_the_manager_runs_as_claude_and_the_worker_runtime_as_root_with_tini(tes
         assert inspect.startswith('["/usr/bin/tini","--","') and '"-P","-m","orchestrator.' in inspect
         # A new volume takes these folders: the group of the orchestrator's user only.
         assert in_image(image, "stat", "-c", "%a %U %G", "/orchestration") == "2770 claude claude\n"
-    assert in_image(WORKER_IMAGE, "stat", "-c", "%a %U", "/workspace", "/workspace/repo") == "755 root\n755 agent\n"
+    assert in_image(WORKER_IMAGE, "stat", "-c", "%a %U", "/workspace") == "1777 root\n"
+    assert in_image(WORKER_IMAGE, "getent", "passwd", "agent").split(":")[5] == "/workspace/home"
+
+
+def test_the_agent_can_write_nowhere_in_the_worker_image_but_the_workspace(test_images):
+    """Everything the agent may write is in /workspace, which spawn-worker bounds (a tmpfs, or a
+    storage quota): /tmp and /var/tmp lead there, and no other file or folder is open to it."""
+    writable = in_image(
+        WORKER_IMAGE, "sh", "-c",
+        "setpriv --reuid=agent --regid=agent --clear-groups find / -xdev -path /proc -prune -o -writable -print "
+        "2>/dev/null; readlink /tmp /var/tmp",
+    ).split()  # fmt: skip
+    # /tmp and /var/tmp are found writable through their links, which lead into the workspace.
+    *found, tmp_target, var_tmp_target = writable
+    assert sorted(found) == ["/tmp", "/var/tmp", "/workspace", "/workspace/tmp"], writable
+    assert tmp_target == var_tmp_target == "/workspace/tmp"
 
 
 def test_the_manager_has_its_commands_and_the_docker_cli(test_images):
@@ -82,7 +97,7 @@ def test_the_worker_without_sdk_still_has_git_and_the_runtime(test_images):
 def test_the_worker_runtime_runs_nothing_the_agent_could_have_replaced(test_images):
     """Every folder of the runtime's PATH, and its package, belong to root and are writable by
     root alone; the entrypoint names its interpreter by its full path."""
-    from orchestrator.worker import RUNTIME_PATH
+    from orchestrator.sandbox import RUNTIME_PATH
 
     folders = [*RUNTIME_PATH.split(":"), "/opt/orchestrator", "/opt/orchestrator/orchestrator"]
     script = (

@@ -56,10 +56,10 @@ def box(token: str):
     home = root / "home"
     home.mkdir(mode=0o700)
     (home / ".claude-token").write_text(token + "\n")
+    # As in the image (or its tmpfs): open to all and sticky; the agent's user makes its folders.
     workspace = root / "workspace"
-    (workspace / "repo").mkdir(parents=True)
-    workspace.chmod(0o755)
-    shutil.chown(workspace / "repo", AGENT_USER, AGENT_USER)
+    workspace.mkdir()
+    workspace.chmod(0o1777)
     (root / "runtime").mkdir(mode=0o755)
     env = {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
@@ -460,3 +460,109 @@ def test_a_stop_asked_for_in_the_status_alone_stops_the_worker(box: Box):
     result = box.result()
     assert result["status"] == "cancelled" and result["pushed"] is True, out
     assert "orch asked this worker to stop (cancelled)" in out
+
+
+def test_the_hand_back_runs_no_git_configuration_of_the_agent(box: Box):
+    # Everything git could run, planted where git reads configuration: the agent's global and XDG
+    # files, its repository's configuration and hooks, attributes that name a filter. Each command
+    # leaves a mark in the workspace (which the box keeps) if it ever runs.
+    marks = box.root / "workspace" / "tmp"
+    hook = "$HOME/hook.sh"
+    box.task(
+        "@run printf '#!/bin/sh\\ntouch " + str(marks) + "/ran-$1\\ncat\\n' > $HOME/hook.sh && chmod +x $HOME/hook.sh\n"
+        f"@run git config --global uploadpack.packObjectsHook '{hook} global'\n"
+        f"@run mkdir -p $HOME/.config/git && git config --file $HOME/.config/git/config "
+        f"uploadpack.packObjectsHook '{hook} xdg'\n"
+        f"@run git config uploadpack.packObjectsHook '{hook} repo'\n"
+        f"@run git config core.fsmonitor '{hook} fsmonitor'\n"
+        f"@run git config core.alternateRefsCommand '{hook} alternates'\n"
+        f"@run git config filter.evil.clean '{hook} filter' && echo '* filter=evil' > .gitattributes\n"
+        "@run for h in pre-commit post-commit reference-transaction pre-push; do cp $HOME/hook.sh .git/hooks/$h; "
+        "done\n"
+        "@write work.txt the agent's work\n@say done"
+    )
+    code, out = box.run()
+    assert code == 0, out
+    assert sorted(p.name for p in marks.glob("ran-*")) == [], out
+    result = box.result()
+    assert result["pushed"] is True
+    assert remote_git(box, "show", "orchestrator/task-001:work.txt") == "the agent's work"
+
+
+def test_the_agent_s_tree_is_read_with_the_agent_s_rights_alone(box: Box, tmp_path: Path):
+    # The race of the review: folders the walk has listed are swapped for links to the runtime's
+    # files while it runs. Here a racer of the agent's user runs through the whole snapshot.
+    from orchestrator import delivery, sandbox
+
+    ensure_agent_user()
+    user = sandbox.AgentUser.named(AGENT_USER)
+    secret_dir = box.root / "runtime-secrets"
+    secret_dir.mkdir(mode=0o700)
+    (secret_dir / "id_ed25519").write_text("PRIVATE KEY OF THE RUNTIME\n")
+    own, agent = box.root / "runtime" / "repo", box.root / "workspace" / "repo"
+    workspace = delivery.prepare(
+        url=box.env["REPO_URL"], branch="main", wanted="orchestrator/task-001", own=own, agent=agent, user=user,
+        agent_env={}, git_env={}, scrub=lambda s: s, say=lambda s: None, task_id="task-001",
+    )  # fmt: skip
+    racer = (
+        "import os, sys, time\n"
+        "root, target = sys.argv[1], sys.argv[2]\n"
+        "for i in range(300):\n"
+        "    os.makedirs(f'{root}/d{i:03}', exist_ok=True)\n"
+        "    open(f'{root}/d{i:03}/f', 'w').write('x')\n"
+        "open(f'{root}/ready', 'w').close()\n"
+        "end = time.monotonic() + 60\n"
+        "while time.monotonic() < end:\n"
+        "    for i in range(300):\n"
+        "        d = f'{root}/d{i:03}'\n"
+        "        try:\n"
+        "            os.rename(d, d + '.x'); os.symlink(target, d)\n"
+        "            os.unlink(d); os.rename(d + '.x', d)\n"
+        "        except OSError:\n"
+        "            pass\n"
+    )
+    proc = subprocess.Popen(sandbox.as_user_argv(user, [sys.executable, "-c", racer, str(agent), str(secret_dir)]))
+    try:
+        deadline = time.monotonic() + 30
+        while not (agent / "ready").exists():
+            assert time.monotonic() < deadline, "the racer did not start"
+            time.sleep(0.05)
+        tip = delivery._take_agent_work(workspace, "task-001: race", lambda s: None, box.root / "runtime")
+    finally:
+        proc.kill()
+        proc.wait(10)
+    listing = subprocess.run(["git", "-C", str(own), "ls-tree", "-r", "--name-only", tip], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    blobs = subprocess.run(["git", "-C", str(own), "grep", "-l", "PRIVATE KEY OF THE RUNTIME", tip],
+                           capture_output=True, text=True, check=False).stdout  # fmt: skip
+    assert "id_ed25519" not in listing and blobs == ""
+    assert "d000/f" in listing or "d000" in listing  # the agent's own files did come
+
+
+def test_the_agent_is_the_oom_killer_s_first_choice(box: Box):
+    # Its processes start with the highest score. Lowering it is refused by the kernel where the
+    # runtime may set a floor (CAP_SYS_RESOURCE, as here), else seen and the agent stopped.
+    box.task("@run cat /proc/$PPID/oom_score_adj\n@run echo 0 > /proc/$PPID/oom_score_adj; echo rc=$?\n@sleep 30")
+    _, out = box.run()
+    assert "[agent] <- 1000" in out, out
+    result = box.result()
+    if "rc=0" in out:
+        assert result["status"] == "failed" and "lowered the OOM score" in result["error"]
+    else:
+        assert "Permission denied" in out and result["status"] == "success"
+
+
+def test_work_that_cannot_be_committed_is_saved_as_an_archive(box: Box, tmp_path: Path):
+    from orchestrator import delivery, sandbox
+
+    ensure_agent_user()
+    user = sandbox.AgentUser.named(AGENT_USER)
+    agent = box.root / "workspace" / "repo"
+    delivery.make_agent_folder(agent, user)
+    subprocess.run(sandbox.as_user_argv(user, ["sh", "-c", f"echo precious > {agent}/kept.txt"]), check=True)
+    workspace = delivery.Workspace(box.root / "runtime" / "nothing", agent, "b", "0" * 40, user=user)
+    dest = box.orch / "bundles" / "task-001-attempt-1.tar.gz"
+    handed = delivery.salvage(workspace, dest, "the test broke it", lambda s: None)
+    assert handed.archive == str(dest) and "the test broke it" in (handed.error or "")
+    subprocess.run(["tar", "-xzf", str(dest), "-C", str(tmp_path)], check=True)
+    assert (tmp_path / "kept.txt").read_text() == "precious\n"
