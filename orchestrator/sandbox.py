@@ -198,7 +198,8 @@ def agent_step(
 
 
 def processes_of(uid: int) -> list[int]:
-    """The processes whose real or effective user is ``uid``."""
+    """The processes whose real or effective user is ``uid``; not zombies, which run nothing and
+    go once their parent reaps them."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -206,6 +207,8 @@ def processes_of(uid: int) -> list[int]:
         try:
             with open(f"/proc/{entry.name}/status", encoding="utf-8") as handle:
                 for line in handle:
+                    if line.startswith("State:") and line.split()[1] == "Z":
+                        break
                     if line.startswith("Uid:"):
                         real, effective = (int(x) for x in line.split()[1:3])
                         if uid in (real, effective):

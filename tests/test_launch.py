@@ -66,6 +66,8 @@ def test_starts_the_manager_with_socket_volume_and_environment(
         "ORCHESTRATOR_WORKER_MEMORY": "4g",
         "ORCHESTRATOR_WORKER_CPUS": "2",
         "ORCHESTRATOR_WORKER_PIDS": "1024",
+        "ORCHESTRATOR_WORKER_DISK": "10g",
+        "ORCHESTRATOR_STORAGE_QUOTA": "no",
         "ORCHESTRATOR_STOP_TIMEOUT": "120",
     }
     cp = fake_docker.find("cp", "-", "claude-manager:/home/claude")[0]

@@ -270,9 +270,20 @@ def commands(fake_docker: FakeDocker) -> list[str]:
     return [" ".join(argv[:2]) if argv[0] in ("volume", "container") else argv[0] for argv in fake_docker.argvs()]
 
 
-def test_in_the_manager_a_spawn_is_three_docker_calls(fake_docker: FakeDocker, orch: Path):
+def test_in_the_manager_a_spawn_is_three_docker_calls(fake_docker: FakeDocker, orch: Path, monkeypatch):
+    monkeypatch.setenv("ORCHESTRATOR_STORAGE_QUOTA", "no")  # run.py found it out for the manager
     assert run("flutter", "task-001") == 0
     assert commands(fake_docker) == ["create", "cp", "start"]
+
+
+def test_without_word_of_run_py_spawn_worker_asks_the_engine_about_storage_quotas(fake_docker: FakeDocker, orch: Path):
+    assert run("flutter", "task-001") == 0
+    assert commands(fake_docker) == ["info", "create", "cp", "start"]
+    create = fake_docker.find("create")[0]["argv"]
+    # No quota on this engine: the workspace is a tmpfs below the memory limit (4g less 512m).
+    assert create[create.index("--mount") + 1] == (
+        f"type=tmpfs,destination=/workspace,tmpfs-size={(4096 - 512) * 1024 * 1024},tmpfs-mode=1777"
+    )
 
 
 @pytest.fixture
@@ -286,8 +297,9 @@ def on_the_host(orch: Path, tmp_path: Path, monkeypatch) -> list[str]:
 def test_on_the_host_the_volume_s_folder_is_written_directly(fake_docker: FakeDocker, orch: Path, on_the_host):
     assert run("flutter", "task-001", *on_the_host) == 0
     # Its folder is looked up while the container is created: no container of its own.
-    assert sorted(commands(fake_docker)[:2]) == ["create", "volume inspect"]
-    assert commands(fake_docker)[2:] == ["cp", "start"]
+    assert commands(fake_docker)[0] == "info"
+    assert sorted(commands(fake_docker)[1:3]) == ["create", "volume inspect"]
+    assert commands(fake_docker)[3:] == ["cp", "start"]
     status = json.loads((orch / "status" / "task-001.json").read_text())
     assert (status["state"], status["container"]) == ("starting", "worker-task-001")
 

@@ -274,6 +274,12 @@ def test_the_agent_gets_a_ticket_for_the_relay_and_never_the_token(box: Box, tok
     assert not (box.root / "home" / ".claude-token").exists()
 
 
+def still_running() -> bytes:
+    """The agent's user's processes that still run (a zombie the machine has not reaped yet runs
+    nothing)."""
+    return subprocess.run(["pgrep", "-u", AGENT_USER, "-r", "R,S,D,T,t"], capture_output=True, check=False).stdout
+
+
 def remote_git(box: Box, *args: str) -> str:
     return subprocess.run(["git", "-C", str(box.root / "remote"), *args], capture_output=True, text=True,
                           check=True).stdout  # fmt: skip
@@ -359,22 +365,23 @@ def test_the_git_token_stays_with_the_runtime(box: Box):
 
 
 def test_a_child_that_holds_the_agent_s_output_does_not_hold_the_worker(box: Box):
-    # A background process writing to the agent's own stdout, in a session of its own: the
-    # worker waits for the agent, not for its output to end, and ends what it left behind.
-    box.task("@run setsid sleep 300 > /proc/$PPID/fd/1 2>&1 < /dev/null &\n@say done")
+    # A background process holding the agent's own stdout, in a session of its own: the worker
+    # waits for the agent, not for its output to end, and ends what it left behind. (Through
+    # /proc/PID/fd/1 the agent could not open that pipe: it is the runtime's, mode 0600.)
+    box.task("@leave sleep 300\n@say done")
     code, out = box.run()
     assert code == 0, out
     assert "ended 1 process(es) the agent left running" in out
     assert box.result()["status"] == "success"
-    assert subprocess.run(["pgrep", "-u", AGENT_USER], capture_output=True, check=False).stdout == b""
+    assert still_running() == b""
 
 
 def test_a_timeout_holds_against_a_child_that_holds_the_output(box: Box):
-    box.task("@run setsid sleep 300 > /proc/$PPID/fd/1 2>&1 < /dev/null &\n@sleep 300", timeout=2)
+    box.task("@leave sleep 300\n@sleep 300", timeout=2)
     code, out = box.run()
     assert code == 1, out
     assert box.result()["status"] == "timeout"
-    assert subprocess.run(["pgrep", "-u", AGENT_USER], capture_output=True, check=False).stdout == b""
+    assert still_running() == b""
 
 
 def test_a_branch_name_origin_has_already_is_not_reused(box: Box):
@@ -527,7 +534,8 @@ def test_the_agent_s_tree_is_read_with_the_agent_s_rights_alone(box: Box, tmp_pa
         while not (agent / "ready").exists():
             assert time.monotonic() < deadline, "the racer did not start"
             time.sleep(0.05)
-        tip = delivery._take_agent_work(workspace, "task-001: race", lambda s: None, box.root / "runtime")
+        said: list[str] = []
+        tip = delivery._take_agent_work(workspace, "task-001: race", said.append, box.root / "runtime")
     finally:
         proc.kill()
         proc.wait(10)
@@ -536,7 +544,8 @@ def test_the_agent_s_tree_is_read_with_the_agent_s_rights_alone(box: Box, tmp_pa
     blobs = subprocess.run(["git", "-C", str(own), "grep", "-l", "PRIVATE KEY OF THE RUNTIME", tip],
                            capture_output=True, text=True, check=False).stdout  # fmt: skip
     assert "id_ed25519" not in listing and blobs == ""
-    assert "d000/f" in listing or "d000" in listing  # the agent's own files did come
+    # What the racer did to its own folders costs it those folders at most, and is said.
+    assert "d000" in listing or any("could not be taken" in line for line in said), said
 
 
 def test_the_agent_is_the_oom_killer_s_first_choice(box: Box):
