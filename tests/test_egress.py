@@ -505,6 +505,7 @@ def test_one_client_cannot_take_every_connection(echo: Listener):
         held = [harness.connect(target) for _ in range(3)]
         refused = harness.raw(f"CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {harness.auth()}\r\n\r\n".encode())
         assert status_of(refused) == 429 and b"the task has 3 connections open" in refused
+        wait_for(lambda: harness.proxy.open_connections == 3, "the refused connection to end")
         other = harness.connect(target, task="t2")  # another task still gets through
         # Connections that send nothing hold no more than their address's share.
         silent = [socket.create_connection(("127.0.0.1", harness.port)) for _ in range(2)]

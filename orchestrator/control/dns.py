@@ -6,12 +6,14 @@ every other name here, and nowhere else. A query never leaves the machine: a nam
 policy cannot carry data to a resolver the agent controls (``<secret>.attacker.example``),
 and the agent does not need DNS at all, since the egress proxy resolves the names it allows.
 
-NXDOMAIN rather than REFUSED: a client that is told a name does not exist fails at once
-("Could not resolve host", glibc's EAI_NONAME), where REFUSED makes glibc try its other
-servers and then report a temporary failure (EAI_AGAIN), which pip, npm and git retry with
-growing pauses, spending the task's time for nothing. Docker's embedded DNS passes NXDOMAIN
-through as it is, in every version; what it does with REFUSED and SERVFAIL (try the next
-server, answer SERVFAIL, or stay silent) has changed between versions.
+NXDOMAIN rather than REFUSED: NXDOMAIN is the answer every resolver takes as final, so a
+client fails at once ("Could not resolve host"; glibc's EAI_NONAME) and the tool stops. With
+REFUSED, glibc first tries each of its other servers and then reports a failure of the
+resolver rather than of the name; and Docker's embedded DNS, which stands between the worker
+and this server, may turn REFUSED into SERVFAIL (what it does with either has changed between
+versions), which glibc reports as a temporary failure (EAI_AGAIN), the kind pip, npm and git
+retry with growing pauses, spending the task's time for nothing. NXDOMAIN goes through the
+embedded DNS as it is.
 
 Only the header and the first question are read, just enough to answer and record: a packet
 that is not a query with exactly one well-formed question is dropped without an answer (and
@@ -151,10 +153,18 @@ class NullDns:
     def start(self) -> NullDns:
         host, port = self._bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._udp = socket.socket(family, socket.SOCK_DGRAM)
-        self._udp.bind((host, port))
-        # TCP on the port UDP got (the same number, when port 0 asked for any).
-        self._tcp = socket.create_server((host, self._udp.getsockname()[1]), family=family)
+        # TCP on the port UDP got: with port 0 (any), the number UDP got may be taken for TCP,
+        # and another is tried.
+        for attempt in range(1, 11):
+            self._udp = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                self._udp.bind((host, port))
+                self._tcp = socket.create_server((host, self._udp.getsockname()[1]), family=family)
+                break
+            except OSError:
+                self._udp.close()
+                if port or attempt == 10:
+                    raise
         self._thread = threading.Thread(target=self._loop, name="null-dns", daemon=True)
         self._thread.start()
         return self

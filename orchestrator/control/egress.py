@@ -12,7 +12,7 @@ checked, never looking the name up again. Every connection ends in one ``EgressR
 (``http://TASK:TICKET@proxy:3128``, which clients send as ``Proxy-Authorization: Basic``), and
 ``identify`` (the control plane's check: ``egress_tickets.ProxyTickets``) names the task or refuses.
 The source address alone is not enough on a network that several tasks' workers share:
-a container has CAP_NET_RAW unless it is dropped and can claim a neighbour's address (ARP);
+a container that keeps CAP_NET_RAW (Docker's default) can claim a neighbour's address (ARP);
 an address is handed to the next container as soon as a worker ends, so a connection could be
 taken for the task that had it before; and the control plane would have to learn each address
 from the engine before the worker's first connection. On a network of the task's own, the
