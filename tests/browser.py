@@ -135,12 +135,16 @@ class Browser:
         with self._lock:
             return [event for event in self._events if session is None or event.get("sessionId") == session]
 
-    def new_page(self, width: int = 1400, height: int = 900) -> Page:
-        """A tab in a fresh browser context (cookies of its own), with the page, runtime and log domains on."""
-        context = self.send("Target.createBrowserContext", {"disposeOnDetach": True})["browserContextId"]
+    def new_page(self, width: int = 1400, height: int = 900, beside: Page | None = None) -> Page:
+        """A tab in a fresh browser context (cookies of its own), or in the context of ``beside``
+        (its cookies, its connections), with the page, runtime and log domains on."""
+        if beside is None:
+            context = self.send("Target.createBrowserContext", {"disposeOnDetach": True})["browserContextId"]
+        else:
+            context = beside.context
         target = self.send("Target.createTarget", {"url": "about:blank", "browserContextId": context})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        page = Page(self, session, target, context)
+        page = Page(self, session, target, context, owns_context=beside is None)
         for domain in ("Page", "Runtime", "Log"):
             page.send(f"{domain}.enable")
         page.set_size(width, height)
@@ -166,11 +170,12 @@ class Browser:
 
 
 class Page:
-    def __init__(self, browser: Browser, session: str, target: str, context: str) -> None:
+    def __init__(self, browser: Browser, session: str, target: str, context: str, owns_context: bool) -> None:
         self.browser = browser
         self.session = session
         self.target = target
         self.context = context
+        self.owns_context = owns_context
 
     def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.browser.send(method, params, self.session)
@@ -232,6 +237,10 @@ class Page:
             self.send("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": key,
                                                   "windowsVirtualKeyCode": codes[key]})  # fmt: skip
 
+    def bring_to_front(self) -> None:
+        """Makes this tab the visible one (a new tab hides the others, even headless)."""
+        self.send("Page.bringToFront")
+
     def set_size(self, width: int, height: int = 900) -> None:
         self.send(
             "Emulation.setDeviceMetricsOverride",
@@ -273,7 +282,8 @@ class Page:
 
     def close(self) -> None:
         self.browser.send("Target.closeTarget", {"targetId": self.target})
-        self.browser.send("Target.disposeBrowserContext", {"browserContextId": self.context})
+        if self.owns_context:
+            self.browser.send("Target.disposeBrowserContext", {"browserContextId": self.context})
 
 
 @contextmanager

@@ -151,6 +151,17 @@ def test_cancel_and_retry_from_the_task_page_call_the_backend(
         assert problems(page) == []
 
 
+def test_log_out_from_the_page_ends_the_session(browser: Browser, board: Dashboard, backend: FakeBoard) -> None:
+    with logged_in(browser, board) as page:
+        # about:blank, then the board: the entry of the login URL, with its secret, was replaced.
+        assert page.evaluate("history.length") == 2
+        page.click("#logout")
+        page.wait_for("location.pathname === '/login'")
+        assert page.evaluate("fetch('/api/board').then(r => r.status)") == 401
+        page.navigate(board.url + "tasks/task-001")
+        assert page.evaluate("location.pathname") == "/login"
+
+
 def test_merge_from_the_board_shows_the_conflicts(browser: Browser, board: Dashboard, backend: FakeBoard) -> None:
     backend.merge_summary = MergeSummary(
         into="orchestrator/integration",
@@ -173,6 +184,29 @@ def test_merge_from_the_board_shows_the_conflicts(browser: Browser, board: Dashb
         assert "Into orchestrator/integration: 1 merged, 1 conflict, 1 not merged." in text_of(page, "#merge-summary")
         assert page.evaluate("document.activeElement.id") == "merge-title"
         assert problems(page) == []
+
+
+def test_many_task_tabs_leave_the_board_its_connection(browser: Browser, board: Dashboard, backend: FakeBoard) -> None:
+    # A browser opens at most six connections to a host; a task page that held one open (an event
+    # stream) would leave the seventh tab, and the board, waiting. The board's tab, hidden behind
+    # the others, lets go of its stream, and takes the board whole when it is shown again.
+    with logged_in(browser, board) as page:
+        tabs = [browser.new_page(beside=page) for _ in range(8)]
+        try:
+            for tab, task in zip(tabs, ("task-001", "task-002", "task-004", "task-005", "task-008", "task-009",
+                                        "task-010", "task-011"), strict=True):  # fmt: skip
+                open_task(tab, board, task)
+            assert page.evaluate("document.visibilityState") == "hidden"
+            backend.add_log("task-002", "agent: still here\n")
+            backend.change("task-006", state="queued")
+            backend.change("task-011", state="queued")
+            tabs[-1].wait_for("document.getElementById('task-state').textContent === 'Queued'")
+            tabs[1].wait_for("document.getElementById('log').textContent.includes('agent: still here')")
+            page.bring_to_front()
+            page.wait_for("document.querySelector('.column[data-state=queued] .card[data-id=\"task-006\"]') !== null")
+        finally:
+            for tab in tabs:
+                tab.close()
 
 
 class AttackPage(BaseHTTPRequestHandler):

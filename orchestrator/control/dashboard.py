@@ -32,7 +32,9 @@ names. Task ids in paths are checked as task ids before anything is asked of the
 
 Live updates: one thread polls the backend's board every ``poll_interval`` seconds while
 someone watches, and ``/api/events`` (server-sent events) sends the board when it changed.
-The task page follows its log by asking ``/api/tasks/ID/log?offset=N`` again and again.
+A task's page asks for its task each second and follows its log with
+``/api/tasks/ID/log?offset=N``: an event stream per tab would soon take the six connections
+a browser opens to one host.
 """
 
 from __future__ import annotations

@@ -131,27 +131,42 @@ async function act(button, path, doing, after) {
   }
 }
 
+function showLive(isLive) {
+  const connection = $("connection");
+  connection.textContent = isLive ? "live" : "reconnecting…";
+  connection.classList.toggle("offline", !isLive);
+}
+
 // The board, sent by the server each time it changes (server-sent events); after a refusal or a
 // lost connection, /api/board tells why (a 401 leads to the login page) and the stream starts again.
+// A stream holds one of the six connections a browser opens to a host, so a hidden tab lets go
+// of it, and gets the board whole when it is shown again.
 function followBoard(onBoard) {
-  const connection = $("connection");
-  const live = (isLive) => {
-    connection.textContent = isLive ? "live" : "reconnecting…";
-    connection.classList.toggle("offline", !isLive);
-  };
+  let source = null;
   function connect() {
-    const source = new EventSource("/api/events");
+    if (source !== null || document.hidden) return;
+    source = new EventSource("/api/events");
+    const mine = source;
     source.addEventListener("board", (event) => {
-      live(true);
+      showLive(true);
       onBoard(JSON.parse(event.data));
     });
     source.addEventListener("error", () => {
-      live(false);
-      if (source.readyState === EventSource.CLOSED) {
+      showLive(false);
+      if (mine.readyState === EventSource.CLOSED && source === mine) {
+        source = null;
         api("/api/board").then(onBoard).catch(() => {}).finally(() => setTimeout(connect, 2000));
       }
     });
   }
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden && source !== null) {
+      source.close();
+      source = null;
+    } else {
+      connect();
+    }
+  });
   connect();
 }
 
@@ -395,18 +410,10 @@ function taskPage() {
     );
   }
 
-  async function load() {
-    try {
-      const [newDetail, diff, egress] = await Promise.all([api(path), api(`${path}/diff`), api(`${path}/egress`)]);
-      detail = newDetail;
-      card = card || detail.card;
-      renderDetail();
-      renderDiff(diff);
-      renderEgress(egress);
-      document.body.dataset.ready = "true";
-    } catch (error) {
-      say(error.message, true);
-    }
+  async function loadChanges() {
+    const [diff, egress] = await Promise.all([api(`${path}/diff`), api(`${path}/egress`)]);
+    renderDiff(diff);
+    renderEgress(egress);
   }
 
   function appendLog(text) {
@@ -444,33 +451,46 @@ function taskPage() {
     }
   }
 
-  function onBoard(board) {
-    const next = board.tasks.find((task) => task.id === id);
-    if (!next) {
-      say(`${id} is no longer on the board.`, true);
-      return;
-    }
+  async function onDetail(next) {
     const wasState = card ? card.state : null;
-    card = next;
-    renderFields();
-    if (wasState !== null && wasState !== card.state) {
+    const changed = JSON.stringify(next) !== JSON.stringify(detail);
+    detail = next;
+    card = next.card;
+    if (changed) renderDetail();
+    if (wasState === card.state) return;
+    if (wasState !== null) {
       if (RETRYABLE.has(wasState) || wasState === "success") {
         // Run again (retry): a new attempt, with a log of its own.
         logOffset = 0;
         logLength = 0;
         $("log").replaceChildren();
       }
-      load();
       followLog();
+    }
+    await loadChanges().catch((error) => say(error.message, true));
+  }
+
+  // The task, asked for each second (each five while the tab is hidden): an event stream per
+  // task tab would soon use up the browser's six connections to the board.
+  async function watchTask() {
+    for (;;) {
+      try {
+        await onDetail(await api(path));
+        showLive(true);
+        document.body.dataset.ready = "true";
+      } catch (error) {
+        showLive(false);
+        if (!detail) say(error.message, true);
+      }
+      await pause(document.hidden ? 5000 : 1000);
     }
   }
 
   $("cancel").addEventListener("click", () => act($("cancel"), `${path}/cancel`, "Cancelling…"));
   $("retry").addEventListener("click", () => act($("retry"), `${path}/retry`, "Asking for a retry…"));
   setUpLogout();
-  load();
+  watchTask();
   followLog();
-  followBoard(onBoard);
 }
 
 if (document.body.dataset.page === "board") boardPage();

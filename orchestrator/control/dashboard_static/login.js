@@ -38,7 +38,13 @@
   const fromAddress = location.hash.slice(1);
   if (fromAddress) {
     history.replaceState(null, "", location.pathname);
-    logIn(decodeURIComponent(fromAddress));
+    let secret = fromAddress;
+    try {
+      secret = decodeURIComponent(fromAddress);
+    } catch (error) {
+      // Not percent-encoded after all: the secret as it came.
+    }
+    logIn(secret);
   } else {
     input.focus();
   }
