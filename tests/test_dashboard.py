@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -419,3 +420,15 @@ def test_a_card_refuses_what_the_page_could_not_show() -> None:
     assert list(Totals(by_state={"running": 2}).to_json()["by_state"]) == list(BOARD_STATES)
     assert first_line("\n\n  Fix the login  \nmore") == "Fix the login"
     assert first_line("x" * 500) == "x" * 199 + "…"
+
+
+def test_the_pages_hold_no_html_sink_and_no_inline_script_or_style() -> None:
+    # The browser tests show that hostile text stays text on the paths they take; this keeps the
+    # sinks out of every path: the scripts never hand a string to an HTML parser or to eval.
+    sinks = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|\beval\(|new Function|srcdoc")
+    for name in ("app.js", "login.js"):
+        assert sinks.findall(read_static(name).decode()) == [], name
+    for name in ("index.html", "task.html", "login.html"):
+        page = read_static(name).decode()
+        assert re.findall(r"<script(?![^>]*\bsrc=\"/static/[a-z]+\.js\")[^>]*>", page) == [], name
+        assert re.findall(r"\son[a-z]+=|\sstyle=|<style|javascript:", page, re.IGNORECASE) == [], name
