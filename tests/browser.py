@@ -86,7 +86,11 @@ class Browser:
         self._stderr: list[bytes] = []
         threading.Thread(target=self._read_answers, name="cdp-reader", daemon=True).start()
         threading.Thread(target=self._drain_stderr, name="cdp-stderr", daemon=True).start()
-        self.version = self.send("Browser.getVersion")["product"]
+        try:
+            self.version = self.send("Browser.getVersion")["product"]
+        except BrowserError:
+            self.close()  # the process and the profile folder go, with the error
+            raise
 
     def _drain_stderr(self) -> None:
         assert self.process.stderr is not None
