@@ -18,10 +18,11 @@ included) with a fresh HOME, an OAuth token and an API key, nonessential traffic
   ``HEAD /api/hello``; two ``POST /v1/messages?beta=true`` without tools (a title, a quota probe);
   then the turns, as headless. Typing ``/context`` adds ``POST /v1/messages/count_tokens?beta=true``
   (one per part of the context; free of charge on the API).
-So the relay passes on exactly those two POSTs with that query string (``relay_input.ROUTES``),
-answers ``HEAD /api/hello`` itself (with 200, and nothing upstream), and answers anything else
-that carries a valid ticket with 403 (``permission_error``), counted in the account and reported
-as a notice. A request without a valid ticket gets 401, and nothing goes upstream.
+So the relay passes on exactly those two POSTs, to /v1/messages and /v1/messages/count_tokens,
+with that query string (``relay_input.ROUTES``); answers ``HEAD /api/hello`` itself (200, without
+asking for a ticket, and nothing upstream); and answers anything else that carries a valid ticket
+with 403 (``permission_error``), counted in the account and reported as a notice (the first
+``REFUSALS_TOLD``). A request without a valid ticket gets 401, and nothing goes upstream.
 
 Budgets
 -------

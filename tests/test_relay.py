@@ -23,7 +23,7 @@ from orchestrator.credential import answer
 from orchestrator.relay import ApiRelay, Notice, NoticeKind, RelaySettings
 from orchestrator.secrets import ClaudeCredential
 
-from .scripted_api import ScriptedAPI, attempts, costing, dynamic, error, slow, text
+from .scripted_api import Reply, Request, ScriptedAPI, attempts, costing, dynamic, error, slow, text
 
 MESSAGES = "/v1/messages?beta=true"
 
@@ -401,15 +401,21 @@ def test_a_price_file_of_the_callers(api, make_relay, tmp_path: Path):
 
 
 def test_an_agent_that_goes_away_mid_stream_is_charged_for_the_whole_answer(api, make_relay):
-    gate = threading.Event()
-    api.script("COST-5", dynamic(lambda request: (gate.wait(60), costing(text("long"), output=40_000))[1]))
+    arrived, gate = threading.Event(), threading.Event()
+
+    def held(request: Request) -> Reply:
+        arrived.set()
+        gate.wait(60)
+        return costing(text("long"), output=40_000)
+
+    api.script("COST-5", dynamic(held))
     relay = make_relay()
     parts = urlsplit(relay.url)
     sock = socket.create_connection((parts.hostname, parts.port), timeout=60)
     body = conversation("COST-5")
     sock.sendall(f"POST {MESSAGES} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {relay.ticket}\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
-    wait_until(lambda: api.requests_for("COST-5"), "the request reached the API")
+    assert arrived.wait(60), "the request never reached the API"
     sock.close()  # gone before a byte of the answer
     gate.set()
     wait_until(lambda: relay.account("agent").in_flight == 0, "the relay finished reading the answer")
@@ -474,8 +480,11 @@ def test_a_hostile_account_with_100_parallel_requests_gets_its_bound_and_no_more
     flood = threading.Thread(target=lambda: answers.extend(parallel(100, lambda i: ask(relay, "FLOOD-1", hostile))))
     flood.start()
     try:
-        wait_until(lambda: relay.account("hostile").queued == 97, "97 of the hostile requests held in the relay")
-        assert api.max_in_flight == 3 and relay.account("hostile").in_flight == 3
+        wait_until(
+            lambda: relay.account("hostile").queued == 97 and api.max_in_flight == 3,
+            "3 hostile requests at the API, 97 held in the relay",
+        )
+        assert relay.account("hostile").in_flight == 3
         assert ask(relay, "CALM-1", calm).status == 200  # not stuck behind the flood
         assert relay.account("hostile").queued == 97
     finally:
