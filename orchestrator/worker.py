@@ -222,7 +222,7 @@ class Worker:
                 raise UserError("no Claude credential was given to the worker (spawn-worker --token)")
             user = AgentUser.named(config.agent_user)
             sandbox.check_runtime_can_switch(user)
-            relay = ApiRelay(secrets.claude, config.api_url, on_error=self.say).start()
+            relay = ApiRelay(secrets.claude, config.api_url, on_notice=lambda notice: self.say(notice.message)).start()
             self.git_env = {environment.REPO_URL.name: config.repo_url}
             if secrets.git_token:
                 self.git_env[GIT_TOKEN_ENV] = secrets.git_token

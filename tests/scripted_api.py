@@ -23,15 +23,26 @@ How a request finds its turn
   and use no turn. An unstreamed request with tools is a turn: the CLI repeats a turn unstreamed after a
   404. HEAD /api/hello gets 200, POST /v1/messages/count_tokens {"input_tokens": 100}, anything else a
   404 error. All are recorded: `api.requests`, `api.requests_for(marker)`, `api.log()`.
+- Capacity: `ScriptedAPI(capacity=K, retry_after=S)` answers a conversation request that arrives while K
+  are being answered with 429 rate_limit_error and `retry-after: S`, recorded ("429 over capacity") but
+  using no turn and no attempt. Counters: `api.answered(marker)` (conversation requests answered with a
+  turn), `api.rate_limited` (429s given, scripted or over capacity), `api.max_in_flight` (the most
+  conversation requests answered at once).
 
-Usage is reported as 1000 input and 100 output tokens per message, so that the CLI's total_cost_usd for
-a model with a known price is above 0 ($0.0045 a message for claude-sonnet-4-5).
+Usage is reported per reply, by default 1000 input and 100 output tokens and no cache tokens, so that the
+CLI's total_cost_usd for a model with a known price is above 0 ($0.0045 a message for claude-sonnet-4-5);
+`costing(reply, input=, output=, cache_creation=, cache_read=, model=)` sets other figures, and a model
+for the answer to name (else it names the model the request asked for). As the API does, a stream's
+message_start carries the input and cache tokens and 1 output token, its message_delta the output tokens
+(cumulative); an unstreamed answer carries them all.
 
 What the real CLI 2.1.332 sends and does (measured with a fresh HOME, headless `-p`)
 -----------------------------------------------------------------------------------
 - Requests: HEAD /api/hello first (no credentials), unless CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1
   (DISABLE_AUTOUPDATER=1 changes nothing here). Then only POST /v1/messages?beta=true, streamed, with
-  12 tools; no side requests in `-p` mode.
+  12 tools; no side requests in `-p` mode. Interactive (on a terminal) adds two POST
+  /v1/messages?beta=true without tools before the first turn, and /context POST
+  /v1/messages/count_tokens?beta=true.
 - Headers: `Authorization: Bearer <CLAUDE_CODE_OAUTH_TOKEN>`, or `x-api-key` with ANTHROPIC_API_KEY;
   anthropic-beta, anthropic-version, x-app: cli, X-Claude-Code-Session-Id, User-Agent
   "claude-cli/2.1.332 (external, sdk-cli)". X-Stainless-Retry-Count is always 0: the CLI retries by itself.
@@ -51,6 +62,10 @@ What the real CLI 2.1.332 sends and does (measured with a fresh HOME, headless `
     display, tool search); result "API Error: 400 <message>".
   - 403: 1 request, "Failed to authenticate. API Error: 403 <message>". 413: 1 request, the CLI's own
     "Request too large (max 32MB)..." text. 404: repeated once unstreamed (`stream` false).
+  - 402 (billing_error): 1 request, with or without x-should-retry; result "API Error: 402 <message>".
+    With x-should-retry: false, 429 reads "API Error: Server is temporarily limiting requests (not your
+    usage limit) · <message>" and 529 "API Error: 529 <message>. This is a server-side issue, usually
+    temporary — try again in a moment. ...".
 - Short error scenarios, then: attempts(error(529), error(529), text("ok")) recovers in about 2 s;
   attempts(error(529), error(529), error(529, should_retry=False)) fails with 529 in about 2 s (3
   requests); error(401) fails in under a second; error(500, should_retry=False) at once.
@@ -91,6 +106,7 @@ OUTPUT_TOKENS = 100
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
     413: "request_too_large",
@@ -115,10 +131,24 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """The usage an answer reports, in tokens."""
+
+    input: int = INPUT_TOKENS
+    output: int = OUTPUT_TOKENS
+    cache_creation: int = 0
+    cache_read: int = 0
+
+
+@dataclass(frozen=True)
 class Reply:
-    """One assistant message, streamed as the API streams it. Tool calls make its stop_reason tool_use."""
+    """One assistant message, streamed as the API streams it. Tool calls make its stop_reason tool_use.
+
+    ``model`` is the model the answer names (None: the one the request asked for)."""
 
     blocks: tuple[TextBlock | ToolCall, ...]
+    usage: Usage = Usage()
+    model: str | None = None
 
     @property
     def stop_reason(self) -> str:
@@ -199,10 +229,32 @@ def reply(*parts: Reply) -> Reply:
     return Reply(tuple(block for part in parts for block in part.blocks))
 
 
-def error(status: int, message: str | None = None, *, should_retry: bool | None = None) -> Error:
-    """should_retry sets the x-should-retry header, which the API uses to tell clients whether to retry."""
-    headers = () if should_retry is None else (("x-should-retry", "true" if should_retry else "false"),)
-    return Error(status, message or f"scripted {status} {ERROR_TYPES.get(status, 'api_error')}", headers)
+def costing(
+    turn: Reply,
+    *,
+    input: int = INPUT_TOKENS,
+    output: int = OUTPUT_TOKENS,
+    cache_creation: int = 0,
+    cache_read: int = 0,
+    model: str | None = None,
+) -> Reply:
+    """The reply with this usage, and naming this model if one is given: costing(text("Hi."), output=5000)."""
+    return replace(turn, usage=Usage(input, output, cache_creation, cache_read), model=model)
+
+
+def error(
+    status: int,
+    message: str | None = None,
+    *,
+    should_retry: bool | None = None,
+    retry_after: float | None = None,
+) -> Error:
+    """should_retry sets the x-should-retry header, which the API uses to tell clients whether to retry;
+    retry_after the retry-after header (seconds)."""
+    headers = [] if should_retry is None else [("x-should-retry", "true" if should_retry else "false")]
+    if retry_after is not None:
+        headers.append(("retry-after", f"{retry_after:g}"))
+    return Error(status, message or f"scripted {status} {ERROR_TYPES.get(status, 'api_error')}", tuple(headers))
 
 
 def attempts(*turns: Turn) -> Attempts:
@@ -340,10 +392,28 @@ def assistant_turns(messages: Iterable[dict]) -> int:
 
 
 class ScriptedAPI:
-    """The scripted API on host:port (port 0: a free one). A context manager; stop() ends hanging answers."""
+    """The scripted API on host:port (port 0: a free one). A context manager; stop() ends hanging answers.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, default: Iterable[Turn] | None = None) -> None:
+    capacity: conversation requests answered at once; one more gets 429 rate_limit_error with
+    ``retry-after: <retry_after>`` (and uses no turn). None: no limit.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        default: Iterable[Turn] | None = None,
+        capacity: int | None = None,
+        retry_after: float = 1.0,
+    ) -> None:
         self.default = tuple(default) if default is not None else None
+        self.capacity = capacity
+        self.retry_after = retry_after
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._rate_limited = 0
+        self._answered: dict[str | None, int] = {}
         self._scenarios: dict[str, tuple[Turn, ...]] = {}
         self._requests: list[Request] = []
         self._attempts: dict[tuple[str, int], int] = {}
@@ -458,6 +528,23 @@ class ScriptedAPI:
         """One line per request, for assertion messages."""
         return "\n".join(r.summary() for r in self.requests)
 
+    def answered(self, marker: str | None) -> int:
+        """Conversation requests of a scenario answered with one of its turns (None: unmatched ones)."""
+        with self._lock:
+            return self._answered.get(marker, 0)
+
+    @property
+    def rate_limited(self) -> int:
+        """429s given: over capacity, or scripted."""
+        with self._lock:
+            return self._rate_limited
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most conversation requests being answered at once, so far."""
+        with self._lock:
+            return self._max_in_flight
+
     # used by the handler
 
     def _record(self, request: Request) -> None:
@@ -480,6 +567,24 @@ class ScriptedAPI:
         with self._lock:
             return list(self._scenarios)
 
+    def _enter(self) -> bool:
+        """A place for a conversation request, or False when all ``capacity`` are taken."""
+        with self._lock:
+            if self.capacity is not None and self._in_flight >= self.capacity:
+                return False
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            return True
+
+    def _leave(self, marker: str | None) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._answered[marker] = self._answered.get(marker, 0) + 1
+
+    def _count_429(self) -> None:
+        with self._lock:
+            self._rate_limited += 1
+
     def _next_attempt(self, marker: str | None, position: int) -> int:
         with self._lock:
             key = (marker or "", position)
@@ -490,6 +595,7 @@ class ScriptedAPI:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # many agents connect at once (socketserver's 5 would drop some)
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], api: ScriptedAPI) -> None:
         self.api = api
@@ -574,14 +680,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(Error(400, message))
             return
         position = assistant_turns(base.messages)
-        attempt = self.api._next_attempt(marker, position)
-        request = replace(base, marker=marker, position=position, attempt=attempt)
-        turn = turns[position] if position < len(turns) else DONE
-        answer = self._resolve(turn, request, attempt)
-        self.api._record(replace(request, answer=_describe(answer)))
-        if answer.delay and self.api._stopping.wait(answer.delay):
+        if not self.api._enter():
+            self.api._record(replace(base, marker=marker, position=position, answer="429 over capacity"))
+            retry_after = (("retry-after", f"{self.api.retry_after:g}"),)
+            self._error(Error(429, "scripted_api: over capacity", retry_after))
             return
-        self._answer(answer.turn, str(body.get("model") or "claude-scripted"), bool(body.get("stream")))
+        try:
+            attempt = self.api._next_attempt(marker, position)
+            request = replace(base, marker=marker, position=position, attempt=attempt)
+            turn = turns[position] if position < len(turns) else DONE
+            answer = self._resolve(turn, request, attempt)
+            self.api._record(replace(request, answer=_describe(answer)))
+            if answer.delay and self.api._stopping.wait(answer.delay):
+                return
+            self._answer(answer.turn, str(body.get("model") or "claude-scripted"), bool(body.get("stream")))
+        finally:
+            self.api._leave(marker)
 
     def _side(self, number: int, body: dict) -> None:
         self.api._record(self._request(number, body, "side", answer="text"))
@@ -628,13 +742,14 @@ class _Handler(BaseHTTPRequestHandler):
             elif stream:
                 self._stream(turn, model)
             else:
-                self._json(200, _message(model, turn))
+                self._json(200, _message(turn.model or model, turn, turn.usage))
         except ConnectionError:
             pass  # the CLI went away (killed, or gave up on a slow answer)
 
     def _stream(self, turn: Reply, model: str) -> None:
         self._start_stream()
-        self._event("message_start", {"type": "message_start", "message": _message(model, None)})
+        message = _message(turn.model or model, None, turn.usage)
+        self._event("message_start", {"type": "message_start", "message": message})
         for index, block in enumerate(turn.blocks):
             if isinstance(block, TextBlock):
                 start: dict = {"type": "text", "text": ""}
@@ -650,7 +765,7 @@ class _Handler(BaseHTTPRequestHandler):
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": turn.stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": OUTPUT_TOKENS},
+                "usage": {"output_tokens": turn.usage.output},  # cumulative, as the API reports it
             },
         )
         self._event("message_stop", {"type": "message_stop"})
@@ -668,6 +783,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _error(self, error: Error) -> None:
+        if error.status == 429:
+            self.api._count_429()
         body = {"type": "error", "error": {"type": error.error_type, "message": error.message}}
         self._json(error.status, body, error.headers)
 
@@ -712,8 +829,8 @@ def _describe(answer: _Answer) -> str:
     return " ".join([*answer.notes, what])
 
 
-def _message(model: str, turn: Reply | None) -> dict:
-    """A message object: empty for message_start, whole for a non-streamed answer."""
+def _message(model: str, turn: Reply | None, usage: Usage = Usage()) -> dict:
+    """A message object: empty for message_start (output tokens so far: 1), whole for a non-streamed answer."""
     content = []
     if turn is not None:
         content = [
@@ -731,10 +848,10 @@ def _message(model: str, turn: Reply | None) -> dict:
         "stop_reason": turn.stop_reason if turn is not None else None,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": INPUT_TOKENS,
-            "output_tokens": OUTPUT_TOKENS if turn is not None else 1,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "input_tokens": usage.input,
+            "output_tokens": usage.output if turn is not None else 1,
+            "cache_creation_input_tokens": usage.cache_creation,
+            "cache_read_input_tokens": usage.cache_read,
         },
     }
 

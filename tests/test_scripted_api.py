@@ -18,14 +18,19 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import pytest
 
 from .scripted_api import (
+    INPUT_TOKENS,
+    OUTPUT_TOKENS,
+    Reply,
+    Request,
     ScriptedAPI,
     attempts,
     bash,
+    costing,
     dynamic,
     edit,
     error,
@@ -45,6 +50,13 @@ CLAUDE_BIN = (
 INSTALL_HINT = ".ci/ensure-tools"
 AGENT_UID = 1001
 MODEL = "claude-sonnet-4-5"  # a model with a known price, so that the CLI's cost is above 0
+
+
+class Endpoint(Protocol):
+    """What the CLI is pointed at: the scripted API, or a relay in front of it."""
+
+    @property
+    def url(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -71,7 +83,7 @@ class Agent:
         flags = ["-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions"]
         return [CLAUDE_BIN, *flags, "--model", MODEL, *options, *([prompt] if prompt is not None else [])]
 
-    def env(self, api: ScriptedAPI, credentials: dict[str, str]) -> dict[str, str]:
+    def env(self, api: Endpoint, credentials: dict[str, str]) -> dict[str, str]:
         # Nothing of the test process's own environment: a real key there must not reach the scripted server.
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -90,7 +102,7 @@ class Agent:
 
     def run(
         self,
-        api: ScriptedAPI,
+        api: Endpoint,
         prompt: str | None,
         *options: str,
         stdin: str = "",
@@ -529,3 +541,58 @@ def test_a_default_scenario_answers_prompts_without_a_marker() -> None:
 def test_a_scenario_takes_only_turns() -> None:
     with ScriptedAPI() as api, pytest.raises(TypeError, match="not a turn"):
         api.script("BAD-1", "hello")  # type: ignore[arg-type]
+
+
+def test_usage_and_model_per_reply_in_streams_and_json(api: ScriptedAPI) -> None:
+    api.script("USE-1", costing(text("priced"), input=7, output=9, cache_creation=11, cache_read=13, model="claude-x"))
+    api.script("USE-2", text("default"))
+
+    events = dict(sse_events(call(api, "POST", "/v1/messages", conversation("USE-1"))[2]))
+    start = events["message_start"]["message"]
+    assert start["model"] == "claude-x"
+    assert start["usage"] == {"input_tokens": 7, "output_tokens": 1, "cache_creation_input_tokens": 11,
+                              "cache_read_input_tokens": 13}  # fmt: skip
+    assert events["message_delta"]["usage"] == {"output_tokens": 9}
+    whole = json.loads(call(api, "POST", "/v1/messages", conversation("USE-1", stream=False))[2])
+    assert (whole["model"], whole["usage"]["output_tokens"], whole["usage"]["cache_read_input_tokens"]) == (
+        "claude-x", 9, 13)  # fmt: skip
+    plain = json.loads(call(api, "POST", "/v1/messages", conversation("USE-2", stream=False))[2])
+    assert plain["model"] == MODEL  # the model asked for
+    assert (plain["usage"]["input_tokens"], plain["usage"]["output_tokens"]) == (INPUT_TOKENS, OUTPUT_TOKENS)
+
+
+def test_a_429_turn_carries_retry_after_and_is_counted(api: ScriptedAPI) -> None:
+    api.script("RA-1", attempts(error(429, retry_after=6), text("ok")))
+
+    status, headers, _ = call(api, "POST", "/v1/messages", conversation("RA-1"))
+
+    assert (status, headers["retry-after"]) == (429, "6")
+    assert call(api, "POST", "/v1/messages", conversation("RA-1"))[0] == 200
+    assert api.rate_limited == 1 and api.answered("RA-1") == 2
+
+
+def test_over_capacity_a_conversation_request_gets_a_429_and_uses_no_turn() -> None:
+    arrived, release = threading.Semaphore(0), threading.Event()
+
+    def held(request: Request) -> Reply:
+        arrived.release()
+        release.wait(60)
+        return text("held")
+
+    with ScriptedAPI(capacity=2, retry_after=3) as api:
+        api.script("CAP-1", dynamic(held))
+        holders = [threading.Thread(target=call, args=(api, "POST", "/v1/messages", conversation("CAP-1")))
+                   for _ in range(2)]  # fmt: skip
+        for holder in holders:
+            holder.start()
+        assert arrived.acquire(timeout=60) and arrived.acquire(timeout=60)  # both being answered
+        status, headers, body = call(api, "POST", "/v1/messages", conversation("CAP-1"))
+        release.set()
+        for holder in holders:
+            holder.join(timeout=60)
+        assert (status, headers["retry-after"], json.loads(body)["error"]["type"]) == (429, "3", "rate_limit_error")
+        assert sorted(r.attempt for r in api.requests_for("CAP-1") if r.attempt is not None) == [0, 1]
+        assert [r.answer for r in api.requests_for("CAP-1") if r.attempt is None] == ["429 over capacity"]
+        assert (api.max_in_flight, api.rate_limited, api.answered("CAP-1")) == (2, 1, 2)
+        # Below capacity again: answered.
+        assert call(api, "POST", "/v1/messages", conversation("CAP-1"))[0] == 200
