@@ -25,7 +25,7 @@ from pathlib import Path
 
 from orchestrator import batch, environment, spawn
 from orchestrator.limits import WorkerLimits
-from orchestrator.tasks import OrchestrationDir
+from orchestrator.store import OrchestrationDir
 
 ORCH = OrchestrationDir(Path(environment.ORCHESTRATION_DIR.require(os.environ)))
 

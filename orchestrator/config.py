@@ -16,6 +16,8 @@ CONTAINER_UID = 1000
 CONTAINER_GID = 1000
 CONTAINER_HOME = "/home/claude"
 CONTAINER_ORCHESTRATION_DIR = "/orchestration"
+# How long an agent may run when neither its task nor spawn-worker says (seconds).
+DEFAULT_TASK_TIMEOUT = 3600
 CONTAINER_WORKSPACE = "/workspace"
 # In a worker, the runtime is root (it holds the secrets) and the agent a user of its own.
 WORKER_RUNTIME_HOME = "/root"

@@ -25,35 +25,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
-from . import config, environment
-from .batch import (
-    Engine,
-    TaskView,
-    ViewCache,
-    blocking_reasons,
-    load_view,
-    needs_dispatcher,
-    reconcile,
-    record_outcome,
-    resumable,
-    resume,
-    unstarted_dependencies,
-)
+from . import config
+from .batch import needs_dispatcher, resumable, resume
+from .context import Context
+from .dependencies import blocking_reasons, unstarted_dependencies
 from .docker import (
     DockerError,
 )
-from .engine import EngineEvents, EngineLook, engine_for
+from .engine_events import EngineLook
 from .errors import UserError
 from .git import CLONE_TIMEOUT
 from .limits import WorkerLimits
+from .reconcile import reconcile, record_outcome
 from .secrets import env_secrets, scrubber
-from .tasks import (
-    ACTIVE_STATES,
-    OrchestrationDir,
-    State,
-    Task,
-    parse_time,
-)
+from .settled import ViewCache
+from .store import OrchestrationDir
+from .tasks import ACTIVE_STATES, State, Task, parse_time, utc_now
+from .views import TaskView, load_view
+from .workerspec import WorkerExists, worker_spec
 
 ROUND_SECONDS = 2.0  # between rounds when no engine event comes
 # Threads that start workers; how many start at once is the number of free slots, up to this.
@@ -69,21 +58,14 @@ STOP_GRACE_SECONDS = 60  # what a stopped worker gets to commit, push and write 
 # new manager keeps them.
 
 
-def max_workers(orch: OrchestrationDir, env: Mapping[str, str]) -> int:
-    return orch.load_settings().max_workers or env_max_workers(env)
+def max_workers(ctx: Context) -> int:
+    return ctx.orch.load_settings().max_workers or ctx.settings.max_workers
 
 
-def env_max_workers(env: Mapping[str, str]) -> int:
-    text = environment.MAX_WORKERS.require(env)
-    if not text.isdigit() or int(text) <= 0:
-        raise UserError(f"{environment.MAX_WORKERS.name} must be a positive whole number, not {text!r}")
-    return int(text)
-
-
-def worker_limits(orch: OrchestrationDir, task: Task | None, env: Mapping[str, str]) -> WorkerLimits:
+def worker_limits(ctx: Context, task: Task | None) -> WorkerLimits:
     """The task's own limits, else the batch's, else the manager's defaults."""
-    settings = orch.load_settings()
-    limits = WorkerLimits.from_env(env).over(settings.memory, settings.cpus, settings.pids_limit, settings.disk)
+    batch = ctx.orch.load_settings()
+    limits = ctx.settings.worker_limits.over(batch.memory, batch.cpus, batch.pids_limit, batch.disk)
     return limits if task is None else limits.over(task.memory, task.cpus, task.pids_limit, task.disk)
 
 
@@ -108,16 +90,14 @@ def dispatcher_running(orch: OrchestrationDir) -> bool:
     return False
 
 
-def ensure_dispatcher(orch: OrchestrationDir, env: Mapping[str, str]) -> bool:
+def ensure_dispatcher(ctx: Context) -> bool:
     """Start a dispatcher in the background unless one runs; True when one was started."""
+    orch = ctx.orch
     if dispatcher_running(orch):
         return False
     package_parent = str(Path(__file__).resolve().parent.parent)
-    child_env = {
-        **env,
-        "ORCHESTRATION_DIR": str(orch.root),
-        "PYTHONPATH": os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p),
-    }
+    env = ctx.child_env()
+    child_env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)}
     with open(orch.dispatcher_log_path, "ab") as log:
         # Its own session: it outlives the orch command that started it, and Ctrl-C there.
         subprocess.Popen(
@@ -138,28 +118,21 @@ Spawner = Callable[[TaskView], None]
 
 
 class Dispatcher:
-    def __init__(
-        self,
-        orch: OrchestrationDir,
-        env: Mapping[str, str],
-        engine: Engine | None = None,
-        spawner: Spawner | None = None,
-        out: IO[str] | None = None,
-    ):
-        self.orch = orch
-        self.env = dict(env)
-        self.scrub = scrubber(env_secrets(env))
-        self.engine = engine or engine_for(env)
+    def __init__(self, ctx: Context, spawner: Spawner | None = None, out: IO[str] | None = None):
+        self.ctx = ctx
+        self.orch = ctx.orch
+        self.scrub = scrubber(env_secrets(ctx.env))
+        self.engine = ctx.engine
         self.spawner = spawner or self.spawn_worker
         self.out = out or sys.stdout
         self.waiting_messages: dict[str, str] = {}
-        self.cache = ViewCache(orch)
+        self.cache = ViewCache(ctx.orch)
         self.starting: set[str] = set()  # tasks whose worker a thread of this dispatcher is starting
         self.wake: Callable[[], None] = lambda: None  # ends the loop's sleep (a slot came free)
         self._say_lock = threading.Lock()
 
     def say(self, message: str) -> None:
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = utc_now()
         with self._say_lock:  # starts report from threads of their own
             self.out.write(f"{stamp} dispatcher[{os.getpid()}]: {self.scrub(message)}\n")
             self.out.flush()
@@ -169,11 +142,11 @@ class Dispatcher:
         if lock is None:
             self.say("another dispatcher is running on this volume; leaving the work to it")
             return 0
-        self.say(f"started (up to {max_workers(self.orch, self.env)} workers)")
+        self.say(f"started (up to {max_workers(self.ctx)} workers)")
         under_way: dict[str, Future[None]] = {}
         pool = ThreadPoolExecutor(MAX_PARALLEL_STARTS, thread_name_prefix="start")
         try:
-            with EngineEvents(environment.VOLUME.require(self.env)) as events:
+            with self.engine.events() as events:
                 self.wake = events.wake
                 while True:
                     under_way = {task_id: f for task_id, f in under_way.items() if not f.done()}
@@ -204,7 +177,7 @@ class Dispatcher:
         all is done. ``look``: the workers to ask the engine about."""
         with self.orch.locked():
             settings = self.orch.load_settings()  # once a round: orch start may change them
-            resume_limit = settings.resume_limit(self.env)
+            resume_limit = settings.resume_limit(self.ctx.settings.resume_interrupted)
             views = self.cache.views()
             if look:
                 # Not the workers this dispatcher is starting: their containers may not exist yet.
@@ -226,7 +199,7 @@ class Dispatcher:
             by_id = {v.id: v for v in views}
             ready = [v for v in queued if self.ready(v, by_id)]
             # Starting counts as active: a slot is taken from the moment its task is marked.
-            slots = max(0, (settings.max_workers or env_max_workers(self.env)) - len(active))
+            slots = max(0, (settings.max_workers or self.ctx.settings.max_workers) - len(active))
             to_start = ready[:slots]
             for view in to_start:
                 self.orch.update_status(view.id, State.STARTING, message="its worker is being started")
@@ -275,10 +248,7 @@ class Dispatcher:
             if deadline is None:
                 if started is None:
                     continue
-                # Here, not at the top: the worker runtime's modules would slow every orch command.
-                from .worker import DEFAULT_TIMEOUT
-
-                timeout = view.task.timeout if view.task and view.task.timeout else DEFAULT_TIMEOUT
+                timeout = view.task.timeout if view.task and view.task.timeout else config.DEFAULT_TASK_TIMEOUT
                 deadline = started + timedelta(seconds=CLONE_TIMEOUT + timeout)
             over = (now - deadline).total_seconds() - TIMEOUT_GRACE_SECONDS
             if over < 0:
@@ -296,7 +266,6 @@ class Dispatcher:
     def start(self, view: TaskView) -> None:
         """Start the task's worker (in a thread of its own, from ``run``); a start that fails
         gives the task a failed result, and its slot to the next task."""
-        from .spawn import WorkerExists
 
         try:
             self.spawner(view)
@@ -322,25 +291,26 @@ class Dispatcher:
         self.wake()
 
     def spawn_worker(self, view: TaskView) -> None:
-        from .spawn import spawn, worker_spec  # in the dispatcher only; orch's commands start faster
+        from .spawn import spawn  # in the dispatcher only; orch's commands start faster
 
-        env = self.env
+        settings = self.ctx.settings
         spec = worker_spec(
             view.worker_type,
             view.id,
-            env=env,
-            repo=env.get("REPO_URL"),
-            branch=environment.REPO_BRANCH.require(env),
-            model=environment.ANTHROPIC_MODEL.require(env),
-            api_url=environment.ANTHROPIC_BASE_URL.get(env),
-            volume=environment.VOLUME.require(env),
-            network=environment.NETWORK.get(env),
-            image_prefix=environment.IMAGE_PREFIX.require(env),
-            limits=worker_limits(self.orch, view.task, env),
+            env=self.ctx.env,
+            repo=settings.repo_url,
+            branch=settings.branch,
+            model=settings.model,
+            api_url=settings.api_url,
+            volume=settings.volume,
+            network=settings.network,
+            image_prefix=settings.image_prefix,
+            limits=worker_limits(self.ctx, view.task),
             attempt=view.attempt,
-            engine=environment.ENGINE.require(env),
+            engine=settings.engine,
+            storage_quota=settings.storage_quota,
         )
         try:
-            spawn(spec, str(self.orch.root))
+            spawn(spec, str(self.orch.root), self.engine)
         except DockerError as exc:
             raise UserError(str(exc)) from None

@@ -11,18 +11,21 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import environment, git
-from .batch import load_views, needs_dispatcher
+from .batch import needs_dispatcher
 from .cli import run_command
+from .context import Context
 from .dispatcher import ensure_dispatcher
 from .docker import DaemonUnreachable, DockerMissing, check_daemon
 from .errors import UserError
 from .secrets import GIT_TOKEN_ENV, Secrets, env_secrets, scrubber
-from .tasks import ACTIVE_STATES, OrchestrationDir, State, write_json
+from .store import OrchestrationDir, write_json
+from .tasks import ACTIVE_STATES, State
+from .views import load_views
 
 SYSTEM_PROMPT = Path(__file__).with_name("system-prompt.md")
 
@@ -65,11 +68,13 @@ def preseed_claude_config(home: Path, project_dir: Path) -> None:
     write_json(settings_path, settings)
 
 
-def resume_batch(orch: OrchestrationDir, env: Mapping[str, str]) -> None:
+def resume_batch(ctx: Context) -> None:
     """A manager started on a volume with work under way takes it over (see orch's dispatcher)."""
+    orch = ctx.orch
     views = load_views(orch)
     pending = [v.id for v in views if v.state is State.QUEUED or v.state in ACTIVE_STATES]
-    if needs_dispatcher(views, orch.load_settings().resume_limit(env)) and ensure_dispatcher(orch, env):
+    limit = orch.load_settings().resume_limit(ctx.settings.resume_interrupted)
+    if needs_dispatcher(views, limit) and ensure_dispatcher(ctx):
         print(f"manager: resuming the batch: {len(pending)} task(s) queued or running", file=sys.stderr, flush=True)
 
 
@@ -96,14 +101,14 @@ def prepare(env: dict[str, str]) -> Path:
     git.configure_identity(environment.GIT_USER_NAME.get(env), environment.GIT_USER_EMAIL.get(env))
     git.configure_credentials()
     git.prepare_ssh(home)
-    orch = OrchestrationDir(Path(environment.ORCHESTRATION_DIR.require(env)))
-    orch.ensure()
+    ctx = Context.build(env)
+    ctx.orch.ensure()
     try:
         check_daemon()
     except (DaemonUnreachable, DockerMissing) as exc:
         print(f"manager: warning: workers cannot be started: {exc}", file=sys.stderr)
     else:
-        resume_batch(orch, env)
+        resume_batch(ctx)
 
     workdir = workspace
     repo_url = environment.REPO_URL.get(env)

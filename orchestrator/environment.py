@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class Var:
@@ -24,8 +26,16 @@ class Var:
     def require(self, env: Mapping[str, str]) -> str:
         value = self.get(env)
         if value is None:
-            raise KeyError(self.name)
+            raise InvalidInput(f"{self.name} is not set")
         return value
+
+    def whole_number(self, env: Mapping[str, str], *, least: int = 1) -> int:
+        """The value as a whole number of at least ``least``; one message for every variable."""
+        text = self.require(env)
+        if not text.isdigit() or int(text) < least:
+            kind = "a positive whole number" if least == 1 else f"a whole number of {least} or more"
+            raise InvalidInput(f"{self.name} must be {kind}, not {text!r}")
+        return int(text)
 
 
 DEFAULT_MODEL = "claude-opus-4-5-20251101"

@@ -40,7 +40,7 @@ from .errors import UserError
 from .git import host_config
 from .login import check_login
 from .secrets import DEFAULT_TOKEN_FILE, Secrets
-from .spawn import WorkerLimits, stop_timeout
+from .workerspec import WorkerLimits, stop_timeout
 
 DEFAULT_NAME = "claude-manager"
 # The folder of the engine's socket, not the socket file: an engine that restarts without

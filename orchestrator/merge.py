@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import git
-from .batch import TaskView
 from .errors import UserError
 from .git import GitError
 from .tasks import State
+from .views import TaskView
 
 INTEGRATION_BRANCH = "integration"  # after the branch prefix: orchestrator/integration
 

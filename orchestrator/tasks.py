@@ -1,4 +1,5 @@
-"""The files on the shared volume: task, result and status documents, and how they are written.
+"""The formats of the files on the shared volume: task, result and status documents, the
+batch's settings and the settled index. Where they live and how they are written is store.py.
 
 Layout of the orchestration folder (``/orchestration`` in the containers)::
 
@@ -13,25 +14,17 @@ Layout of the orchestration folder (``/orchestration`` in the containers)::
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
 import re
-import stat
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
-from . import config, environment, limits
-from .errors import InvalidInput, UserError
+from . import config, limits
+from .errors import InvalidInput
 
 FORMAT_VERSION = 1
-DEFAULT_ROOT = Path("/orchestration")
 
 # Task ids become container names (worker-ID) and file names: Docker's name rules, kept short.
 TASK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -386,15 +379,10 @@ class BatchSettings:
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
-    def resume_limit(self, env: Mapping[str, str]) -> int:
+    def resume_limit(self, default: int) -> int:
         """How often an interrupted task is queued again by itself: this batch's setting, else
-        $ORCHESTRATOR_RESUME_INTERRUPTED, else once."""
-        if self.resume_interrupted is not None:
-            return self.resume_interrupted
-        text = environment.RESUME_INTERRUPTED.require(env)
-        if not text.isdigit():
-            raise InvalidInput(f"{environment.RESUME_INTERRUPTED.name} must be 0 or more, not {text!r}")
-        return int(text)
+        ``default`` ($ORCHESTRATOR_RESUME_INTERRUPTED, else once)."""
+        return self.resume_interrupted if self.resume_interrupted is not None else default
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,326 +479,3 @@ class SettledIndex:
         if self.base is not None:
             data["base"] = self.base
         return {**data, "tasks": [task.to_json() for task in self.tasks.values()], "format_version": FORMAT_VERSION}
-
-
-def write_atomic(path: Path, content: str | bytes, mode: int = 0o660) -> None:
-    """Write a file so that a reader sees the old content or the new, never half of it."""
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-class AlreadyExists(UserError):
-    """A file that is written once (a task, a result) is there already."""
-
-
-def write_json_once(path: Path, data: Mapping[str, Any]) -> None:
-    """Write a JSON document that must never replace another one (a task, a result).
-
-    The complete file is linked into place, so a reader sees all of it or nothing, and of
-    two writers racing for the same name exactly one wins.
-    """
-    link_into_place(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def link_into_place(path: Path, content: bytes) -> None:
-    """``content`` as the file ``path``, which must not exist yet (AlreadyExists): complete or not at all."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o660)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise AlreadyExists(f"{path} exists already; it is never overwritten") from None
-    finally:
-        os.unlink(tmp)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInput(f"{path} does not exist") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-
-
-@dataclass(frozen=True)
-class OrchestrationDir:
-    """The shared folder, as seen by whoever holds it mounted."""
-
-    root: Path = DEFAULT_ROOT
-
-    SUBDIRS = ("tasks", "results", "status", "logs", "attempts", "bundles")
-    # Group (the orchestrator's user) only, new files taking the group; a worker's agent is not in it.
-    MODE = 0o2770
-    # What every process that writes the volume sets, whoever started it (docker exec gives 022).
-    UMASK = 0o007
-
-    @classmethod
-    def from_env(cls) -> OrchestrationDir:
-        return cls(Path(os.environ.get("ORCHESTRATION_DIR") or DEFAULT_ROOT))
-
-    def ensure(self) -> None:
-        """Make the folders; whoever owns them (the manager) also closes them to anyone outside
-        the group, which a volume made by an older version left open."""
-        for folder in (self.root, *(self.root / name for name in self.SUBDIRS)):
-            folder.mkdir(parents=True, exist_ok=True)
-            info = folder.stat()
-            if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) != self.MODE:
-                with contextlib.suppress(OSError):
-                    os.chmod(folder, self.MODE)
-
-    def task_path(self, task_id: str) -> Path:
-        return self.root / "tasks" / f"{task_id}.json"
-
-    def result_path(self, task_id: str) -> Path:
-        return self.root / "results" / f"{task_id}.json"
-
-    def status_path(self, task_id: str) -> Path:
-        return self.root / "status" / f"{task_id}.json"
-
-    def log_path(self, task_id: str) -> Path:
-        """The agent's raw stream-json transcript."""
-        return self.root / "logs" / f"{task_id}.jsonl"
-
-    def worker_log_path(self, task_id: str) -> Path:
-        """What the worker printed: the same lines as ``docker logs``, kept after the container."""
-        return self.root / "logs" / f"{task_id}.log"
-
-    def bundle_path(self, task_id: str, attempt: int | None) -> Path:
-        """Where a worker saves its commits when its push fails."""
-        return self.root / "bundles" / f"{task_id}-attempt-{attempt or 1}.bundle"
-
-    def archive_path(self, task_id: str, attempt: int | None) -> Path:
-        """Where a worker saves its agent's clone when the work cannot be committed."""
-        return self.root / "bundles" / f"{task_id}-attempt-{attempt or 1}.tar.gz"
-
-    @property
-    def settings_path(self) -> Path:
-        """The batch's settings (BatchSettings): the worker limit and default resource limits."""
-        return self.root / "dispatcher.json"
-
-    @property
-    def dispatcher_lock_path(self) -> Path:
-        """Held by the one dispatcher of the volume for as long as it runs."""
-        return self.root / ".dispatcher.lock"
-
-    @property
-    def dispatcher_log_path(self) -> Path:
-        return self.root / "logs" / "dispatcher.log"
-
-    @property
-    def state_lock_path(self) -> Path:
-        return self.root / ".state.lock"
-
-    def attempt_dir(self, task_id: str) -> Path:
-        return self.root / "attempts" / task_id
-
-    def attempt_path(self, task_id: str, attempt: int, suffix: str) -> Path:
-        """An earlier attempt's result (json), transcript (jsonl) or log (log), kept by orch retry."""
-        return self.attempt_dir(task_id) / f"{attempt}.{suffix}"
-
-    @property
-    def index_dir(self) -> Path:
-        """The settled index (SettledIndex), made when first written."""
-        return self.root / "index"
-
-    def task_ids(self) -> list[str]:
-        """Every task on the volume, in id order (task-2 before task-10)."""
-        # os.listdir rather than glob: a long-lived volume holds tens of thousands.
-        names = [name[:-5] for name in os.listdir(self.root / "tasks") if name.endswith(".json") and name[0] != "."]
-        return sorted(names, key=natural_key)
-
-    @staticmethod
-    def open_lock(path: Path) -> IO[bytes]:
-        """A lock file of the volume, open for flock: read-write for the group, whoever made it
-        and whatever their umask (docker exec starts processes with 022)."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
-        with contextlib.suppress(OSError):
-            if os.fstat(fd).st_uid == os.getuid():
-                os.fchmod(fd, 0o660)
-        return os.fdopen(fd, "r+b")
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the volume's state lock: one reader-modifier-writer of the batch at a time.
-
-        flock works across containers, because they share the kernel and the volume.
-        The lock is released when the holder dies, whatever the cause.
-        """
-        with self.open_lock(self.state_lock_path) as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-    def load_settings(self) -> BatchSettings:
-        """The batch's settings; a missing or damaged file counts as none set."""
-        try:
-            return BatchSettings.from_json(read_json(self.settings_path))
-        except InvalidInput:
-            return BatchSettings()
-
-    def write_settings(self, settings: BatchSettings) -> None:
-        write_json(self.settings_path, settings.to_json())
-
-    def settled_key(self) -> tuple[int, int] | None:
-        """(G, A) of the latest settled index (A 0: no additions), without reading it; None: none."""
-        try:
-            names = os.listdir(self.index_dir)
-        except FileNotFoundError:
-            return None
-        found = [(int(m.group(1)), int(m.group(2) or 0)) for name in names if (m := SettledIndex.NAME.fullmatch(name))]
-        return max(found, default=None)
-
-    def _settled_path(self, key: tuple[int, int]) -> Path:
-        base, added = key
-        return self.index_dir / (f"settled-{base}-{added}.json" if added else f"settled-{base}.json")
-
-    def read_settled(self, key: tuple[int, int]) -> SettledIndex | None:
-        """The base (A 0) or the additions file of ``key``; None when it is gone or damaged."""
-        try:
-            index = SettledIndex.from_json(read_json(self._settled_path(key)))
-        except InvalidInput:
-            return None
-        base, added = key
-        right = (index.generation, index.base) == ((added, base) if added else (base, None))
-        return index if right else None
-
-    def load_settled_index(
-        self,
-    ) -> tuple[tuple[int, int] | None, Mapping[str, SettledTask] | None, Mapping[str, SettledTask] | None]:
-        """The latest key, the tasks of its base, and those of its additions ({} when it has none);
-        None for a part that is damaged."""
-        for _ in range(5):
-            key = self.settled_key()
-            if key is None:
-                return None, None, None
-            base = self.read_settled((key[0], 0))
-            added = self.read_settled(key) if key[1] else SettledIndex(0, {})
-            if (base is None or added is None) and self.settled_key() != key:
-                continue  # replaced as it was read: read the next one
-            return key, base.tasks if base else None, added.tasks if added else None
-        return None, None, None
-
-    def write_settled_index(self, tasks: Mapping[str, SettledTask], after: tuple[int, int] | None) -> tuple[int, int]:
-        """Write a new base after the latest key ``after`` and remove the older files; hold the state lock."""
-        key = ((after[0] if after else 0) + 1, 0)
-        self._write_settled(key, SettledIndex(key[0], tasks))
-        return key
-
-    def write_settled_additions(self, tasks: Mapping[str, SettledTask], after: tuple[int, int]) -> tuple[int, int]:
-        """Write the tasks added to base ``after[0]`` since it was written, as the next additions file;
-        hold the state lock."""
-        key = (after[0], after[1] + 1)
-        self._write_settled(key, SettledIndex(key[1], tasks, base=key[0]))
-        return key
-
-    def _write_settled(self, key: tuple[int, int], index: SettledIndex) -> None:
-        self.index_dir.mkdir(exist_ok=True)
-        content = json.dumps(index.to_json(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        link_into_place(self._settled_path(key), content)
-        for name in os.listdir(self.index_dir):
-            match = SettledIndex.NAME.fullmatch(name)
-            if not match:
-                continue
-            other = (int(match.group(1)), int(match.group(2) or 0))
-            # Older bases, and older additions; the base the new additions file adds to stays.
-            if other < key and other != (key[0], 0):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.index_dir / name)
-
-    def load_task(self, task_id: str) -> Task:
-        path = self.task_path(task_id)
-        task = Task.from_json(read_json(path))
-        if task.id != task_id:
-            raise InvalidInput(f"{path}: field 'id' is {task.id!r} but the file is named for {task_id!r}")
-        return task
-
-    def write_result(self, result: TaskResult) -> None:
-        """Write a result; one that exists already is never replaced (AlreadyExists)."""
-        write_json_once(self.result_path(result.task_id), result.to_json())
-
-    def load_result(self, task_id: str) -> TaskResult | None:
-        path = self.result_path(task_id)
-        try:
-            return TaskResult.from_json(read_json(path))
-        except InvalidInput:
-            if path.exists():
-                raise
-            return None
-
-    def load_archived_result(self, task_id: str, attempt: int) -> TaskResult | None:
-        """An earlier attempt's result, kept by orch retry (or a resume) under attempts/ID/."""
-        path = self.attempt_path(task_id, attempt, "json")
-        return TaskResult.from_json(read_json(path)) if path.exists() else None
-
-    def load_status(self, task_id: str) -> TaskStatus | None:
-        path = self.status_path(task_id)
-        try:
-            return TaskStatus.from_json(read_json(path))
-        except InvalidInput:
-            if path.exists():
-                raise
-            return None
-
-    def update_status(
-        self,
-        task_id: str,
-        state: State,
-        *,
-        message: str | None = None,
-        worker_type: str | None = None,
-        container: str | None = None,
-        attempt: int | None = None,
-        started_at: str | None = None,
-        stop_reason: str | None = None,
-        deadline: str | None = None,
-    ) -> TaskStatus:
-        """Record a new state, keeping what the previous status knew of the worker.
-
-        A new attempt starts afresh: its start time and stop reason are not carried over.
-        """
-        try:
-            previous = self.load_status(task_id)
-        except InvalidInput:
-            previous = None  # a damaged status file is replaced, not fatal
-        same_attempt = previous is not None and (attempt is None or attempt == previous.attempt)
-        status = TaskStatus(
-            task_id=task_id,
-            state=state,
-            updated_at=utc_now(),
-            worker_type=worker_type or (previous.worker_type if previous else None),
-            container=container or (previous.container if previous else None),
-            message=message,
-            attempt=attempt or (previous.attempt if previous else None),
-            started_at=started_at or (previous.started_at if same_attempt and previous else None),
-            stop_reason=stop_reason or (previous.stop_reason if same_attempt and previous else None),
-            deadline=deadline or (previous.deadline if same_attempt and previous else None),
-        )
-        write_json(self.status_path(task_id), status.to_json())
-        return status

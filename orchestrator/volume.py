@@ -25,7 +25,8 @@ from . import config
 from .cli import HelpFormatter, run_command
 from .docker import DockerError, NameConflict, NoSuchContainer, NoSuchVolume, NotRunning, docker, labels, text
 from .errors import InvalidInput, UserError
-from .tasks import OrchestrationDir, State, Task
+from .store import OrchestrationDir
+from .tasks import State, Task
 
 CONTAINER_ROOT = "/orchestration"
 HELPER_IDLE_SECONDS = 600  # a helper nobody used for this long goes away

@@ -34,13 +34,13 @@ from typing import TextIO
 
 from . import agent, delivery, environment, git, sandbox
 from .cli import HelpFormatter, run_command
+from .config import DEFAULT_TASK_TIMEOUT
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
 from .relay import ApiRelay
 from .sandbox import RUNTIME_PATH, AgentUser
 from .secrets import GIT_TOKEN_ENV, SECRET_ENV, Secrets, scrubber
-from .tasks import AlreadyExists, OrchestrationDir, State, Task, TaskResult, utc_now
-
-DEFAULT_TIMEOUT = 3600
+from .store import AlreadyExists, OrchestrationDir
+from .tasks import State, Task, TaskResult, utc_now
 
 
 class Stopped(Exception):
@@ -215,7 +215,7 @@ class Worker:
             self.set_state(State.RUNNING, started_at=started_at)
             task = orch.load_task(config.task_id)
             model = task.model or config.model
-            timeout = config.timeout or task.timeout or DEFAULT_TIMEOUT
+            timeout = config.timeout or task.timeout or DEFAULT_TASK_TIMEOUT
             if not config.repo_url:
                 raise UserError("no repository: REPO_URL is not set")
             if secrets.claude is None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator import batch
-from orchestrator.batch import load_view, load_views
-from orchestrator.tasks import OrchestrationDir, State, TaskResult, utc_now
+from orchestrator.context import Context, Settings
+from orchestrator.engine import Engine
+from orchestrator.engine_events import EngineEvents
+from orchestrator.store import OrchestrationDir
+from orchestrator.tasks import State, TaskResult, utc_now
+from orchestrator.views import load_view, load_views
+from orchestrator.workerspec import WorkerSpec
 
 
 class FakeEngine:
-    def __init__(self) -> None:
+    """An engine (orchestrator.engine.Engine) of the tests' own: containers are what ``state`` says."""
+
+    def __init__(self, volume: str = "orch-test-volume") -> None:
+        self.volume = volume
         self.state: dict[str, dict[str, Any]] = {}
         self.removed: list[str] = []
         self.signals: list[tuple[str, str]] = []
@@ -38,6 +46,27 @@ class FakeEngine:
 
     def workers(self) -> list[tuple[str, bool]]:
         return [(name, bool(info.get("Running"))) for name, info in self.state.items()]
+
+    def launch(self, spec: WorkerSpec, claim: Callable[[], object]) -> str:
+        claim()
+        self.state[spec.container] = {"Status": "running", "Running": True}
+        return spec.container
+
+    def logs(self, name: str) -> str:
+        return ""
+
+    def release(self) -> list[str]:
+        return []
+
+    def events(self) -> EngineEvents:
+        return EngineEvents(self.volume)
+
+
+def context(orch: OrchestrationDir, engine: Engine, env: Mapping[str, str] | None = None) -> Context:
+    """A command's context with the tests' volume folder and engine."""
+    env = dict(env or {})
+    settings = Settings.from_env(env, volume=engine.volume, orchestration_dir=orch.root)
+    return Context(settings=settings, orch=orch, engine=engine, env=env)
 
 
 def submit(orch: OrchestrationDir, prompt: str = "do it", **options: Any) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator import environment
 from orchestrator.secrets import SECRET_ENV
-from orchestrator.tasks import OrchestrationDir
+from orchestrator.store import OrchestrationDir
 
 from .engine import api, engine, git_server, manager, run, test_images  # noqa: F401  (end-to-end fixtures)
 from .helpers import TESTS, FakeDocker

@@ -10,9 +10,12 @@ import json
 import pytest
 
 from orchestrator import batch
-from orchestrator.batch import load_view, load_views, reconcile
+from orchestrator.dependencies import blocking_reasons, with_submitted_dependencies
 from orchestrator.errors import InvalidInput
-from orchestrator.tasks import OrchestrationDir, State, TaskResult, utc_now
+from orchestrator.reconcile import reconcile
+from orchestrator.store import OrchestrationDir
+from orchestrator.tasks import State, TaskResult, utc_now
+from orchestrator.views import attempt_files, load_view, load_views, select
 
 from .batch_helpers import FakeEngine, finish, state, submit
 
@@ -105,7 +108,7 @@ def test_archiving_an_attempt_keeps_its_result_transcript_and_log(orch):
     orch.log_path(task).write_text("{}\n")
     orch.worker_log_path(task).write_text("[worker] failed\n")
     number = batch.archive_attempt(orch, load_view(orch, task))
-    assert number == 1 and batch.attempt_files(orch, task) == [1]
+    assert number == 1 and attempt_files(orch, task) == [1]
     folder = orch.attempt_dir(task)
     assert json.loads((folder / "1.json").read_text())["status"] == "failed"
     assert (folder / "1.log").read_text() == "[worker] failed\n" and (folder / "1.jsonl").exists()
@@ -265,7 +268,7 @@ def test_a_full_volume_is_one_line(orch, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(orch.root / "tasks" / "x.json"))
 
-    monkeypatch.setattr("orchestrator.tasks.tempfile.mkstemp", full)
+    monkeypatch.setattr("orchestrator.store.tempfile.mkstemp", full)
     assert main(["submit", "--prompt", "p", "--orchestration-dir", str(orch.root)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("orch submit: error: cannot write") and "No space left on device" in err
@@ -278,11 +281,11 @@ def test_a_chain_a_thousand_deep_starts_and_blocks_without_recursion(orch):
         ids.append(submit(orch, depends_on=[ids[-1]]))
     with orch.locked():
         views = load_views(orch)
-        queued = batch.queue(orch, batch.with_submitted_dependencies(views, batch.select(views, [ids[-1]])))
+        queued = batch.queue(orch, with_submitted_dependencies(views, select(views, [ids[-1]])))
     assert len(queued) == 1000
     orch.result_path(ids[0]).write_text(json.dumps(
         {"task_id": ids[0], "status": "failed", "output": "", "completed_at": "2026-01-01T00:00:00Z", "error": "x"}
     ))  # fmt: skip
-    reasons = batch.blocking_reasons(load_views(orch))
+    reasons = blocking_reasons(load_views(orch))
     assert len(reasons) == 999 and reasons[ids[-1]] == f"{ids[-2]} is blocked"
     assert reasons[ids[1]] == f"{ids[0]} ended failed"

@@ -10,13 +10,15 @@ import json
 import pytest
 
 from orchestrator import batch
-from orchestrator.batch import TaskView, load_view, load_views, reconcile
 from orchestrator.dispatcher import Dispatcher, _try_lock
-from orchestrator.engine import EVERYTHING
+from orchestrator.engine_events import EVERYTHING
 from orchestrator.errors import UserError
-from orchestrator.tasks import BatchSettings, OrchestrationDir, State, utc_now
+from orchestrator.reconcile import reconcile
+from orchestrator.store import OrchestrationDir
+from orchestrator.tasks import BatchSettings, State, utc_now
+from orchestrator.views import TaskView, load_view, load_views
 
-from .batch_helpers import FakeEngine, finish, queue_all, state, submit
+from .batch_helpers import FakeEngine, context, finish, queue_all, state, submit
 
 
 def dispatcher(orch: OrchestrationDir, engine: FakeEngine, started: list[str], limit: int = 2) -> Dispatcher:
@@ -27,7 +29,7 @@ def dispatcher(orch: OrchestrationDir, engine: FakeEngine, started: list[str], l
         engine.state[view.container] = {"Status": "running", "Running": True}
         orch.update_status(view.id, State.RUNNING, started_at=utc_now())
 
-    return Dispatcher(orch, {}, engine=engine, spawner=spawner, out=io.StringIO())
+    return Dispatcher(context(orch, engine), spawner=spawner, out=io.StringIO())
 
 
 def output(d: Dispatcher) -> str:
@@ -87,7 +89,7 @@ def test_a_spawn_that_fails_gives_a_failed_result_with_the_reason(orch):
     def spawner(view: TaskView) -> None:
         raise UserError("image claude-flutter not found")
 
-    Dispatcher(orch, {}, engine=FakeEngine(), spawner=spawner, out=io.StringIO()).start(load_view(orch, task))
+    Dispatcher(context(orch, FakeEngine()), spawner=spawner, out=io.StringIO()).start(load_view(orch, task))
     result = orch.load_result(task)
     assert result.status is State.FAILED and "image claude-flutter not found" in result.error
 
@@ -98,7 +100,7 @@ def test_a_worker_stuck_past_its_timeout_is_told_then_made_to_stop(orch):
     engine = FakeEngine()
     orch.update_status(task, State.RUNNING, started_at="2000-01-01T00:00:00Z")
     engine.state[f"worker-{task}"] = {"Status": "running", "Running": True}
-    d = Dispatcher(orch, {}, engine=engine, spawner=lambda v: None, out=io.StringIO())
+    d = Dispatcher(context(orch, engine), spawner=lambda v: None, out=io.StringIO())
     one_round(d)
     assert engine.signals == [(f"worker-{task}", "SIGUSR1")] and engine.stopped == []
     one_round(d)
@@ -112,7 +114,7 @@ def test_a_worker_stuck_past_its_timeout_is_told_then_made_to_stop(orch):
 
 @pytest.mark.parametrize(("status", "recorded"), [("running", False), ("created", False), ("exited", True)])
 def test_a_worker_started_by_hand_meanwhile_is_not_failed(orch, status, recorded):
-    from orchestrator.spawn import WorkerExists
+    from orchestrator.workerspec import WorkerExists
 
     task = submit(orch)
     queue_all(orch)
@@ -120,7 +122,7 @@ def test_a_worker_started_by_hand_meanwhile_is_not_failed(orch, status, recorded
     def spawner(view: TaskView) -> None:
         raise WorkerExists("worker exists", status)
 
-    Dispatcher(orch, {}, engine=FakeEngine(), spawner=spawner, out=io.StringIO()).start(load_view(orch, task))
+    Dispatcher(context(orch, FakeEngine()), spawner=spawner, out=io.StringIO()).start(load_view(orch, task))
     assert (orch.load_result(task) is not None) is recorded
 
 
@@ -151,7 +153,7 @@ def test_the_backstop_follows_the_deadline_the_worker_recorded(orch):
     task = submit(orch, timeout=10)
     engine = FakeEngine()
     engine.state[f"worker-{task}"] = {"Status": "running", "Running": True}
-    d = Dispatcher(orch, {}, engine=engine, spawner=lambda v: None, out=io.StringIO())
+    d = Dispatcher(context(orch, engine), spawner=lambda v: None, out=io.StringIO())
     # Started long ago (a long clone, or spawn-worker --timeout), but its agent's deadline is ahead.
     orch.update_status(task, State.RUNNING, started_at="2000-01-01T00:00:00Z", deadline="2999-01-01T00:00:00Z")
     one_round(d)
@@ -182,7 +184,7 @@ def test_a_round_that_fails_does_not_end_the_dispatcher(orch, monkeypatch):
     engine = FlakyEngine()
     engine.state[f"worker-{task}"] = {"Status": "running", "Running": True}
     out = io.StringIO()
-    assert Dispatcher(orch, {}, engine=engine, spawner=lambda v: None, out=out).run() == 0
+    assert Dispatcher(context(orch, engine), spawner=lambda v: None, out=out).run() == 0
     assert "this round failed, trying again: " in out.getvalue() and engine.calls == 2
     assert "exiting" in out.getvalue()
 
@@ -201,7 +203,7 @@ def test_the_dispatcher_requeues_at_once_a_start_its_predecessor_did_not_finish(
 def test_the_dispatcher_log_hides_every_secret_of_its_environment(orch):
     env = {"CLAUDE_CODE_OAUTH_TOKEN": "sk-ant-oat01-secretvalue", "GIT_TOKEN": "ghp_secretgittoken"}
     out = io.StringIO()
-    Dispatcher(orch, env, engine=FakeEngine(), out=out).say(
+    Dispatcher(context(orch, FakeEngine(), env), out=out).say(
         "push failed for ghp_secretgittoken, sk-ant-oat01-secretvalue"
     )
     assert "secret" not in out.getvalue() and out.getvalue().count("[REDACTED]") == 2
@@ -214,7 +216,9 @@ def test_a_task_s_limits_come_before_the_batch_s_and_the_manager_s(orch: Orchest
     plain = submit(orch)
     env = {"ORCHESTRATOR_WORKER_CPUS": "3"}
     orch.write_settings(BatchSettings(max_workers=2, memory="2g"))
-    limits = {task_id: worker_limits(orch, orch.load_task(task_id), env) for task_id in (own, plain)}
+    limits = {
+        task_id: worker_limits(context(orch, FakeEngine(), env), orch.load_task(task_id)) for task_id in (own, plain)
+    }
     assert (limits[own].memory, limits[own].cpus, limits[own].pids) == ("8g", "3", 300)
     assert (limits[plain].memory, limits[plain].cpus, limits[plain].pids) == ("2g", "3", 1024)
     assert json.loads(orch.task_path(own).read_text())["memory"] == "8g"
@@ -284,7 +288,7 @@ def test_starts_run_at_once_up_to_the_limit_and_each_task_starts_once(orch, monk
         with lock:
             at_once["now"] -= 1
 
-    d = Dispatcher(orch, {}, engine=engine, spawner=slow_spawner, out=io.StringIO())
+    d = Dispatcher(context(orch, engine), spawner=slow_spawner, out=io.StringIO())
     runner = threading.Thread(target=d.run)
     runner.start()
     try:
@@ -339,7 +343,7 @@ def test_a_start_that_fails_frees_its_slot_at_once(orch, monkeypatch, fake_docke
         engine.state[view.container] = {"Status": "exited", "ExitCode": 0}
         both.set()
 
-    d = Dispatcher(orch, {}, engine=engine, spawner=spawner, out=io.StringIO())
+    d = Dispatcher(context(orch, engine), spawner=spawner, out=io.StringIO())
     runner = threading.Thread(target=d.run)
     runner.start()
     assert both.wait(10), started

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import engine
-from orchestrator.engine import EVERYTHING, EngineEvents, EngineLook
+from orchestrator import engine_events as engine
+from orchestrator.engine_events import EVERYTHING, EngineEvents, EngineLook
 
 from .helpers import FakeDocker
 

@@ -67,7 +67,7 @@ def test_orch_start_stops_a_new_batch_and_leaves_its_tasks_submitted(
     api: ScriptedAPI, token: str, tmp_path: Path, monkeypatch, capsys
 ):
     from orchestrator.orch import main
-    from orchestrator.tasks import OrchestrationDir
+    from orchestrator.store import OrchestrationDir
 
     orch = OrchestrationDir(tmp_path / "orchestration")
     orch.ensure()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import merge
-from orchestrator.batch import TaskView
 from orchestrator.errors import UserError
 from orchestrator.tasks import State, TaskResult, utc_now
+from orchestrator.views import TaskView
 
 from .helpers import seed_repo
 
@@ -48,7 +48,7 @@ class Origin:
         git(work, "push", "-q", "origin", branch)
         head = git(work, "rev-parse", "HEAD").strip()
         result = TaskResult(task_id, state, "", utc_now(), branch=branch, commits=1, pushed=True, head_commit=head)
-        return TaskView(task_id, state, result=result)
+        return TaskView.from_files(task_id, state, result=result)
 
     def show(self, ref: str, path: str) -> str:
         return git(self.bare, "show", f"{ref}:{path}")
@@ -107,14 +107,14 @@ def test_a_conflict_stops_the_merge_and_leaves_everything_as_it_was(origin: Orig
 
 def test_choose_takes_successes_for_all_and_says_why_others_are_left_out():
     def view(task_id: str, state: State, **fields) -> TaskView:
-        return TaskView(task_id, state, result=TaskResult(task_id, state, "", utc_now(), **fields))
+        return TaskView.from_files(task_id, state, result=TaskResult(task_id, state, "", utc_now(), **fields))
 
     views = [
         view("ok", State.SUCCESS, branch="o/ok", commits=1, pushed=True),
         view("failed", State.FAILED, branch="o/failed", commits=1, pushed=True),
         view("unpushed", State.FAILED, branch="o/u", commits=1, pushed=False, bundle="/orchestration/bundles/u.bundle"),
         view("empty", State.SUCCESS, commits=0, pushed=False),
-        TaskView("running", State.RUNNING),
+        TaskView.from_files("running", State.RUNNING),
     ]
     chosen, left_out = merge.choose(views, explicit=False)
     assert [v.id for v in chosen] == ["ok"]
@@ -136,7 +136,7 @@ def test_a_result_whose_head_origin_does_not_hold_is_not_merged(origin: Origin):
     forged = origin.task_branch("task-002", "lib/b.dart", "b\n")
     assert forged.result is not None
     claimed = dataclasses.replace(forged.result, head_commit="0" * 40)
-    report = run(origin, [honest, TaskView("task-002", State.SUCCESS, result=claimed)])
+    report = run(origin, [honest, TaskView.from_files("task-002", State.SUCCESS, result=claimed)])
     assert [o.state for o in report.outcomes] == ["merged", "not merged"]
     assert "does not hold the commit its result names (000000000000)" in (report.outcomes[1].message or "")
     assert not report.ok

@@ -5,28 +5,31 @@ damaged index is rebuilt from the files."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from orchestrator import batch
-from orchestrator.batch import TaskView, ViewCache, load_view
+from orchestrator import batch, settled
 from orchestrator.errors import InvalidInput, UserError
-from orchestrator.tasks import OrchestrationDir, SettledIndex, SettledTask, State
+from orchestrator.settled import ViewCache
+from orchestrator.store import OrchestrationDir
+from orchestrator.tasks import SettledIndex, SettledTask, State
+from orchestrator.views import TaskView, load_view
 
 from .batch_helpers import FakeEngine, finish, queue_all, submit
 
 
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The tasks whose files are read (batch.load_view), in order."""
+    """The tasks whose files are read (load_view, as the settled cache calls it), in order."""
     reads: list[str] = []
 
     def counting(orch: OrchestrationDir, task_id: str) -> TaskView:
         reads.append(task_id)
         return load_view(orch, task_id)
 
-    monkeypatch.setattr(batch, "load_view", counting)
+    monkeypatch.setattr(settled, "load_view", counting)
     monkeypatch.setattr(ViewCache, "RACY_SECONDS", 0.0)  # files written a moment ago count as settled
     return reads
 
@@ -80,9 +83,7 @@ def test_finished_tasks_are_read_once_then_taken_from_the_index(orch, counted):
     assert [(v.id, v.state, v.message, v.attempt, v.worker_type) for v in again] == [
         (v.id, v.state, v.message, v.attempt, v.worker_type) for v in first
     ]
-    assert again[0].settled is not None and again[0].to_json(batch.datetime.now(batch.UTC)) == first[0].to_json(
-        batch.datetime.now(batch.UTC)
-    )
+    assert again[0].settled is not None and again[0].to_json(datetime.now(UTC)) == first[0].to_json(datetime.now(UTC))
 
 
 def test_tasks_settled_later_go_into_an_additions_file_which_alone_is_read_again(orch, counted, monkeypatch):

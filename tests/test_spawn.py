@@ -388,8 +388,8 @@ def test_as_a_swarm_job_the_worker_is_a_one_shot_service_with_its_secrets_as_swa
     ],
 )  # fmt: skip
 def test_a_job_s_task_reads_as_a_container_s_state(task, state):
-    from orchestrator.batch import death_notice, interrupted
-    from orchestrator.swarm import task_as_container
+    from orchestrator.engine_swarm import task_as_container
+    from orchestrator.reconcile import death_notice, interrupted
 
     assert task_as_container(task) == state
     if state.get("ExitCode") is None and "Error" in state:

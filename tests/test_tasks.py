@@ -9,14 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import InvalidInput
-from orchestrator.tasks import (
-    OrchestrationDir,
-    State,
-    Task,
-    TaskResult,
-    TaskStatus,
-    write_json,
-)
+from orchestrator.store import OrchestrationDir, write_json
+from orchestrator.tasks import State, Task, TaskResult, TaskStatus
 
 
 def test_task_of_the_original_design_parses_and_round_trips():

@@ -17,17 +17,16 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import config
 from .docker import DockerError, docker, env_pass, labels, text
+from .engine_events import EngineEvents
 from .errors import UserError
 from .secrets import GIT_TOKEN_NAME, PINNED_KNOWN_HOSTS_NAME, SSH_KEY_NAME, TOKEN_NAME, Secrets
-
-if TYPE_CHECKING:
-    from .spawn import WorkerSpec
+from .workerspec import RUNTIME_CAPABILITIES, WorkerExists, WorkerSpec
 
 # A job the swarm cannot place (no node has the resources it reserves) fails after this long.
 SCHEDULE_GRACE_SECONDS = 60.0
@@ -76,8 +75,6 @@ def remove_secrets(volume: str) -> list[str]:
 def service_argv(spec: WorkerSpec, secret_names: Mapping[str, str]) -> list[str]:
     """``docker service create`` of the worker as a job: the same labels, volume, limits and
     capabilities as a container, the secrets as Swarm secrets (root's, mode 0400)."""
-    from .spawn import RUNTIME_CAPABILITIES
-
     task_labels = labels(spec.labels())
     container_labels = [arg.replace("--label", "--container-label") for arg in task_labels]
     return [
@@ -102,11 +99,9 @@ def service_argv(spec: WorkerSpec, secret_names: Mapping[str, str]) -> list[str]
     ]  # fmt: skip
 
 
-def spawn_job(spec: WorkerSpec, claim: Any) -> str:
+def spawn_job(spec: WorkerSpec, claim: Callable[[], object]) -> str:
     """Create the worker's job: the batch's secrets first, then the service. ``claim`` records
     the task as starting once the name is ours."""
-    from .spawn import WorkerExists
-
     names = ensure_secrets(spec.volume, spec.secrets)
     try:
         docker(*service_argv(spec, names), env=spec.environment(), timeout=120)
@@ -162,6 +157,14 @@ class SwarmEngine:
 
     def __init__(self, volume: str):
         self.volume = volume
+
+    def launch(self, spec: WorkerSpec, claim: Callable[[], object]) -> str:
+        return spawn_job(spec, claim)
+
+    def events(self) -> EngineEvents:
+        """The events of this node's containers (a job's, where it runs here); elsewhere, the
+        periodic look at every job catches them."""
+        return EngineEvents(self.volume)
 
     def _services(self, names: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Service inspect documents of this volume's jobs, by name (missing ones left out)."""

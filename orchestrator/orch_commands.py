@@ -1,0 +1,436 @@
+"""orch's commands, one function each, thin over the batch's functions (batch.py, views.py,
+reconcile.py) and given the context its main built."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from . import batch, limits, merge
+from .context import Context
+from .dependencies import unstarted_dependencies, with_submitted_dependencies
+from .dispatcher import (
+    ROUND_SECONDS,
+    Dispatcher,
+    dispatcher_running,
+    ensure_dispatcher,
+    max_workers,
+)
+from .display import duration, money, now, progress_line, shorten, status_json, status_table, summary
+from .engine_events import ENGINE_CHECK_SECONDS, EVERYTHING, EngineLook
+from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
+from .reconcile import reconcile
+from .secrets import ClaudeCredential, env_secrets, scrubber
+from .settled import ViewCache
+from .store import OrchestrationDir
+from .tasks import ACTIVE_STATES, SETTLED_STATES, State, natural_key
+from .views import TaskView, attempt_files, check_known, load_view, load_views, select
+
+FOLLOW_SECONDS = 0.5
+
+
+def volume_dir(ctx: Context, args: argparse.Namespace) -> OrchestrationDir:
+    """The shared volume, where orch runs: the manager's, not the host."""
+    orch = ctx.orch
+    if not (orch.root / "tasks").is_dir():
+        raise UserError(
+            f"{orch.root / 'tasks'} does not exist: orch runs where the shared volume is mounted, in the "
+            f"manager container (from the host: `docker exec -it claude-manager orch {args.command}`)"
+        )
+    return orch
+
+
+def current_views(
+    ctx: Context,
+    cache: ViewCache,
+    look: EngineLook = EVERYTHING,
+    ids: Sequence[str] | None = None,
+) -> list[TaskView]:
+    """The tasks ``ids`` (checked: ``check_known``), else every task, reconciled with the engine
+    as ``look`` says; and a dispatcher running when work waits for one."""
+    orch = ctx.orch
+    with orch.locked():
+        views = cache.views(ids)
+        if look:
+            views = reconcile(orch, views, ctx.engine, only=look.only)
+        # Asked only when no dispatcher runs (one decides to exit under this lock), and about the
+        # tasks asked about: what they wait for makes them need one.
+        wanted = not dispatcher_running(orch) and batch.needs_dispatcher(
+            views, orch.load_settings().resume_limit(ctx.settings.resume_interrupted)
+        )
+    if wanted:
+        ensure_dispatcher(ctx)
+    return views
+
+
+def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    if args.prompt is not None:
+        prompt = args.prompt
+    elif args.file is not None and args.file != "-":
+        try:
+            prompt = _utf8(Path(args.file).read_bytes(), f"--file {args.file}")
+        except OSError as exc:
+            raise InvalidInput(f"cannot read --file {args.file}: {exc.strerror}") from None
+    elif args.file == "-" or not sys.stdin.isatty():
+        prompt = _utf8(sys.stdin.buffer.read(), "the prompt on stdin")
+    else:
+        raise InvalidInput("no prompt: give --prompt TEXT, --file FILE, or the prompt on stdin")
+    with orch.locked():
+        task = batch.submit(
+            orch,
+            prompt=prompt,
+            task_id=args.id,
+            worker=args.worker,
+            depends_on=args.depends_on,
+            timeout=args.timeout,
+            max_turns=args.max_turns,
+            model=args.model,
+            memory=args.memory,
+            cpus=args.cpus,
+            pids_limit=args.pids_limit,
+            disk=args.disk,
+        )
+        if args.start:
+            views = load_views(orch)
+            batch.queue(orch, with_submitted_dependencies(views, select(views, [task.id])))
+    if args.start:
+        ensure_dispatcher(ctx)
+    print(task.id)
+    return EXIT_OK
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} is not UTF-8 text (byte {exc.start})") from None
+
+
+def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    settings_given = args.max_workers is not None or args.resume_interrupted is not None
+    if (
+        not args.ids
+        and not args.all
+        and not settings_given
+        and not (args.memory or args.cpus or args.pids_limit or args.disk)
+    ):
+        raise InvalidInput("name the tasks to start, or --all")
+    if args.ids and args.all:
+        raise InvalidInput("give task ids or --all, not both")
+    if args.max_workers is not None and args.max_workers <= 0:
+        raise InvalidInput("--max-workers must be a positive number")
+    if args.resume_interrupted is not None and args.resume_interrupted < 0:
+        raise InvalidInput("--resume-interrupted must be 0 or more")
+    if not args.no_login_check and not dispatcher_running(orch):
+        from .login import check_login  # here: its HTTP and TLS modules would slow every command
+
+        # A new batch: a refused login stops it here, before any worker spends its time on it.
+        check_login(ClaudeCredential.find(None, ctx.env), ctx.settings.api_url)
+    with orch.locked():
+        views = load_views(orch)
+        if args.all:
+            chosen = [v for v in views if v.state is State.SUBMITTED]
+        else:
+            chosen = with_submitted_dependencies(views, select(views, args.ids))
+        queued = batch.queue(orch, chosen)
+        settings = orch.load_settings()
+        changes = {
+            "max_workers": args.max_workers,
+            "memory": limits.check_memory(args.memory) if args.memory else None,
+            "cpus": limits.check_cpus(args.cpus) if args.cpus else None,
+            "pids_limit": limits.check_pids(args.pids_limit) if args.pids_limit else None,
+            "disk": limits.check_disk(args.disk) if args.disk else None,
+            "resume_interrupted": args.resume_interrupted,
+        }
+        if any(value is not None for value in changes.values()):
+            orch.write_settings(replace(settings, **{k: v for k, v in changes.items() if v is not None}))
+    limit = max_workers(ctx)
+    if queued:
+        print(f"queued {len(queued)} task{'s' if len(queued) != 1 else ''}: {' '.join(queued)}")
+    elif args.ids or args.all:
+        print("nothing to start: no submitted task among those")
+    started = ensure_dispatcher(ctx)
+    print(f"up to {limit} workers at once; the dispatcher is {'started' if started else 'running'}")
+    print("  watch:  orch status --watch      wait:  orch wait --all")
+    return EXIT_OK
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    engine = ctx.engine
+    ids = check_known(orch, args.ids) if args.ids else None
+    cache = ViewCache(orch)
+
+    def show(look: EngineLook) -> tuple[list[TaskView], str]:
+        views = current_views(ctx, cache, look, ids)
+        return views, status_json(views) if args.json else status_table(views)
+
+    if not args.watch:
+        print(show(EVERYTHING)[1])
+        return EXIT_OK
+    tty = sys.stdout.isatty()
+    printed: list[tuple[str, State]] = []
+    with engine.events() as events:
+        while True:
+            views, shown = show(events.look())
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J" + shown + "\n(watching; Ctrl-C to stop)\n")
+                sys.stdout.flush()
+            elif [(v.id, v.state) for v in views] != printed:  # not on a terminal: again when a state changes
+                printed = [(v.id, v.state) for v in views]
+                print(shown + "\n", flush=True)
+            if all(v.state in SETTLED_STATES or v.state is State.SUBMITTED for v in views):
+                return EXIT_OK
+            events.wait(ROUND_SECONDS)
+
+
+def check_waitable(orch: OrchestrationDir, cache: ViewCache, views: list[TaskView], ids: list[str] | None) -> None:
+    """Refuse to wait for what will not happen: a task nobody started, or one that waits for one."""
+    never = [v.id for v in views if v.state is State.SUBMITTED]
+    if never:
+        raise UserError(f"not started: {' '.join(never)}; start with `orch start {' '.join(never)}`")
+    by_id = {v.id: v for v in views}
+    if ids is not None and any(v.state is State.QUEUED for v in views):
+        with orch.locked():  # what they wait for may be any task of the batch
+            by_id = {v.id: v for v in cache.views()}
+    stuck = [v for v in views if v.state is State.QUEUED and unstarted_dependencies(v, by_id)]
+    if stuck:
+        needed = sorted({dep for v in stuck for dep in unstarted_dependencies(v, by_id)}, key=natural_key)
+        raise UserError(
+            f"{' '.join(v.id for v in stuck)} wait{'s' if len(stuck) == 1 else ''} for "
+            f"{' '.join(needed)}, never started; start with `orch start {' '.join(needed)}`"
+        )
+    if not views:
+        raise UserError("there are no tasks to wait for")
+
+
+def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    if args.ids and args.all:
+        raise InvalidInput("give task ids or --all, not both")
+    if args.timeout is not None and args.timeout <= 0:
+        raise InvalidInput("--timeout must be a positive number of seconds")
+    engine = ctx.engine
+    ids = check_known(orch, args.ids) if args.ids else None
+    cache = ViewCache(orch)
+    tty = sys.stderr.isatty()
+    t0 = time.monotonic()
+    seen, done = -1, False
+    with engine.events() as events:
+        while True:
+            look = events.look()
+            views = current_views(ctx, cache, look, ids)
+            # Over a long history most rounds change nothing: nothing to check again then.
+            if look or cache.changes != seen:
+                seen = cache.changes
+                check_waitable(orch, cache, views, ids)
+                done = all(v.state in SETTLED_STATES for v in views)
+            if tty:
+                sys.stderr.write("\r\x1b[K" + progress_line(views, time.monotonic() - t0))
+                sys.stderr.flush()
+            if done:
+                break
+            if args.timeout is not None and time.monotonic() - t0 > args.timeout:
+                if tty:
+                    sys.stderr.write("\n")
+                waiting = [v.id for v in views if v.state not in SETTLED_STATES]
+                print(f"orch wait: still not done after {args.timeout} s: {' '.join(waiting)}", file=sys.stderr)
+                return EXIT_FAILURE
+            events.wait(ROUND_SECONDS)
+    if tty:
+        sys.stderr.write("\n")
+    width, at = max(len(v.id) for v in views), now()
+    for v in views:
+        note = "" if v.state is State.SUCCESS else f"  {shorten(v.message, 100)}"
+        print(f"{v.id.ljust(width)}  {v.state.value.ljust(9)}  {money(v.cost)}  {duration(v.duration(at))}{note}")
+    print(summary(views))
+    return EXIT_OK if all(v.state is State.SUCCESS for v in views) else EXIT_FAILURE
+
+
+def cmd_result(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    view = load_view(orch, check_known(orch, [args.id])[0])
+    result = batch.attempt_result(orch, args.id, args.attempt)
+    if result is None:
+        raise UserError(f"task {args.id} has no result yet ({view.state.value})")
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    facts = [
+        f"started {result.started_at}" if result.started_at else None,
+        f"took {duration(result.duration_seconds)}" if result.duration_seconds is not None else None,
+        f"cost {money(result.cost_usd)}" if result.cost_usd is not None else None,
+        f"{result.num_turns} turn{'s' if result.num_turns != 1 else ''}" if result.num_turns is not None else None,
+        f"model {result.model}" if result.model else None,
+    ]
+    print(f"{result.task_id}: {result.status.value} (attempt {result.attempt or 1})")
+    print("  " + ", ".join(f for f in facts if f))
+    if result.error:
+        print(f"  error: {result.error}")
+    earlier = [n for n in attempt_files(orch, args.id) if n != result.attempt]
+    if earlier and args.attempt is None:
+        print(f"  earlier attempts: {', '.join(map(str, earlier))} (orch result {args.id} --attempt N)")
+    print("output:")
+    print(result.output or "(none)")
+    return EXIT_OK
+
+
+def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    view = load_view(orch, check_known(orch, [args.id])[0])
+    suffix = "jsonl" if args.raw else "log"
+    if args.attempt is not None and args.attempt != view.attempt:
+        path = orch.attempt_path(args.id, args.attempt, suffix)
+        if not path.exists():
+            raise UserError(f"task {args.id} has no log for attempt {args.attempt}")
+        return _print_file(ctx, path, follow=False, task_id=args.id)
+    path = orch.log_path(args.id) if args.raw else orch.worker_log_path(args.id)
+    if path.exists() or args.follow:
+        return _print_file(ctx, path, follow=args.follow, task_id=args.id)
+    # A worker that never wrote its log (one that could not start, or from before the log was
+    # kept on the volume): what the engine has (docker logs, or docker service logs of a job).
+    try:
+        sys.stdout.write(ctx.engine.logs(view.container))
+    except UserError:
+        raise UserError(f"task {args.id} has no log yet ({view.state.value})") from None
+    return EXIT_OK
+
+
+def _print_file(ctx: Context, path: Path, *, follow: bool, task_id: str) -> int:
+    orch = ctx.orch
+    out = sys.stdout.buffer
+    position, last_check = 0, time.monotonic()
+    while True:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(position)
+                chunk = handle.read()
+        except FileNotFoundError:
+            chunk = b""
+        if chunk:
+            out.write(chunk)
+            out.flush()
+            position += len(chunk)
+        if not follow:
+            return EXIT_OK
+        view = load_view(orch, task_id)
+        if view.state in ACTIVE_STATES and time.monotonic() - last_check > ENGINE_CHECK_SECONDS:
+            # A worker that died writes no more, and nothing else may be there to notice.
+            last_check = time.monotonic()
+            with orch.locked():
+                view = reconcile(orch, [load_view(orch, task_id)], ctx.engine)[0]
+        if view.state in SETTLED_STATES and not chunk:
+            return EXIT_OK
+        time.sleep(FOLLOW_SECONDS)
+
+
+def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    engine = ctx.engine
+    failures = 0
+    for task_id in dict.fromkeys(args.ids):
+        try:
+            view = batch.cancel(orch, engine, task_id)
+        except batch.NothingToCancel as exc:
+            print(f"{task_id}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        print(f"{task_id}: {view.state.value}")
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    for retried in batch.retry(orch, ctx.engine, args.ids):
+        if retried.attempt is None:
+            print(f"{retried.task_id}: queued again")
+            continue
+        kept_note = f", container {retried.kept_container}" if retried.kept_container else ""
+        kept_in = orch.attempt_dir(retried.task_id)
+        print(f"{retried.task_id}: attempt {retried.attempt} queued (attempt {retried.attempt - 1} kept: "
+              f"{kept_in}{kept_note})")  # fmt: skip
+    ensure_dispatcher(ctx)
+    return EXIT_OK
+
+
+def cmd_cleanup(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    engine = ctx.engine
+    removed, kept = batch.cleanup(orch, engine, force=args.force)
+    print(f"removed {len(removed)} finished worker container{'s' if len(removed) != 1 else ''}" +
+          (f": {' '.join(removed)}" if removed else ""))  # fmt: skip
+    released = engine.release()
+    if released:
+        print(f"removed the batch's swarm secrets: {' '.join(released)}")
+    if kept:
+        print(
+            f"kept {' '.join(kept)}: work of theirs was neither pushed nor bundled, so their clone may hold the "
+            f"only copy (`docker cp NAME:/workspace/repo DIR` copies it out; --force removes them anyway)"
+        )
+    print("results, logs and branches are kept")
+    return EXIT_OK
+
+
+def cmd_merge(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    if args.ids and args.all:
+        raise InvalidInput("give task ids or --all, not both")
+    if not args.ids and not args.all:
+        raise InvalidInput("name the tasks to merge, or --all")
+    views = load_views(orch)
+    selected = select(views, args.ids) if args.ids else views
+    to_merge, left_out = merge.choose(selected, explicit=bool(args.ids))
+    into = args.into or f"{args.branch_prefix}{merge.INTEGRATION_BRANCH}"
+    report = None
+    if to_merge:
+        report = merge.merge_branches(
+            Path(args.repo_dir),
+            to_merge,
+            into=into,
+            base_branch=ctx.settings.branch,
+            push=args.push,
+            scrub=scrubber(env_secrets(ctx.env)),
+        )
+    outcomes = sorted([*(report.outcomes if report else []), *left_out], key=lambda o: natural_key(o.task_id))
+    ok = (report.ok if report is not None else not args.ids) and not (args.ids and left_out)
+    if args.json:
+        print(json.dumps({
+            "into": into, "started_from": report.start if report else None, "ok": ok,
+            "pushed": report.pushed if report else False, "push_error": report.push_error if report else None,
+            "tasks": [o.to_json() for o in outcomes],
+        }, indent=2))  # fmt: skip
+        return EXIT_OK if ok else EXIT_FAILURE
+    if report is not None:
+        print(f"merging into {into} (from {report.start})")
+    width = max((len(o.task_id) for o in outcomes), default=0)
+    for o in outcomes:
+        detail = o.message or (f"{o.branch}, {len(o.files)} file(s)" if o.state == "merged" else o.branch or "")
+        print(f"  {o.task_id.ljust(width)}  {o.state.ljust(14)}  {detail}")
+    if report is None:
+        if args.ids:
+            raise UserError("nothing to merge")
+        print("nothing to merge: no task that succeeded has a pushed branch")
+        return EXIT_OK
+    conflict = next((o for o in report.outcomes if o.state == "conflict"), None)
+    if conflict is not None:
+        print(f"conflict: {conflict.message}; the merge of {conflict.task_id} was undone and its branch "
+              f"{conflict.branch} is untouched. Resolve it by hand, or merge it into a branch of its own.")  # fmt: skip
+    if report.push_error:
+        print(f"not pushed: {report.push_error}")
+    elif report.pushed:
+        print(f"pushed {into} to origin")
+    else:
+        print(f"{into} is in {args.repo_dir}; `orch merge --all --push` (or git push) publishes it")
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def cmd_dispatch(ctx: Context, args: argparse.Namespace) -> int:
+    volume_dir(ctx, args)
+    return Dispatcher(ctx).run()

@@ -1,0 +1,197 @@
+"""What one worker is started with (WorkerSpec): its image, settings, labels, limits and secrets,
+built once from the batch's settings, whatever engine starts it (engine.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from . import config, environment
+from .cli import (
+    check_branch_prefix,
+)
+from .config import CONTAINER_ORCHESTRATION_DIR
+from .docker import (
+    env_pass,
+    flag,
+    labels,
+    storage_quota_supported,
+)
+from .errors import InvalidInput, UserError
+from .limits import WorkerLimits
+from .secrets import Secrets
+from .tasks import validate_task_id
+
+# The runtime's capabilities: to start the agent as its own user, and to end its processes.
+RUNTIME_CAPABILITIES = ("SETUID", "SETGID", "KILL")
+
+
+def stop_timeout(env: Mapping[str, str]) -> int:
+    text = environment.STOP_TIMEOUT.require(env)
+    if not text.isdigit() or int(text) <= 0:
+        raise InvalidInput(f"{environment.STOP_TIMEOUT.name} must be a positive number of seconds, not {text!r}")
+    return int(text)
+
+
+class WorkerDidNotStart(UserError):
+    """The engine made the worker but could not start it (the worker is removed again)."""
+
+
+class WorkerExists(UserError):
+    """The task has a worker container already; ``status`` is Docker's state of it."""
+
+    def __init__(self, message: str, status: str | None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything needed to start one worker, secrets included (never printed)."""
+
+    worker_type: str
+    task_id: str
+    image: str
+    repo_url: str
+    branch: str
+    model: str
+    api_url: str | None
+    timeout: int | None
+    volume: str
+    network: str | None
+    git_user_name: str | None
+    git_user_email: str | None
+    git_token_user: str | None
+    secrets: Secrets
+    limits: WorkerLimits
+    stop_timeout: int
+    attempt: int | None = None
+    branch_prefix: str = environment.BRANCH_PREFIX.require({})
+    push_retry: str | None = None  # seconds a push waits for an unreachable server
+    engine: str = config.ENGINE_DOCKER  # what runs it: a container, or a swarm job
+    storage_quota: bool = False  # the engine bounds a container's writable layer (see limits.py)
+
+    @property
+    def container(self) -> str:
+        return config.container_name(self.task_id)
+
+    def environment(self) -> dict[str, str]:
+        """The worker's environment: settings only. Every value travels through docker's own
+        environment, not argv."""
+        env = {
+            environment.TASK_ID.name: self.task_id,
+            environment.WORKER_TYPE.name: self.worker_type,
+            environment.REPO_URL.name: self.repo_url,
+            environment.REPO_BRANCH.name: self.branch,
+            environment.ANTHROPIC_MODEL.name: self.model,
+            environment.ANTHROPIC_BASE_URL.name: self.api_url or "",
+            environment.GIT_USER_NAME.name: self.git_user_name or "",
+            environment.GIT_USER_EMAIL.name: self.git_user_email or "",
+            environment.GIT_TOKEN_USER.name: self.git_token_user or "",
+            environment.TASK_TIMEOUT.name: str(self.timeout) if self.timeout else "",
+            environment.TASK_ATTEMPT.name: str(self.attempt) if self.attempt else "",
+            environment.BRANCH_PREFIX.name: self.branch_prefix,
+            environment.PUSH_RETRY_SECONDS.name: self.push_retry or "",
+        }
+        return {name: value for name, value in env.items() if value}
+
+    def labels(self) -> dict[str, str]:
+        """What the worker's container (or job) is labelled with: orch finds its workers by them."""
+        return {
+            config.LABEL_ROLE: "worker",
+            config.LABEL_TASK_ID: self.task_id,
+            config.LABEL_WORKER_TYPE: self.worker_type,
+            config.LABEL_VOLUME: self.volume,
+        }
+
+    def create_argv(self) -> list[str]:
+        return [
+            "create",
+            "--name", self.container,
+            *labels(self.labels()),
+            "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
+            *flag("--network", self.network),
+            *self.limits.argv(),
+            *self.limits.disk_argv(self.storage_quota),
+            "--cap-drop", "ALL",
+            *[arg for cap in RUNTIME_CAPABILITIES for arg in ("--cap-add", cap)],
+            "--security-opt", "no-new-privileges",
+            # Time for the runtime to stop the agent, commit and push when the container is stopped.
+            "--stop-timeout", str(self.stop_timeout),
+            # A missing image is an error to report (with how to build it), not one to pull.
+            "--pull", "never",
+            *[arg for name in self.environment() for arg in env_pass(name)],
+            self.image,
+        ]  # fmt: skip
+
+
+def worker_spec(
+    worker_type: str,
+    task_id: str,
+    *,
+    env: Mapping[str, str],
+    repo: str | None,
+    branch: str,
+    model: str,
+    api_url: str | None,
+    volume: str,
+    network: str | None,
+    image_prefix: str,
+    limits: WorkerLimits,
+    timeout: int | None = None,
+    token_file: str | None = None,
+    ssh_key_file: str | None = None,
+    known_hosts_file: str | None = None,
+    git_token_file: str | None = None,
+    branch_prefix: str | None = None,
+    attempt: int | None = None,
+    engine: str = config.ENGINE_DOCKER,
+    storage_quota: bool | None = None,
+) -> WorkerSpec:
+    """The spec of a worker, with the secrets read now (spawn-worker and orch's dispatcher)."""
+    task_id = validate_task_id(task_id, "TASK_ID")
+    image = config.worker_image(worker_type, image_prefix)
+    if not repo:
+        raise UserError("no repository: pass --repo URL or set REPO_URL")
+    if timeout is not None and timeout <= 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    return WorkerSpec(
+        worker_type=worker_type,
+        task_id=task_id,
+        image=image,
+        repo_url=repo,
+        branch=branch,
+        model=model,
+        api_url=api_url,
+        timeout=timeout,
+        volume=volume,
+        network=network,
+        git_user_name=environment.GIT_USER_NAME.get(env),
+        git_user_email=environment.GIT_USER_EMAIL.get(env),
+        git_token_user=env.get(environment.GIT_TOKEN_USER.name),
+        secrets=Secrets.read(
+            token_file=token_file,
+            ssh_key=ssh_key_file,
+            known_hosts=known_hosts_file,
+            git_token_file=git_token_file,
+            env=env,
+        ),
+        limits=limits,
+        stop_timeout=stop_timeout(env),
+        attempt=attempt,
+        push_retry=env.get(environment.PUSH_RETRY_SECONDS.name),
+        branch_prefix=check_branch_prefix(branch_prefix or environment.BRANCH_PREFIX.require(env)),
+        engine=engine,
+        storage_quota=engine == config.ENGINE_DOCKER and limits.bounded and quota_of(storage_quota, env),
+    )
+
+
+def quota_of(given: bool | None, env: Mapping[str, str]) -> bool:
+    """Whether the engine bounds a container's writable layer: as given, as run.py found out
+    ($ORCHESTRATOR_STORAGE_QUOTA), else asked now."""
+    if given is not None:
+        return given
+    known = environment.STORAGE_QUOTA.get(env)
+    if known in ("yes", "no"):
+        return known == "yes"
+    return storage_quota_supported()
