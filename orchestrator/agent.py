@@ -1,12 +1,10 @@
-"""Running Claude Code headless and making sense of what it says.
+"""Running an agent CLI headless, whichever it is, and the protocol each CLI follows.
 
-``claude -p --output-format stream-json --verbose`` prints one JSON event a line: a
-``system``/``init`` event, ``assistant`` and ``user`` messages (text, tool calls, tool
-results) and, last, a ``result`` event with ``subtype``, ``is_error``, ``result``,
-``session_id``, ``total_cost_usd``, ``num_turns`` and ``duration_ms``.
-
-The agent's exit code alone does not tell success: an API error or a missing login ends
-with ``"subtype": "success"`` and ``"is_error": true``. ``judge`` looks at all of it.
+``AgentCLI`` is what the worker asks of an agent CLI (its command line, its environment given
+the relay, the reading of its stream); agent_claude.py is Claude Code's, and agents.py the table
+of them. ``AgentProcess`` supervises one run as the agent's user: the prompt on standard input,
+its output read in bounded lines into the transcript and the log, a timeout that holds, and
+every process of the agent's user ended when its process ends.
 """
 
 from __future__ import annotations
@@ -21,108 +19,60 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Protocol
 
 from . import sandbox
-from .docker import flag
 from .errors import UserError
 from .sandbox import AgentUser
 from .tasks import State
 
-CLAUDE = "claude"
 TERMINATE_GRACE_SECONDS = 10.0
 # What of the agent's output is kept (transcript) and shown (log), each, and the longest line
 # read: bounds that do not depend on what the agent prints.
 OUTPUT_LIMIT = 100 * 1024 * 1024
 LINE_LIMIT = 16 * 1024 * 1024
 WAIT_STEP_SECONDS = 1.0  # how often the wait for the agent looks at its deadline
-_SUMMARY_LIMIT = 160
 # Why a run was stopped when its agent made itself harder to kill than the runtime.
 LOWERED_OOM_SCORE = "lowered-oom-score"
 
 
-def headless_argv(model: str | None, max_turns: int | None = None) -> list[str]:
-    """The command line of a headless run; the prompt goes on standard input, which has no
-    size limit (Linux refuses a single argument over 128 KiB). Every flag here is in
-    ``claude --help``, but ``--max-turns``: the CLI accepts it without listing it
-    (tests/test_images.py checks the real binary takes it)."""
-    return [
-        CLAUDE,
-        "--print",
-        "--output-format",
-        "stream-json",
-        # The CLI refuses stream-json in print mode without it.
-        "--verbose",
-        # Nobody is there to answer a permission prompt; the container is the sandbox.
-        "--dangerously-skip-permissions",
-        *flag("--model", model),
-        *flag("--max-turns", max_turns),
-    ]
+@dataclass(frozen=True)
+class AgentReport:
+    """What an agent CLI's stream said of its run, in its own words (its reader's reading)."""
+
+    finished: bool  # a final report came
+    success: bool  # it says it succeeded
+    output: str  # its final answer, or its last words when it gave none
+    error: str | None = None  # why it did not succeed, as it says
+    error_kind: str | None = None  # a short name for the kind of failure, when the CLI gives one
+    cost_usd: float | None = None  # its own claim (the relay's reading of the API is the figure to trust)
+    turns: int | None = None
+    session_id: str | None = None
 
 
-def _shorten(text: str, limit: int = _SUMMARY_LIMIT) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+class StreamReader(Protocol):
+    """Reads one run's output, a line at a time."""
+
+    def feed(self, line: str) -> list[str]:
+        """One line the agent printed: the lines to show for it in the worker's log."""
+
+    def report(self) -> AgentReport: ...
 
 
-def _tool_summary(name: str, tool_input: Any) -> str:
-    if not isinstance(tool_input, Mapping):
-        return name
-    for key in ("command", "file_path", "notebook_path", "path", "pattern", "url", "description", "query"):
-        value = tool_input.get(key)
-        if isinstance(value, str) and value:
-            return f"{name} {_shorten(value)}"
-    return f"{name} {_shorten(json.dumps(tool_input, ensure_ascii=False))}"
+class AgentCLI(Protocol):
+    """An agent CLI the worker can run headless (STYLE.md: a Protocol and a table, agents.py)."""
 
+    name: str
+    command: str  # the program, looked up on the agent's PATH
 
-def _result_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(part.get("text", "") for part in content if isinstance(part, Mapping))
-    return ""
+    def argv(self, model: str | None, max_turns: int | None) -> list[str]:
+        """Its headless command line; the prompt goes on its standard input."""
 
+    def environment(self, api_url: str, ticket: str, *, api_key: bool) -> dict[str, str]:
+        """What it needs in its environment to use the relay at ``api_url`` with ``ticket`` in
+        place of a credential (an API key's kind or an OAuth token's, as the real one is)."""
 
-def render_event(event: Mapping[str, Any]) -> list[str]:
-    """Readable lines for one stream-json event (what ``docker logs`` shows)."""
-    kind = event.get("type")
-    subtype = event.get("subtype")
-    if kind == "system":
-        if subtype == "init":
-            return [f"session {event.get('session_id')} started (model {event.get('model')}, cwd {event.get('cwd')})"]
-        if subtype == "api_retry":
-            return [f"API retry {event.get('attempt')}/{event.get('max_retries')} ({event.get('error')})"]
-        # Bookkeeping of the CLI's own (task_started, task_notification around every Bash call,
-        # ...): the transcript keeps it; the log would only repeat the tool lines.
-        return []
-    if kind in ("assistant", "user"):
-        message = event.get("message")
-        content = message.get("content") if isinstance(message, Mapping) else None
-        if isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        lines: list[str] = []
-        for block in content if isinstance(content, list) else []:
-            if not isinstance(block, Mapping):
-                continue
-            btype = block.get("type")
-            if btype == "text" and kind == "assistant" and block.get("text", "").strip():
-                lines.extend(f"  {line}" for line in block["text"].strip().splitlines())
-            elif btype == "tool_use":
-                lines.append(f"-> {_tool_summary(str(block.get('name')), block.get('input'))}")
-            elif btype == "tool_result":
-                mark = "<- error:" if block.get("is_error") else "<-"
-                lines.append(f"{mark} {_shorten(_result_text(block.get('content'))) or '(no output)'}")
-            elif btype == "thinking":
-                lines.append("(thinking)")
-        return lines
-    if kind == "result":
-        cost = event.get("total_cost_usd")
-        cost_text = f"${cost:.4f}" if isinstance(cost, (int, float)) else "cost unknown"
-        seconds = event.get("duration_ms")
-        time_text = f"{seconds / 1000:.1f} s" if isinstance(seconds, (int, float)) else "time unknown"
-        error = " with an error" if event.get("is_error") else ""
-        return [f"finished{error}: {subtype}, {event.get('num_turns')} turns, {cost_text}, {time_text}"]
-    return []
+    def reader(self) -> StreamReader: ...
 
 
 @dataclass(frozen=True)
@@ -130,8 +80,7 @@ class AgentRun:
     """What one run of the agent left behind."""
 
     exit_code: int | None
-    final: Mapping[str, Any] | None  # the ``result`` event, if one came
-    last_text: str  # the last assistant text, the output when no result came
+    report: AgentReport
     stderr_tail: str
     stopped: str | None = None  # "timeout" or "cancelled" when the run was cut short
 
@@ -151,16 +100,13 @@ def judge(run: AgentRun, timeout: float | None) -> tuple[State, str | None]:
         return State.INTERRUPTED, (
             "the worker was stopped from outside (an engine shutdown, docker stop) before the agent finished"
         )
-    final = run.final
-    if final is None:
+    report = run.report
+    if not report.finished:
         detail = f": {run.stderr_tail}" if run.stderr_tail else ""
         return State.FAILED, f"the agent ended without a result (exit code {run.exit_code}){detail}"
-    if final.get("is_error") is not False or final.get("subtype") != "success":
-        message = final.get("result") if isinstance(final.get("result"), str) else ""
-        errors = final.get("errors")
-        if not message and isinstance(errors, list):
-            message = "; ".join(str(e) for e in errors)
-        return State.FAILED, f"the agent reported an error ({final.get('subtype')}): {message or 'no message'}"
+    if not report.success:
+        kind = f" ({report.error_kind})" if report.error_kind else ""
+        return State.FAILED, f"the agent reported an error{kind}: {report.error or 'no message'}"
     if run.exit_code != 0:
         return State.FAILED, f"the agent exited with code {run.exit_code}"
     return State.SUCCESS, None
@@ -187,6 +133,7 @@ class AgentProcess:
         on_line: Callable[[str], None],
         transcript: IO[str],
         scrub: Callable[[str], str],
+        reader: StreamReader,
     ):
         self.argv = list(argv)
         self.prompt = prompt
@@ -203,8 +150,7 @@ class AgentProcess:
         self._kept = 0  # bytes written to the transcript
         self._shown = 0  # bytes shown in the log
         self._lock = threading.Lock()
-        self._final: Mapping[str, Any] | None = None
-        self._last_text = ""
+        self.reader = reader
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
 
     def stop(self, reason: str) -> None:
@@ -234,21 +180,8 @@ class AgentProcess:
             if not line.strip():
                 continue
             self._keep(line)
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                self._show(line)
-                continue
-            if not isinstance(event, Mapping):
-                continue
-            for rendered in render_event(event):
-                self._show(rendered)
-            if event.get("type") == "result":
-                self._final = event
-            elif event.get("type") == "assistant":
-                text = _assistant_text(event)
-                if text:
-                    self._last_text = text
+            for shown in self.reader.feed(line):
+                self._show(shown)
 
     def _read_stderr(self, stream: IO[str]) -> None:
         for raw in _bounded_lines(stream):
@@ -307,7 +240,7 @@ class AgentProcess:
     def run(self) -> AgentRun:
         with self._lock:
             if self._stopped:
-                return AgentRun(exit_code=None, final=None, last_text="", stderr_tail="", stopped=self._stopped)
+                return AgentRun(exit_code=None, report=self.reader.report(), stderr_tail="", stopped=self._stopped)
             # Its own session, so that a stop reaches the tools it started too.
             self._proc = subprocess.Popen(
                 sandbox.agent_argv(self.user, self.argv, self.cwd),
@@ -339,8 +272,7 @@ class AgentProcess:
             thread.join(timeout=10)
         return AgentRun(
             exit_code=exit_code,
-            final=self._final,
-            last_text=self._last_text,
+            report=self.reader.report(),
             stderr_tail=" | ".join(self._stderr_tail),
             stopped=self._stopped,
         )
@@ -359,14 +291,3 @@ def _bounded_lines(stream: IO[str]) -> Iterator[str]:
                 if not rest or rest.endswith("\n"):
                     break
         yield line
-
-
-def _assistant_text(event: Mapping[str, Any]) -> str:
-    message = event.get("message")
-    content = message.get("content") if isinstance(message, Mapping) else None
-    if isinstance(content, str):
-        return content.strip()
-    if not isinstance(content, list):
-        return ""
-    parts = [b.get("text", "") for b in content if isinstance(b, Mapping) and b.get("type") == "text"]
-    return "\n".join(p for p in parts if p).strip()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from . import config, environment
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, InvalidInput, UserError
@@ -28,39 +27,35 @@ class HelpFormatter(argparse.HelpFormatter):
         )
 
 
-def _default(var: environment.Var) -> str | None:
-    return var.get(os.environ)
-
-
-def add_placement_options(parser: argparse.ArgumentParser) -> None:
+def add_placement_options(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """Where containers go: the options run.py and spawn-worker share, defaulted from the
     environment that run.py hands to the manager."""
     parser.add_argument(
         "--volume",
-        default=_default(environment.VOLUME),
+        default=environment.VOLUME.get(env),
         help=f"the shared volume (default: ${environment.VOLUME.name}, else {environment.VOLUME.default})",
     )
     parser.add_argument(
         "--network",
-        default=_default(environment.NETWORK),
+        default=environment.NETWORK.get(env),
         help=f"Docker network of the containers started (default: ${environment.NETWORK.name}, else Docker's default)",
     )
     parser.add_argument(
         "--image-prefix",
-        default=_default(environment.IMAGE_PREFIX),
+        default=environment.IMAGE_PREFIX.get(env),
         help=f"image name prefix (default: ${environment.IMAGE_PREFIX.name}, else {environment.IMAGE_PREFIX.default})",
     )
     parser.add_argument(
         "--engine",
         choices=config.ENGINES,
-        default=_default(environment.ENGINE),
+        default=environment.ENGINE.get(env),
         help=f"what runs the workers: containers on this engine, or jobs of the swarm it manages "
         f"(default: ${environment.ENGINE.name}, else {environment.ENGINE.default})",
     )
     parser.add_argument("--debug", action="store_true", help="print the docker commands run, and tracebacks")
 
 
-def add_git_access_options(parser: argparse.ArgumentParser) -> None:
+def add_git_access_options(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """How git reaches the repository: the options run.py and spawn-worker share."""
     parser.add_argument(
         "--ssh-key", metavar="FILE", help="private key for git over SSH (default: ~/.ssh/id_ed25519, if it exists)"
@@ -79,27 +74,30 @@ def add_git_access_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--branch-prefix",
-        default=_default(environment.BRANCH_PREFIX),
+        default=environment.BRANCH_PREFIX.get(env),
         help=f"task branches are PREFIX + task id (default: ${environment.BRANCH_PREFIX.name}, else "
         f"{environment.BRANCH_PREFIX.default})",
     )
 
 
-def add_api_option(parser: argparse.ArgumentParser) -> None:
+def add_api_option(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     parser.add_argument(
         "--api-url",
         metavar="URL",
-        default=_default(environment.ANTHROPIC_BASE_URL),
+        default=environment.ANTHROPIC_BASE_URL.get(env),
         help="the Claude API endpoint, for an LLM gateway or a company proxy (default: "
         f"${environment.ANTHROPIC_BASE_URL.name}, else Anthropic's)",
     )
 
 
-def add_limit_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, defaults: bool = True) -> None:
-    """What one worker may use. Without ``defaults`` an option left out means "as before"."""
+def add_limit_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, env: Mapping[str, str] | None = None
+) -> None:
+    """What one worker may use, its defaults from ``env``; without one, an option left out means
+    "as before"."""
 
     def default(var: environment.Var) -> str | None:
-        return _default(var) if defaults else None
+        return var.get(env) if env is not None else None
 
     parser.add_argument(
         "--memory",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .config import CONTAINER_ORCHESTRATION_DIR
 from .errors import InvalidInput
 
 
@@ -80,7 +81,7 @@ PUSH_RETRY_SECONDS = Var("ORCHESTRATOR_PUSH_RETRY_SECONDS", "180")
 CA_CERTS = Var("ORCHESTRATOR_CA_CERTS")  # extra CA certificates for the image builds, separated by ':'
 
 # --- Inside the containers.
-ORCHESTRATION_DIR = Var("ORCHESTRATION_DIR", "/orchestration")  # where the shared volume is mounted
+ORCHESTRATION_DIR = Var("ORCHESTRATION_DIR", CONTAINER_ORCHESTRATION_DIR)  # where the shared volume is mounted
 WORKSPACE = Var("WORKSPACE", "/workspace")
 
 # --- Set for one worker by spawn-worker or the dispatcher.
@@ -114,6 +115,7 @@ MANAGER_SETTINGS = (
 
 # --- Inside a worker, for tests and images of other layouts.
 AGENT_USER = Var("ORCHESTRATOR_AGENT_USER", "agent")  # the user the agent runs as
+AGENT_CLI = Var("ORCHESTRATOR_AGENT_CLI", "claude")  # which agent CLI runs the task (agents.py)
 RUNTIME_DIR = Var("ORCHESTRATOR_RUNTIME_DIR", "/var/lib/orchestrator")  # the runtime's own folder
 
 ALL = (
@@ -128,5 +130,6 @@ ALL = (
     TASK_TIMEOUT,
     TASK_ATTEMPT,
     AGENT_USER,
+    AGENT_CLI,
     RUNTIME_DIR,
 )

@@ -49,9 +49,9 @@ DEFAULT_NAME = "claude-manager"
 SOCKET_FOLDER_IN_CONTAINER = "/run/host-docker"
 
 
-def docker_socket() -> Path:
+def docker_socket(env: Mapping[str, str]) -> Path:
     """The engine's socket on this host, to mount into the manager."""
-    host = os.environ.get("DOCKER_HOST", "")
+    host = env.get("DOCKER_HOST", "")
     if host and not host.startswith("unix://"):
         raise UserError(f"DOCKER_HOST is {host}: the manager needs a local Docker socket (unix://) to mount")
     path = Path(urlparse(host).path if host else "/var/run/docker.sock")
@@ -181,14 +181,15 @@ def replace_ended_manager(name: str) -> None:
         remove_container(name)
 
 
-def ca_cert_paths(args: argparse.Namespace) -> list[Path]:
+def ca_cert_paths(args: argparse.Namespace, env: Mapping[str, str]) -> list[Path]:
     given = list(args.ca_cert or [])
-    if not given and environment.CA_CERTS.get(os.environ):
-        given = [p for p in environment.CA_CERTS.require(os.environ).split(os.pathsep) if p]
+    if not given and environment.CA_CERTS.get(env):
+        given = [p for p in environment.CA_CERTS.require(env).split(os.pathsep) if p]
     return [images.read_ca_cert(p) for p in given]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The command line, its defaults from ``env``."""
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
         prog="run.py",
@@ -209,18 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TOKEN_FILE,
         help=f"file holding the Claude token, or an API key (default: {DEFAULT_TOKEN_FILE})",
     )
-    add_api_option(parser)
-    add_git_access_options(parser)
+    add_api_option(parser, env)
+    add_git_access_options(parser, env)
     parser.add_argument(
         "--model",
         default=environment.ANTHROPIC_MODEL.default,
         help=f"model for the manager and the workers (default: {environment.ANTHROPIC_MODEL.default})",
     )
-    add_limit_options(parser)
+    add_limit_options(parser, env)
     parser.add_argument(
         "--stop-timeout",
         metavar="SECONDS",
-        default=environment.STOP_TIMEOUT.get(os.environ),
+        default=environment.STOP_TIMEOUT.get(env),
         help="seconds a stopped worker gets to hand its work back before Docker kills it (default: "
         f"${environment.STOP_TIMEOUT.name}, else {environment.STOP_TIMEOUT.default})",
     )
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the volume of the manager's own clone, kept when the container goes (default: NAME-workspace, "
         f"{DEFAULT_NAME}-workspace)",
     )
-    add_placement_options(parser)
+    add_placement_options(parser, env)
     return parser
 
 
@@ -262,10 +263,9 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def manager_settings(args: argparse.Namespace) -> dict[str, str]:
+def manager_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
     """What the manager is told, and tells every worker it starts (environment.MANAGER_SETTINGS)."""
     limits = WorkerLimits.parse(args.memory, args.cpus, args.pids_limit, args.disk)
-    env = os.environ
     values = {
         environment.REPO_URL: args.repo,
         environment.REPO_BRANCH: args.branch,
@@ -293,8 +293,9 @@ def manager_settings(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    env = os.environ  # read here, and nowhere below
     options, command = split_command(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(options)
+    args = build_parser(env).parse_args(options)
 
     def work() -> int:
         secrets = Secrets.read(
@@ -302,13 +303,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ssh_key=args.ssh_key,
             known_hosts=args.known_hosts,
             git_token_file=args.git_token,
-            env=os.environ,
+            env=env,
         )
-        settings = manager_settings(args)
+        settings = manager_settings(args, env)
         if not args.no_login_check and secrets.claude is not None:
             check_login(secrets.claude, args.api_url)
-        ca_certs = ca_cert_paths(args)
-        socket = docker_socket()
+        ca_certs = ca_cert_paths(args, env)
+        socket = docker_socket(env)
         check_daemon()
         settings[environment.STORAGE_QUOTA.name] = "yes" if storage_quota_supported() else "no"
         image = ensure_images(args, ca_certs)

@@ -85,7 +85,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-turns", type=int, metavar="N", help="stop the agent after N turns")
     p.add_argument("--model", help="model for this task (default: the manager's)")
-    add_limit_options(p, defaults=False)
+    add_limit_options(p)
     p.add_argument("--start", action="store_true", help="queue the task right away (as orch start ID)")
     p.set_defaults(func=commands.cmd_submit)
 
@@ -121,7 +121,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     limit_options = p.add_argument_group(
         "limits of each worker from now on, kept on the volume (a task's own come first)"
     )
-    add_limit_options(limit_options, defaults=False)
+    add_limit_options(limit_options)
     p.set_defaults(func=commands.cmd_start)
 
     p = command(

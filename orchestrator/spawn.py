@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from . import config, environment
@@ -56,7 +56,8 @@ def spawn(spec: WorkerSpec, orch_dir: str, engine: Engine) -> str:
             raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The command line, its defaults from ``env``."""
     parser = argparse.ArgumentParser(
         formatter_class=HelpFormatter,
         prog="spawn-worker",
@@ -69,17 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--repo",
         metavar="URL",
-        default=environment.REPO_URL.get(os.environ),
+        default=environment.REPO_URL.get(env),
         help="repository to clone (default: $REPO_URL)",
     )
     parser.add_argument(
         "--branch",
-        default=environment.REPO_BRANCH.get(os.environ),
+        default=environment.REPO_BRANCH.get(env),
         help=f"branch to clone (default: $REPO_BRANCH, else {environment.REPO_BRANCH.default})",
     )
     parser.add_argument(
         "--model",
-        default=environment.ANTHROPIC_MODEL.get(os.environ),
+        default=environment.ANTHROPIC_MODEL.get(env),
         help=f"model (default: $ANTHROPIC_MODEL, else {environment.ANTHROPIC_MODEL.default})",
     )
     parser.add_argument(
@@ -88,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="file holding the Claude token (default: $CLAUDE_CODE_OAUTH_TOKEN or $ANTHROPIC_API_KEY, "
         f"else {DEFAULT_TOKEN_FILE})",
     )
-    add_api_option(parser)
-    add_git_access_options(parser)
-    add_limit_options(parser)
+    add_api_option(parser, env)
+    add_git_access_options(parser, env)
+    add_limit_options(parser, env)
     parser.add_argument(
         "--timeout",
         type=int,
@@ -99,22 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--orchestration-dir",
-        default=environment.ORCHESTRATION_DIR.get(os.environ),
+        default=environment.ORCHESTRATION_DIR.get(env),
         help="where the shared volume is mounted here, if it is (default: $ORCHESTRATION_DIR, else /orchestration)",
     )
-    add_placement_options(parser)
+    add_placement_options(parser, env)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    env = os.environ  # read here, and nowhere below
+    args = build_parser(env).parse_args(argv)
     os.umask(OrchestrationDir.UMASK)
 
     def work() -> int:
         spec = worker_spec(
             args.worker_type,
             args.task_id,
-            env=os.environ,
+            env=env,
             repo=args.repo,
             branch=args.branch,
             model=args.model,

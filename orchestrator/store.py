@@ -109,10 +109,6 @@ class OrchestrationDir:
     # What every process that writes the volume sets, whoever started it (docker exec gives 022).
     UMASK = 0o007
 
-    @classmethod
-    def from_env(cls) -> OrchestrationDir:
-        return cls(Path(os.environ.get("ORCHESTRATION_DIR") or DEFAULT_ROOT))
-
     def ensure(self) -> None:
         """Make the folders; whoever owns them (the manager) also closes them to anyone outside
         the group, which a volume made by an older version left open."""

@@ -63,15 +63,23 @@ def natural_key(text: str) -> list[Any]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in _NUMBERS.split(text)]
 
 
+# Every time stamp on the volume and in the logs: UTC, to the second.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def parse_time(stamp: str | None) -> datetime | None:
     try:
-        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if stamp else None
+        return datetime.strptime(stamp, TIME_FORMAT).replace(tzinfo=UTC) if stamp else None
     except ValueError:
         return None
 
 
+def format_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime(TIME_FORMAT)
+
+
 def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(datetime.now(UTC))
 
 
 def validate_task_id(task_id: object, field_name: str = "id") -> str:

@@ -21,14 +21,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import config
+from . import config, environment
 from .cli import HelpFormatter, run_command
 from .docker import DockerError, NameConflict, NoSuchContainer, NoSuchVolume, NotRunning, docker, labels, text
 from .errors import InvalidInput, UserError
 from .store import OrchestrationDir
 from .tasks import State, Task
 
-CONTAINER_ROOT = "/orchestration"
+CONTAINER_ROOT = config.CONTAINER_ORCHESTRATION_DIR
 HELPER_IDLE_SECONDS = 600  # a helper nobody used for this long goes away
 # Touched by every command the helper runs; its idle loop watches it.
 HELPER_STAMP = Path("/tmp/orchestrator-volume-used")
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "idle":
         return idle(args.seconds)
     os.umask(OrchestrationDir.UMASK)
-    orch = OrchestrationDir.from_env()
+    orch = OrchestrationDir(Path(environment.ORCHESTRATION_DIR.require(os.environ)))
 
     def work() -> int:
         # In a helper, its idle loop made the stamp; anywhere else there is none to touch.

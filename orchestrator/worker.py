@@ -33,6 +33,7 @@ from types import FrameType
 from typing import TextIO
 
 from . import agent, delivery, environment, git, sandbox
+from .agents import agent_cli
 from .cli import HelpFormatter, run_command
 from .config import DEFAULT_TASK_TIMEOUT
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
@@ -40,7 +41,24 @@ from .relay import ApiRelay
 from .sandbox import RUNTIME_PATH, AgentUser
 from .secrets import GIT_TOKEN_ENV, SECRET_ENV, Secrets, scrubber
 from .store import AlreadyExists, OrchestrationDir
-from .tasks import State, Task, TaskResult, utc_now
+from .tasks import State, Task, TaskResult, format_time, utc_now
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How the attempt went, before its work is handed back."""
+
+    status: State
+    error: str | None
+    run: agent.AgentRun | None = None
+    task: Task | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentOutcome:
+    run: agent.AgentRun
+    timeout: int
 
 
 class Stopped(Exception):
@@ -77,6 +95,7 @@ class WorkerConfig:
     git_user_name: str
     git_user_email: str
     branch_prefix: str
+    agent_cli: str  # which agent CLI runs the task (agents.py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], task_id: str | None = None) -> WorkerConfig:
@@ -106,6 +125,7 @@ class WorkerConfig:
             git_user_name=environment.GIT_USER_NAME.require(env),
             git_user_email=environment.GIT_USER_EMAIL.require(env),
             branch_prefix=environment.BRANCH_PREFIX.require(env),
+            agent_cli=environment.AGENT_CLI.require(env),
         )
 
 
@@ -205,80 +225,10 @@ class Worker:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.on_signal)
         threading.Thread(target=self.watch_for_stop, name="stop-requests", daemon=True).start()
-        run: agent.AgentRun | None = None
-        task: Task | None = None
-        model = config.model
-        relay: ApiRelay | None = None
         self.secrets = secrets
-        try:
-            self.log_file = open(orch.worker_log_path(config.task_id), "w", encoding="utf-8")  # noqa: SIM115
-            self.set_state(State.RUNNING, started_at=started_at)
-            task = orch.load_task(config.task_id)
-            model = task.model or config.model
-            timeout = config.timeout or task.timeout or DEFAULT_TASK_TIMEOUT
-            if not config.repo_url:
-                raise UserError("no repository: REPO_URL is not set")
-            if secrets.claude is None:
-                raise UserError("no Claude credential was given to the worker (spawn-worker --token)")
-            user = AgentUser.named(config.agent_user)
-            sandbox.check_runtime_can_switch(user)
-            relay = ApiRelay(secrets.claude, config.api_url, on_notice=lambda notice: self.say(notice.message)).start()
-            self.git_env = {environment.REPO_URL.name: config.repo_url}
-            if secrets.git_token:
-                self.git_env[GIT_TOKEN_ENV] = secrets.git_token
-            git.configure_identity(config.git_user_name, config.git_user_email)
-            git.configure_credentials()
-            git.prepare_ssh(config.home)
-            self.prepare_agent_folders(user)
-            start_from = self.start_points(task)
-            self.say(f"cloning {config.repo_url} (branch {config.branch})")
-            self.workspace = delivery.prepare(
-                url=config.repo_url,
-                branch=config.branch,
-                wanted=git.task_branch(config.branch_prefix, config.task_id, config.attempt),
-                own=config.runtime_dir / "repo",
-                agent=config.workspace / "repo",
-                user=user,
-                agent_env=self.agent_env(user, model),
-                git_env=self.git_env,
-                scrub=self.scrub,
-                say=self.say,
-                task_id=config.task_id,
-                start_from=start_from,
-                origin_access=self.origin_access,
-            )
-            self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
-            # For orch's dispatcher, which stops a worker that outlives this by far.
-            deadline = datetime.now(UTC) + timedelta(seconds=timeout)
-            self.set_state(State.RUNNING, deadline=deadline.strftime("%Y-%m-%dT%H:%M:%SZ"))
-            if self.requested is not None:
-                raise Stopped(self.requested)  # asked to stop while it cloned
-            with open(orch.log_path(config.task_id), "w", encoding="utf-8") as transcript:
-                self.agent = agent.AgentProcess(
-                    agent.headless_argv(model, task.max_turns),
-                    prompt=task.prompt,
-                    user=user,
-                    cwd=str(self.workspace.agent),
-                    env={**self.agent_env(user, model), **relay.agent_environment()},
-                    timeout=timeout,
-                    on_line=self.agent_line,
-                    transcript=transcript,
-                    scrub=self.scrub,
-                )
-                run = self.agent.run()
-            status, error = agent.judge(run, timeout)
-        except Stopped as stop:
-            status, error = stop.state, f"the worker was stopped ({stop.state.value}) before the agent started"
-        except delivery.Blocked as exc:
-            status, error = State.BLOCKED, str(exc)
-        except UserError as exc:
-            status, error = State.FAILED, str(exc)
-        except BaseException as exc:  # noqa: BLE001 (a bug must still leave a result behind)
-            self.say("internal error:\n" + "".join(traceback.format_exception(exc)))
-            status, error = State.FAILED, f"internal error in the worker: {type(exc).__name__}: {exc}"
+        done = self.attempt(started_at)
         self.finishing = True
-        if relay is not None:
-            relay.stop()
+        status, error, run, task, model = done.status, done.error, done.run, done.task, done.model
         try:
             handed_back = self.hand_back(task) if self.workspace is not None and task is not None else None
         finally:
@@ -307,6 +257,96 @@ class Worker:
             self.set_state(status, error)
         print(f"[worker {config.task_id}] result written to {orch.result_path(config.task_id)} (status {status.value})")
         return EXIT_OK if status is State.SUCCESS else EXIT_FAILURE
+
+    def attempt(self, started_at: str) -> Attempt:
+        """Prepare, then run the agent; how it went, whatever goes wrong (the hand-back follows)."""
+        config = self.config
+        done = Attempt(State.FAILED, None, model=config.model)
+        try:
+            self.log_file = open(config.orch.worker_log_path(config.task_id), "w", encoding="utf-8")  # noqa: SIM115
+            self.set_state(State.RUNNING, started_at=started_at)
+            task = config.orch.load_task(config.task_id)
+            done = Attempt(State.FAILED, None, task=task, model=task.model or config.model)
+            user = self.prepare(task, done.model)
+            run = self.run_agent(task, user, done.model, config.timeout or task.timeout or DEFAULT_TASK_TIMEOUT)
+            status, error = agent.judge(run.run, run.timeout)
+            return Attempt(status, error, run.run, task, done.model)
+        except Stopped as stop:
+            error = f"the worker was stopped ({stop.state.value}) before the agent started"
+            return dataclasses.replace(done, status=stop.state, error=error)
+        except delivery.Blocked as exc:
+            return dataclasses.replace(done, status=State.BLOCKED, error=str(exc))
+        except UserError as exc:
+            return dataclasses.replace(done, error=str(exc))
+        except BaseException as exc:  # noqa: BLE001 (a bug must still leave a result behind)
+            self.say("internal error:\n" + "".join(traceback.format_exception(exc)))
+            return dataclasses.replace(done, error=f"internal error in the worker: {type(exc).__name__}: {exc}")
+
+    def prepare(self, task: Task, model: str | None) -> AgentUser:
+        """Everything before the agent runs: the checks, git's set-up, the agent's folders and its
+        clone, on the task's branch, started where the task starts from."""
+        config, secrets = self.config, self.secrets
+        if not config.repo_url:
+            raise UserError("no repository: REPO_URL is not set")
+        if secrets is None or secrets.claude is None:
+            raise UserError("no Claude credential was given to the worker (spawn-worker --token)")
+        user = AgentUser.named(config.agent_user)
+        sandbox.check_runtime_can_switch(user)
+        self.git_env = {environment.REPO_URL.name: config.repo_url}
+        if secrets.git_token:
+            self.git_env[GIT_TOKEN_ENV] = secrets.git_token
+        git.configure_identity(config.git_user_name, config.git_user_email)
+        git.configure_credentials()
+        git.prepare_ssh(config.home)
+        self.prepare_agent_folders(user)
+        start_from = self.start_points(task)
+        self.say(f"cloning {config.repo_url} (branch {config.branch})")
+        self.workspace = delivery.prepare(
+            url=config.repo_url,
+            branch=config.branch,
+            wanted=git.task_branch(config.branch_prefix, config.task_id, config.attempt),
+            own=config.runtime_dir / "repo",
+            agent=config.workspace / "repo",
+            user=user,
+            agent_env=self.agent_env(user, model),
+            git_env=self.git_env,
+            scrub=self.scrub,
+            say=self.say,
+            task_id=config.task_id,
+            start_from=start_from,
+            origin_access=self.origin_access,
+        )
+        return user
+
+    def run_agent(self, task: Task, user: AgentUser, model: str | None, timeout: int) -> AgentOutcome:
+        """The agent's run, through the relay, under its timeout."""
+        config = self.config
+        cli = agent_cli(config.agent_cli)
+        assert self.secrets is not None and self.secrets.claude is not None and self.workspace is not None
+        self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
+        # For orch's dispatcher, which stops a worker that outlives this by far.
+        self.set_state(State.RUNNING, deadline=format_time(datetime.now(UTC) + timedelta(seconds=timeout)))
+        if self.requested is not None:
+            raise Stopped(self.requested)  # asked to stop while it cloned
+        credential = self.secrets.claude
+        with (
+            ApiRelay(credential, config.api_url, on_notice=lambda notice: self.say(notice.message)) as relay,
+            open(config.orch.log_path(config.task_id), "w", encoding="utf-8") as transcript,
+        ):
+            self.agent = agent.AgentProcess(
+                cli.argv(model, task.max_turns),
+                prompt=task.prompt,
+                user=user,
+                cwd=str(self.workspace.agent),
+                env={**self.agent_env(user, model), **cli.environment(relay.url, relay.ticket,
+                                                                     api_key=credential.is_api_key)},
+                timeout=timeout,
+                on_line=self.agent_line,
+                transcript=transcript,
+                scrub=self.scrub,
+                reader=cli.reader(),
+            )  # fmt: skip
+            return AgentOutcome(self.agent.run(), timeout)
 
     def start_points(self, task: Task) -> list[delivery.StartPoint]:
         """Where the task's branch starts: where an interrupted attempt before it left off, else
@@ -368,7 +408,7 @@ class Worker:
         if not tmp.is_dir():
             tmp.mkdir()
         os.chmod(tmp, 0o1777)
-        claude = shutil.which(agent.CLAUDE, path=self.env.get("PATH"))
+        claude = shutil.which(agent_cli(self.config.agent_cli).command, path=self.env.get("PATH"))
         home = shlex.quote(str(self.agent_home))
         # Claude Code looks for itself in ~/.local/bin and says it is "missing or broken" otherwise.
         script = f"mkdir -p -m 0700 {home} && mkdir -p {home}/.local/bin"
@@ -440,23 +480,18 @@ class Worker:
         duration: float,
         handed_back: delivery.Delivery | None = None,
     ) -> TaskResult:
-        final = run.final if run and run.final else {}
-        said = final.get("result")
-        output = said if isinstance(said, str) else (run.last_text if run else "")
-        cost = final.get("total_cost_usd")
-        turns = final.get("num_turns")
-        session = final.get("session_id")
+        report = run.report if run is not None else None
         result = TaskResult(
             task_id=self.config.task_id,
             status=status,
-            output=self.scrub(output),
+            output=self.scrub(report.output if report else ""),
             completed_at=utc_now(),
             started_at=started_at,
             duration_seconds=round(duration, 3),
             exit_code=run.exit_code if run else None,
-            cost_usd=cost if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
-            num_turns=turns if isinstance(turns, int) and not isinstance(turns, bool) else None,
-            session_id=session if isinstance(session, str) else None,
+            cost_usd=report.cost_usd if report else None,
+            num_turns=report.turns if report else None,
+            session_id=report.session_id if report else None,
             model=model,
             error=self.scrub(error) if error else None,
             attempt=self.config.attempt,

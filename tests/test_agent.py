@@ -11,13 +11,8 @@ import json
 
 import pytest
 
-from orchestrator.agent import (
-    AgentProcess,
-    AgentRun,
-    headless_argv,
-    judge,
-    render_event,
-)
+from orchestrator.agent import AgentProcess, AgentReport, AgentRun, judge
+from orchestrator.agent_claude import ClaudeStream, headless_argv, render_event
 from orchestrator.sandbox import AgentUser
 from orchestrator.tasks import State
 
@@ -28,9 +23,17 @@ def events(name: str) -> list[dict]:
     return [json.loads(line) for line in (FIXTURES / name).read_text().splitlines() if line.strip()]
 
 
+def report_of(*stream: dict | None) -> AgentReport:
+    """What Claude Code's reader makes of these events, as the worker reads them."""
+    reader = ClaudeStream()
+    for event in stream:
+        if event is not None:
+            reader.feed(json.dumps(event))
+    return reader.report()
+
+
 def run_of(stream: list[dict], exit_code: int) -> AgentRun:
-    final = next((e for e in stream if e.get("type") == "result"), None)
-    return AgentRun(exit_code=exit_code, final=final, last_text="", stderr_tail="")
+    return AgentRun(exit_code=exit_code, report=report_of(*stream), stderr_tail="")
 
 
 SUCCESS = {
@@ -46,7 +49,7 @@ SUCCESS = {
 
 
 def test_success_needs_a_clean_result_and_exit_code_zero():
-    assert judge(AgentRun(0, SUCCESS, "", ""), 60) == (State.SUCCESS, None)
+    assert judge(AgentRun(0, report_of(SUCCESS), ""), 60) == (State.SUCCESS, None)
 
 
 @pytest.mark.parametrize(
@@ -76,15 +79,27 @@ def test_real_error_streams_are_failures_even_with_subtype_success(fixture, mess
     ],
 )
 def test_anything_short_of_a_clean_result_fails(final, exit_code, expected):
-    state, error = judge(AgentRun(exit_code, final, "", "boom"), 60)
+    state, error = judge(AgentRun(exit_code, report_of(final), "boom"), 60)
     assert state is State.FAILED
     assert expected in (error or "")
 
 
 def test_stopped_runs_are_timeout_or_cancelled_whatever_the_agent_said():
-    assert judge(AgentRun(-15, SUCCESS, "", "", stopped="timeout"), 30)[0] is State.TIMEOUT
-    assert "30 s" in (judge(AgentRun(-15, None, "", "", stopped="timeout"), 30)[1] or "")
-    assert judge(AgentRun(-15, None, "", "", stopped="cancelled"), 30)[0] is State.CANCELLED
+    assert judge(AgentRun(-15, report_of(SUCCESS), "", stopped="timeout"), 30)[0] is State.TIMEOUT
+    assert "30 s" in (judge(AgentRun(-15, report_of(), "", stopped="timeout"), 30)[1] or "")
+    assert judge(AgentRun(-15, report_of(), "", stopped="cancelled"), 30)[0] is State.CANCELLED
+
+
+def test_the_error_says_what_the_agent_said_and_no_subtype_that_says_nothing():
+    # Claude Code ends an API error with subtype "success" and is_error true: "(success)" would mislead.
+    api_error = {**SUCCESS, "is_error": True, "result": "API Error: 529 Overloaded"}
+    assert (
+        judge(AgentRun(1, report_of(api_error), ""), 60)[1] == "the agent reported an error: API Error: 529 Overloaded"
+    )
+    turns = {**SUCCESS, "subtype": "error_max_turns", "is_error": True, "result": "Reached maximum number of turns"}
+    assert judge(AgentRun(1, report_of(turns), ""), 60)[1] == (
+        "the agent reported an error (error_max_turns): Reached maximum number of turns"
+    )
 
 
 def test_rendering_is_readable():
@@ -131,6 +146,7 @@ def test_a_stop_before_the_start_keeps_the_agent_from_starting(tmp_path):
         on_line=lambda line: None,
         transcript=io.StringIO(),
         scrub=str,
+        reader=ClaudeStream(),
     )
     process.stop("cancelled")
     run = process.run()  # would raise FileNotFoundError had it tried to start
@@ -149,7 +165,7 @@ def test_what_is_kept_and_shown_of_the_agent_s_output_is_bounded(tmp_path, monke
     transcript = io.StringIO()
     process = AgentProcess(["claude"], prompt="p", user=AgentUser("nobody", 65534, 65534, tmp_path),
                            cwd=str(tmp_path), env={}, timeout=None, on_line=shown.append, transcript=transcript,
-                           scrub=str)  # fmt: skip
+                           scrub=str, reader=ClaudeStream())  # fmt: skip
     long_line = "x" * 900 + "\n"
     final = json.dumps(SUCCESS) + "\n"
     process._read_stdout(io.StringIO("y" * 30 + "\n" + long_line + "z" * 30 + "\n"))
@@ -159,4 +175,4 @@ def test_what_is_kept_and_shown_of_the_agent_s_output_is_bounded(tmp_path, monke
     assert sum(len(line) + 1 for line in transcript.getvalue().splitlines()) <= 1000 + 500
     assert "transcript cut at 1000 bytes" in transcript.getvalue().splitlines()[-1]
     assert "cut here, at 1000 bytes" in shown[-1] and sum(len(line) for line in shown) <= 1000 + 500
-    assert process._final == SUCCESS  # read all the same: the outcome does not depend on the cut
+    assert process.reader.report() == report_of(SUCCESS)  # read all the same: the outcome does not depend on the cut

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from orchestrator.agent import headless_argv
+from orchestrator.agent_claude import headless_argv
 from orchestrator.entrypoint import manager_argv
 from orchestrator.images import pinned_claude_code_version
 
