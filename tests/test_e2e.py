@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from .engine import PREFIX, GitServer, Run, container_file, run_py, sh
+from .engine import PREFIX, GitServer, Run, run_py, sh
 from .helpers import ROOT
 from .scripted_api import attempts, bash, error, reply, text, write
 
@@ -72,8 +72,11 @@ def test_three_workers_run_in_parallel_and_a_failing_agent_fails(
         assert result["cost_usd"] > 0 and result["num_turns"] >= 3 and result["exit_code"] == 0
         assert result["branch"] == f"orchestrator/{t}" and result["pushed"] is True
         assert json.loads(run.read(f"status/{t}.json"))["state"] == "success"
-        # The real Write tool edited the agent's clone; the real Bash tool saw it there.
-        assert container_file(f"worker-{t}", f"/workspace/repo/notes/{t}.txt") == f"note of {t}\n"
+        # The real Write tool edited the agent's clone; the real Bash tool saw it there; the work is
+        # on its branch (the clone itself was on a tmpfs, gone with the container).
+        shown = sh("git", "--git-dir", str(git_server.base / f"app-{run.id}.git"), "show",
+                   f"orchestrator/{t}:notes/{t}.txt").stdout  # fmt: skip
+        assert shown == f"note of {t}\n"
         assert run.tool_results(t)[1] == "?? notes/"
         logs = sh("docker", "logs", f"worker-{t}").stdout
         assert f"cloning {repo}" in logs
