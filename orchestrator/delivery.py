@@ -34,7 +34,8 @@ from . import git, sandbox
 from .errors import UserError
 from .git import GitError
 from .sandbox import AgentUser
-from .tasks import Task
+from .store import OrchestrationDir
+from .tasks import State, Task
 
 TITLE_LIMIT = 72
 # upload-pack is the part of git made to serve untrusted repositories; the agent's user reads the
@@ -66,6 +67,49 @@ class StartPoint:
 
 class Blocked(UserError):
     """The task cannot start from its dependencies' work (they conflict, or origin lacks it)."""
+
+
+def start_points(
+    task: Task, orch: OrchestrationDir, attempt: int | None, say: Callable[[str], None]
+) -> list[StartPoint]:
+    """Where the task's branch starts: where an interrupted attempt before it left off, else the
+    work of the tasks it depends on. A dependency that changed nothing adds nothing; one that did
+    not succeed blocks the task."""
+    resumed = interrupted_work(task.id, orch, attempt, say)
+    if resumed is not None:
+        return [resumed]
+    points = []
+    for dep in task.depends_on:
+        try:
+            result = orch.load_result(dep)
+        except UserError as exc:
+            raise Blocked(f"it depends on {dep}, whose result cannot be read: {exc}") from None
+        if result is None or not result.succeeded:
+            how = "has no result" if result is None else f"ended {result.status.value}"
+            raise Blocked(f"it depends on {dep}, which {how}")
+        if result.branch and result.pushed and result.head_commit:
+            points.append(StartPoint(dep, result.branch, result.head_commit))
+    return points
+
+
+def interrupted_work(
+    task_id: str, orch: OrchestrationDir, attempt: int | None, say: Callable[[str], None]
+) -> StartPoint | None:
+    """What the attempt before this one handed back, when it was interrupted (orch queued this
+    one to carry on from there): its pushed branch, or its bundle."""
+    if not attempt or attempt < 2:
+        return None
+    try:
+        earlier = orch.load_archived_result(task_id, attempt - 1)
+    except UserError:
+        return None
+    if earlier is None or earlier.status is not State.INTERRUPTED or not earlier.branch or not earlier.head_commit:
+        return None
+    if not earlier.pushed and not earlier.bundle:
+        return None
+    bundle = None if earlier.pushed else earlier.bundle  # origin has it, or only the bundle does
+    say(f"attempt {attempt - 1} was interrupted; carrying on from its work ({earlier.branch})")
+    return StartPoint(task_id, earlier.branch, earlier.head_commit, bundle, earlier.base_commit)
 
 
 @dataclass(frozen=True)

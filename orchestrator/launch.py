@@ -38,9 +38,9 @@ from .docker import (
 )
 from .errors import UserError
 from .git import host_config
+from .limits import WorkerLimits
 from .login import check_login
 from .secrets import DEFAULT_TOKEN_FILE, Secrets
-from .workerspec import WorkerLimits, stop_timeout
 
 DEFAULT_NAME = "claude-manager"
 # The folder of the engine's socket, not the socket file: an engine that restarts without
@@ -285,7 +285,9 @@ def manager_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[s
         environment.WORKER_PIDS: str(limits.pids),
         environment.WORKER_DISK: limits.disk,
         environment.STORAGE_QUOTA: None,  # found out once the engine is reached (main)
-        environment.STOP_TIMEOUT: str(stop_timeout({environment.STOP_TIMEOUT.name: args.stop_timeout or ""})),
+        environment.STOP_TIMEOUT: str(
+            environment.STOP_TIMEOUT.whole_number({environment.STOP_TIMEOUT.name: args.stop_timeout or ""})
+        ),
         environment.PUSH_RETRY_SECONDS: env.get(environment.PUSH_RETRY_SECONDS.name),
     }
     assert set(values) == set(environment.MANAGER_SETTINGS)

@@ -102,11 +102,7 @@ class WorkerConfig:
         task_id = task_id or environment.TASK_ID.get(env)
         if not task_id:
             raise UserError("no task id: set TASK_ID or pass --task-id")
-        timeout_text = environment.TASK_TIMEOUT.get(env)
-        try:
-            timeout = int(timeout_text) if timeout_text else None
-        except ValueError:
-            raise UserError(f"TASK_TIMEOUT must be a whole number of seconds, not {timeout_text!r}") from None
+        timeout = environment.TASK_TIMEOUT.whole_number(env) if environment.TASK_TIMEOUT.get(env) else None
         attempt = environment.TASK_ATTEMPT.require(env)
         return cls(
             task_id=task_id,
@@ -299,7 +295,7 @@ class Worker:
         git.configure_credentials()
         git.prepare_ssh(config.home)
         self.prepare_agent_folders(user)
-        start_from = self.start_points(task)
+        start_from = delivery.start_points(task, config.orch, config.attempt, self.say)
         self.say(f"cloning {config.repo_url} (branch {config.branch})")
         self.workspace = delivery.prepare(
             url=config.repo_url,
@@ -347,44 +343,6 @@ class Worker:
                 reader=cli.reader(),
             )  # fmt: skip
             return AgentOutcome(self.agent.run(), timeout)
-
-    def start_points(self, task: Task) -> list[delivery.StartPoint]:
-        """Where the task's branch starts: where an interrupted attempt before it left off, else
-        the work of the tasks it depends on. A dependency that changed nothing adds nothing;
-        one that did not succeed blocks the task."""
-        resumed = self.interrupted_work()
-        if resumed is not None:
-            return [resumed]
-        points = []
-        for dep in task.depends_on:
-            try:
-                result = self.config.orch.load_result(dep)
-            except UserError as exc:
-                raise delivery.Blocked(f"it depends on {dep}, whose result cannot be read: {exc}") from None
-            if result is None or not result.succeeded:
-                how = "has no result" if result is None else f"ended {result.status.value}"
-                raise delivery.Blocked(f"it depends on {dep}, which {how}")
-            if result.branch and result.pushed and result.head_commit:
-                points.append(delivery.StartPoint(dep, result.branch, result.head_commit))
-        return points
-
-    def interrupted_work(self) -> delivery.StartPoint | None:
-        """What the attempt before this one handed back, when it was interrupted (orch queued
-        this one to carry on from there): its pushed branch, or its bundle."""
-        config = self.config
-        if not config.attempt or config.attempt < 2:
-            return None
-        try:
-            earlier = config.orch.load_archived_result(config.task_id, config.attempt - 1)
-        except UserError:
-            return None
-        if earlier is None or earlier.status is not State.INTERRUPTED or not earlier.branch or not earlier.head_commit:
-            return None
-        if not earlier.pushed and not earlier.bundle:
-            return None
-        bundle = None if earlier.pushed else earlier.bundle  # origin has it, or only the bundle does
-        self.say(f"attempt {config.attempt - 1} was interrupted; carrying on from its work ({earlier.branch})")
-        return delivery.StartPoint(config.task_id, earlier.branch, earlier.head_commit, bundle, earlier.base_commit)
 
     def origin_access(self) -> contextlib.AbstractContextManager[object]:
         """What git needs to reach origin, on disk for as long as it does (the SSH key)."""

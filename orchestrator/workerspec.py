@@ -17,20 +17,13 @@ from .docker import (
     labels,
     storage_quota_supported,
 )
-from .errors import InvalidInput, UserError
+from .errors import UserError
 from .limits import WorkerLimits
 from .secrets import Secrets
 from .tasks import validate_task_id
 
 # The runtime's capabilities: to start the agent as its own user, and to end its processes.
 RUNTIME_CAPABILITIES = ("SETUID", "SETGID", "KILL")
-
-
-def stop_timeout(env: Mapping[str, str]) -> int:
-    text = environment.STOP_TIMEOUT.require(env)
-    if not text.isdigit() or int(text) <= 0:
-        raise InvalidInput(f"{environment.STOP_TIMEOUT.name} must be a positive number of seconds, not {text!r}")
-    return int(text)
 
 
 class WorkerDidNotStart(UserError):
@@ -177,7 +170,7 @@ def worker_spec(
             env=env,
         ),
         limits=limits,
-        stop_timeout=stop_timeout(env),
+        stop_timeout=environment.STOP_TIMEOUT.whole_number(env),
         attempt=attempt,
         push_retry=env.get(environment.PUSH_RETRY_SECONDS.name),
         branch_prefix=check_branch_prefix(branch_prefix or environment.BRANCH_PREFIX.require(env)),
