@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config, limits
+from .batches import current_or_new, next_task_id
 from .dependencies import unstarted_dependencies
 from .engine import Engine
 from .errors import InvalidInput, UserError
@@ -23,6 +24,7 @@ from .tasks import (
     ACTIVE_STATES,
     FINISHED_STATES,
     SETTLED_STATES,
+    Batch,
     State,
     Task,
     TaskResult,
@@ -96,11 +98,6 @@ def work_is_safe(result: TaskResult | None) -> bool:
 # --- Changes orch makes. Each runs under the state lock.
 
 
-def next_task_id(orch: OrchestrationDir) -> str:
-    numbers = [int(m.group(1)) for name in orch.task_ids() if (m := GENERATED_ID.fullmatch(name))]
-    return f"task-{max(numbers, default=0) + 1:03d}"
-
-
 def submit(
     orch: OrchestrationDir,
     *,
@@ -115,8 +112,10 @@ def submit(
     cpus: str | None = None,
     pids_limit: str | None = None,
     disk: str | None = None,
+    batch: Batch | None = None,
 ) -> Task:
-    """Write a new task (never over an existing one) and mark it submitted."""
+    """Write a new task (never over an existing one) into ``batch`` (default: the current one, or a
+    new one named after the prompt) and mark it submitted."""
     if task_id is not None:
         validate_task_id(task_id, "--id")
     config.worker_image(worker, "")  # validates the type
@@ -132,8 +131,10 @@ def submit(
     unknown = [dep for dep in deps if dep not in known]
     if unknown:
         raise InvalidInput(f"--depends-on names {', '.join(unknown)}, which does not exist")
+    if batch is None:
+        batch, _ = current_or_new(orch, prompt)
     task = Task(
-        id=task_id or next_task_id(orch),
+        id=task_id or next_task_id(orch, batch),
         prompt=prompt,
         model=model,
         timeout=timeout,
@@ -144,6 +145,7 @@ def submit(
         cpus=limits.check_cpus(cpus) if cpus else None,
         pids_limit=limits.check_pids(pids_limit) if pids_limit else None,
         disk=limits.check_disk(disk) if disk else None,
+        batch=batch.id,
     )
     if task.id in deps:
         raise InvalidInput("--depends-on names the task itself")
@@ -151,7 +153,7 @@ def submit(
         write_json_once(orch.task_path(task.id), task.to_json())
     except AlreadyExists:
         raise InvalidInput(f"task {task.id} exists already; pick another --id") from None
-    orch.update_status(task.id, State.SUBMITTED, worker_type=worker, attempt=1)
+    orch.update_status(task.id, State.SUBMITTED, worker_type=worker, attempt=1, batch=batch.id)
     return task
 
 

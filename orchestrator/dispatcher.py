@@ -283,10 +283,12 @@ class Dispatcher:
             self.fail_to_start(view, UserError(f"internal error: {type(exc).__name__}: {exc}"))
 
     def fail_to_start(self, view: TaskView, exc: UserError) -> None:
+        # The whole docker command is for this log; the task's note is the daemon's own line.
         self.say(f"could not start a worker for {view.id}: {exc}")
+        reason = exc.reason if isinstance(exc, DockerError) else str(exc)
         with self.orch.locked():
             record_outcome(
-                self.orch, load_view(self.orch, view.id), State.FAILED, f"its worker could not be started: {exc}"
+                self.orch, load_view(self.orch, view.id), State.FAILED, f"its worker could not be started: {reason}"
             )
         self.wake()
 
@@ -310,7 +312,4 @@ class Dispatcher:
             engine=settings.engine,
             storage_quota=settings.storage_quota,
         )
-        try:
-            spawn(spec, str(self.orch.root), self.engine)
-        except DockerError as exc:
-            raise UserError(str(exc)) from None
+        spawn(spec, str(self.orch.root), self.engine)

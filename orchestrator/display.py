@@ -71,15 +71,19 @@ def status_table(views: Sequence[TaskView]) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n" + summary(views)
 
 
-def status_json(views: Sequence[TaskView]) -> str:
+def status_json(views: Sequence[TaskView], batch: str | None = None) -> str:
     """The document, one task a line: json's C encoder writes each, where an indented dump would
-    go through its Python one, slower by far over thousands of tasks."""
+    go through its Python one, slower by far over thousands of tasks. ``batch``: whose tasks
+    these are (None: the tasks named, or every task)."""
     at = now()
     tasks = ",\n".join(f"    {json.dumps(v.to_json(at))}" for v in views)
     counts = json.dumps(dict(Counter(v.state.value for v in views)))
     total = json.dumps(round(sum(v.cost or 0.0 for v in views), 6))
     listed = f"[\n{tasks}\n  ]" if views else "[]"
-    return f'{{\n  "tasks": {listed},\n  "counts": {counts},\n  "total_cost_usd": {total}\n}}'
+    return (
+        f'{{\n  "batch": {json.dumps(batch)},\n  "tasks": {listed},\n  "counts": {counts},\n'
+        f'  "total_cost_usd": {total}\n}}'
+    )
 
 
 def progress_line(views: Sequence[TaskView], elapsed: float) -> str:

@@ -31,6 +31,15 @@ class DockerError(UserError):
         detail = self.stderr or f"exit code {returncode}"
         super().__init__(message or f"`{shlex.join(self.argv)}` failed: {detail}")
 
+    @property
+    def reason(self) -> str:
+        """The daemon's own words, in one line (the full command line is for the logs)."""
+        lines = [line.strip() for line in self.stderr.splitlines() if line.strip() and not line.startswith("See '")]
+        last = next(
+            (line for line in reversed(lines) if "Error" in line or "error" in line), lines[-1] if lines else ""
+        )
+        return last.removeprefix("docker: ").removeprefix("Error response from daemon: ") or str(self)
+
     @classmethod
     def from_process(cls, argv: Sequence[str], proc: subprocess.CompletedProcess[Any]) -> DockerError:
         stderr = proc.stderr if isinstance(proc.stderr, str) else (proc.stderr or b"").decode("utf-8", "replace")
@@ -176,6 +185,27 @@ def container_label(info: Mapping[str, Any], key: str) -> str | None:
 def remove_container(name: str) -> None:
     """Remove a container, running or not; one that is already gone is fine."""
     docker("rm", "--force", name, check=False, timeout=60)
+
+
+def images_named(prefix: str) -> list[str]:
+    """The repositories of the engine's images whose names start with ``prefix``."""
+    proc = docker("images", "--format", "{{.Repository}}", timeout=30)
+    return sorted({name for name in text(proc).split() if name.startswith(prefix)})
+
+
+def engine_cpus() -> int | None:
+    """How many CPUs the engine has; None when it does not say."""
+    found = text(docker("info", "--format", "{{.NCPU}}", check=False, timeout=30)).strip()
+    return int(found) if found.isdigit() else None
+
+
+def running_managers(volume: str | None = None) -> list[str]:
+    """The manager containers that run (of the batch on ``volume``, when given): where orch runs."""
+    filters = ["--filter", "label=orchestrator.role=manager", "--filter", "status=running"]
+    if volume:
+        filters += ["--filter", f"label=orchestrator.volume={volume}"]
+    proc = docker("ps", *filters, "--format", "{{.Names}}", check=False, timeout=30)
+    return sorted(text(proc).split()) if proc.returncode == 0 else []
 
 
 def image_exists(name: str) -> bool:

@@ -153,19 +153,23 @@ def existing_worker(spec: WorkerSpec) -> UserError:
     owner = container_label(existing, config.LABEL_VOLUME)
     if owner and owner != spec.volume:
         return UserError(
-            f"{spec.container} belongs to the batch on the volume {owner}; batches that run at once "
-            f"need different task ids (orch submit --id)"
+            f"{spec.container} is a worker of the batch on the volume {owner}: two batches on one engine cannot "
+            f"both have a task {spec.task_id} at once. Give this one another id (orch submit --id, or the task "
+            f"file's name and id), or run it once that worker is gone (`orch cleanup --volume {owner}` removes the "
+            "finished ones); ids orch makes up never collide"
         )
     if state.get("Running"):
         return WorkerExists(f"task {spec.task_id} already has a running worker ({spec.container})", "running")
     if state.get("Status") == "created":
         return WorkerExists(
-            f"{spec.container} exists but was never started (a spawn that failed, or one under way); "
-            f"remove it with `docker rm {spec.container}` to run the task",
+            f"{spec.container} exists but was never started (a spawn under way, or one that failed); wait a moment "
+            f"and look again (`orch status {spec.task_id}`), or remove it (`docker rm {spec.container}`: it never "
+            "ran, nothing is lost)",
             "created",
         )
     return WorkerExists(
-        f"{spec.container} exists (exited with code {state.get('ExitCode')}); "
-        f"see `docker logs {spec.container}`, then `docker rm {spec.container}` to run the task again",
+        f"task {spec.task_id} ran already: its worker {spec.container} exited with code {state.get('ExitCode')} "
+        f"(`docker logs {spec.container}` shows it). `orch retry {spec.task_id}` runs it again and keeps this "
+        "attempt and its container; or give a new task a new id",
         state.get("Status"),
     )

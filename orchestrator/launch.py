@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import stat
 import sys
@@ -36,7 +37,7 @@ from .docker import (
     remove_container,
     storage_quota_supported,
 )
-from .errors import UserError
+from .errors import InvalidInput, UserError
 from .git import host_config
 from .limits import WorkerLimits
 from .login import check_login
@@ -104,7 +105,7 @@ class ManagerSpec:
             # run.py removes it once it has ended.
             "--interactive",
             *(["--tty"] if self.tty else []),
-            *labels({config.LABEL_ROLE: "manager"}),
+            *labels({config.LABEL_ROLE: "manager", config.LABEL_VOLUME: self.volume}),
             *self.socket_mount(),
             # The socket's group, so that the non-root user may use it.
             "--group-add", str(self.socket_gid),
@@ -130,7 +131,10 @@ def ensure_images(args: argparse.Namespace, ca_certs: Sequence[Path]) -> str:
               file=sys.stderr)  # fmt: skip
     if args.build or not image_exists(worker):
         print(f"run.py: building {worker}", flush=True)
-        images.build_worker_image(worker, config.DEFAULT_WORKER_TYPE, manager)
+        sdk = {"FLUTTER_VERSION": args.flutter_version} if args.flutter_version else {}
+        images.build_worker_image(worker, config.DEFAULT_WORKER_TYPE, manager, build_args=sdk)
+    elif args.flutter_version:
+        print("run.py: note: --flutter-version applies to image builds; add --build to rebuild", file=sys.stderr)
     return manager
 
 
@@ -181,6 +185,37 @@ def replace_ended_manager(name: str) -> None:
         remove_container(name)
 
 
+LOOPBACK_NAMES = ("localhost", "ip6-localhost")
+
+
+def check_api_reachable(api_url: str | None, network: str | None) -> None:
+    """An API on this host's loopback (a gateway run here) is out of the containers' reach unless
+    they share the host's network: say so now, and what to pass, rather than let the manager's
+    Claude Code retry "connection refused" for minutes."""
+    host = urlparse(api_url or "").hostname or ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host in LOOPBACK_NAMES
+    if not loopback or network == "host":
+        return
+    gateway = bridge_gateway(network)
+    where = f"the host is {gateway} there (the gateway must listen on it)" if gateway else "use an address of this host"
+    named = network or "bridge (Docker's default)"
+    raise InvalidInput(
+        f"--api-url {api_url} is on this host's loopback, which containers on the network {named} cannot reach: "
+        f"pass --network host, or an address of this host they can reach ({where})"
+    )
+
+
+def bridge_gateway(network: str | None) -> str | None:
+    """The host's address on a Docker network, as its containers see it."""
+    proc = docker("network", "inspect", network or "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+                  check=False, timeout=30)  # fmt: skip
+    found = (proc.stdout or b"").decode().split()
+    return found[0] if proc.returncode == 0 and found else None
+
+
 def ca_cert_paths(args: argparse.Namespace, env: Mapping[str, str]) -> list[Path]:
     given = list(args.ca_cert or [])
     if not given and environment.CA_CERTS.get(env):
@@ -199,6 +234,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "container runs it instead of the interactive agent.",
     )
     parser.add_argument("--repo", metavar="URL", help="git repository to clone in the manager and the workers")
+    parser.add_argument(
+        "--no-repo",
+        action="store_true",
+        help="start a manager without a repository (its workers would have nothing to clone)",
+    )
     parser.add_argument(
         "--branch",
         default=environment.REPO_BRANCH.default,
@@ -236,6 +276,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="X.Y.Z",
         help="build the images with this Claude Code release from npm (default: the one "
         "orchestrator/Dockerfile pins); with --build to replace images that exist",
+    )
+    parser.add_argument(
+        "--flutter-version",
+        metavar="X.Y.Z",
+        help="build the worker image with this Flutter SDK release, or 'none' for an image without the SDK "
+        "(machines that cannot download it, CI); with --build to replace an image that exists (default: the one "
+        "flutter/Dockerfile pins)",
     )
     parser.add_argument(
         "--ca-cert",
@@ -300,6 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(env).parse_args(options)
 
     def work() -> int:
+        if not args.repo and not args.no_repo:
+            raise InvalidInput(
+                "no repository: pass --repo URL (every worker clones it and pushes its work there), or "
+                "--no-repo for a manager without workers"
+            )
+        if args.repo and args.no_repo:
+            raise InvalidInput("give --repo URL or --no-repo, not both")
         secrets = Secrets.read(
             token_file=args.token,
             ssh_key=args.ssh_key,
@@ -313,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ca_certs = ca_cert_paths(args, env)
         socket = docker_socket(env)
         check_daemon()
+        check_api_reachable(args.api_url, args.network)
         settings[environment.STORAGE_QUOTA.name] = "yes" if storage_quota_supported() else "no"
         image = ensure_images(args, ca_certs)
         spec = ManagerSpec(

@@ -40,9 +40,17 @@ RUNTIME_HEADROOM = 512 * MIB
 SMALLEST_WORKSPACE = 64 * MIB
 
 
+# Docker's own floor for a container's memory limit.
+SMALLEST_MEMORY = 6 * MIB
+
+
 def check_memory(value: object) -> str:
     if not isinstance(value, str) or not MEMORY_PATTERN.fullmatch(value):
         raise InvalidInput(f"memory limit {value!r} is not a size such as 512m or 4g")
+    if size_bytes(value) < SMALLEST_MEMORY:
+        number = value.rstrip("bB")
+        hint = f" (did you mean {number}g?)" if number.replace(".", "").isdigit() else ""
+        raise InvalidInput(f"memory limit {value!r} is {size_bytes(value):,} bytes; Docker needs at least 6m{hint}")
     return value
 
 

@@ -54,6 +54,23 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             name, parents=[common], help=summary_text, description=description, formatter_class=HelpFormatter
         )
 
+    def batch_scope(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--batch", metavar="ID", help=f"{what} of this batch instead of the current one")
+        p.add_argument("--history", action="store_true", help=f"{what} of every batch, the volume's whole history")
+
+    p = command(
+        "batch",
+        "start a batch, or show or change the current one",
+        "A batch is the tasks of one request. `orch batch new TITLE` starts one and makes it the current "
+        "batch: orch submit adds to it, and status, wait, merge and --all mean it (--batch ID or --history "
+        "for others). `orch batch list` lists them, `orch batch use ID` makes one current again, `orch batch` "
+        "names the current one.",
+    )
+    p.add_argument("action", nargs="?", choices=("new", "list", "use", "show"), default="show")
+    p.add_argument("title", nargs="*", metavar="TITLE|ID", help="new: what the request is, in a few words; use: the "
+                   "batch to make current")  # fmt: skip
+    p.set_defaults(func=commands.cmd_batch)
+
     p = command(
         "submit",
         "create a task",
@@ -97,7 +114,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "whose dependency did not succeed is blocked.",
     )
     p.add_argument("ids", nargs="*", metavar="ID", help="tasks to start")
-    p.add_argument("--all", action="store_true", help="start every submitted task")
+    p.add_argument("--all", action="store_true", help="start every submitted task of the current batch")
+    batch_scope(p, "with --all, the submitted tasks")
     p.add_argument(
         "--max-workers",
         type=int,
@@ -133,6 +151,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID", help="only these tasks")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--watch", action="store_true", help="keep showing it until no task is queued or running")
+    batch_scope(p, "the tasks")
     p.set_defaults(func=commands.cmd_status)
 
     p = command(
@@ -142,7 +161,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "1 otherwise (also on --timeout).",
     )
     p.add_argument("ids", nargs="*", metavar="ID", help="tasks to wait for (default: all)")
-    p.add_argument("--all", action="store_true", help="wait for every task")
+    p.add_argument("--all", action="store_true", help="wait for every task of the current batch")
+    batch_scope(p, "the tasks")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up after this long")
     p.set_defaults(func=commands.cmd_wait)
 
@@ -208,7 +228,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "force-pushed or deleted. --all takes the tasks that succeeded.",
     )
     p.add_argument("ids", nargs="*", metavar="ID", help="tasks to merge, in this order")
-    p.add_argument("--all", action="store_true", help="every task that succeeded with a pushed branch")
+    p.add_argument("--all", action="store_true", help="every task of the batch that succeeded with a pushed branch")
+    batch_scope(p, "with --all, the tasks")
     p.add_argument(
         "--into",
         metavar="BRANCH",

@@ -4,14 +4,16 @@ reconcile.py) and given the context its main built."""
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from . import batch, limits, merge
+from . import batch, batches, config, limits, merge
 from .context import Context
 from .dependencies import unstarted_dependencies, with_submitted_dependencies
 from .dispatcher import (
@@ -22,13 +24,14 @@ from .dispatcher import (
     max_workers,
 )
 from .display import duration, money, now, progress_line, shorten, status_json, status_table, summary
+from .docker import DaemonUnreachable, DockerMissing, engine_cpus, image_exists, images_named, running_managers
 from .engine_events import ENGINE_CHECK_SECONDS, EVERYTHING, EngineLook
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
 from .reconcile import reconcile
 from .secrets import ClaudeCredential, env_secrets, scrubber
 from .settled import ViewCache
 from .store import OrchestrationDir
-from .tasks import ACTIVE_STATES, SETTLED_STATES, State, natural_key
+from .tasks import ACTIVE_STATES, SETTLED_STATES, Batch, State, TaskResult, natural_key
 from .views import TaskView, attempt_files, check_known, load_view, load_views, select
 
 FOLLOW_SECONDS = 0.5
@@ -38,11 +41,20 @@ def volume_dir(ctx: Context, args: argparse.Namespace) -> OrchestrationDir:
     """The shared volume, where orch runs: the manager's, not the host."""
     orch = ctx.orch
     if not (orch.root / "tasks").is_dir():
-        raise UserError(
-            f"{orch.root / 'tasks'} does not exist: orch runs where the shared volume is mounted, in the "
-            f"manager container (from the host: `docker exec -it claude-manager orch {args.command}`)"
-        )
+        raise UserError(f"{orch.root / 'tasks'} does not exist: {where_orch_runs(args.command)}")
     return orch
+
+
+def where_orch_runs(command: str, volume: str | None = None) -> str:
+    """orch runs where the shared volume is mounted: the manager. Which one, from the host."""
+    try:
+        managers = running_managers(volume)
+    except (DockerMissing, DaemonUnreachable):
+        managers = []
+    if not managers:
+        return "orch runs where the shared volume is mounted, in a manager container; none runs (bin/run.py starts one)"
+    tries = " or ".join(f"`docker exec -it {name} orch {command}`" for name in managers)
+    return f"orch runs where the shared volume is mounted, in the manager container: from the host, {tries}"
 
 
 def current_views(
@@ -50,12 +62,15 @@ def current_views(
     cache: ViewCache,
     look: EngineLook = EVERYTHING,
     ids: Sequence[str] | None = None,
+    batch_id: str | None = None,
 ) -> list[TaskView]:
     """The tasks ``ids`` (checked: ``check_known``), else every task, reconciled with the engine
     as ``look`` says; and a dispatcher running when work waits for one."""
     orch = ctx.orch
     with orch.locked():
         views = cache.views(ids)
+        if ids is None:
+            views = batches.in_batch(views, batch_id)
         if look:
             views = reconcile(orch, views, ctx.engine, only=look.only)
         # Asked only when no dispatcher runs (one decides to exit under this lock), and about the
@@ -81,9 +96,12 @@ def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
         prompt = _utf8(sys.stdin.buffer.read(), "the prompt on stdin")
     else:
         raise InvalidInput("no prompt: give --prompt TEXT, --file FILE, or the prompt on stdin")
+    check_with_engine(ctx, worker=args.worker, cpus=args.cpus)
     with orch.locked():
+        into, started = batches.current_or_new(orch, prompt)
         task = batch.submit(
             orch,
+            batch=into,
             prompt=prompt,
             task_id=args.id,
             worker=args.worker,
@@ -101,8 +119,37 @@ def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
             batch.queue(orch, with_submitted_dependencies(views, select(views, [task.id])))
     if args.start:
         ensure_dispatcher(ctx)
+    if started:
+        print(f"orch: started the batch {into.id} ({into.title}); `orch batch new TITLE` starts the next",
+              file=sys.stderr)  # fmt: skip
     print(task.id)
     return EXIT_OK
+
+
+def check_with_engine(ctx: Context, *, worker: str | None = None, cpus: str | None = None) -> None:
+    """What only the engine can say of a task before it is queued: that its worker type has an
+    image, that its CPUs are there. An engine out of reach says nothing: the start will."""
+    try:
+        if worker is not None:
+            image = config.worker_image(worker, ctx.settings.image_prefix)
+            if not image_exists(image):
+                prefix = ctx.settings.image_prefix
+                known = [
+                    name[len(prefix) :] for name in images_named(prefix) if name != f"{prefix}{config.MANAGER_IMAGE}"
+                ]
+                close = difflib.get_close_matches(worker, known, n=1)
+                raise InvalidInput(
+                    f"--worker {worker}: there is no image {image}"
+                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                    + f"; worker types with an image here: {', '.join(known) or 'none'} (`bin/run.py --build` builds "
+                    f"{prefix}{config.DEFAULT_WORKER_TYPE}, `docker build -t {image} {worker}/` another)"
+                )
+        if cpus is not None and ctx.settings.engine == config.ENGINE_DOCKER:
+            have = engine_cpus()
+            if have is not None and float(limits.check_cpus(cpus)) > have:
+                raise InvalidInput(f"--cpus {cpus}: the engine has {have} CPU{'s' if have != 1 else ''}")
+    except (DockerMissing, DaemonUnreachable):
+        return
 
 
 def _utf8(data: bytes, what: str) -> str:
@@ -128,6 +175,8 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
         raise InvalidInput("--max-workers must be a positive number")
     if args.resume_interrupted is not None and args.resume_interrupted < 0:
         raise InvalidInput("--resume-interrupted must be 0 or more")
+    if args.cpus:
+        check_with_engine(ctx, cpus=args.cpus)
     if not args.no_login_check and not dispatcher_running(orch):
         from .login import check_login  # here: its HTTP and TLS modules would slow every command
 
@@ -136,7 +185,8 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
     with orch.locked():
         views = load_views(orch)
         if args.all:
-            chosen = [v for v in views if v.state is State.SUBMITTED]
+            scoped = batches.in_batch(views, batches.scope(orch, batch=args.batch, history=args.history))
+            chosen = [v for v in scoped if v.state is State.SUBMITTED]
         else:
             chosen = with_submitted_dependencies(views, select(views, args.ids))
         queued = batch.queue(orch, chosen)
@@ -166,11 +216,14 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     orch = volume_dir(ctx, args)
     engine = ctx.engine
     ids = check_known(orch, args.ids) if args.ids else None
+    batch_id = None if ids else batches.scope(orch, batch=args.batch, history=args.history)
     cache = ViewCache(orch)
 
     def show(look: EngineLook) -> tuple[list[TaskView], str]:
-        views = current_views(ctx, cache, look, ids)
-        return views, status_json(views) if args.json else status_table(views)
+        views = current_views(ctx, cache, look, ids, batch_id)
+        if args.json:
+            return views, status_json(views, batch_id)
+        return views, status_table(views) + batch_note(orch, batch_id, bool(ids))
 
     if not args.watch:
         print(show(EVERYTHING)[1])
@@ -219,6 +272,7 @@ def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
         raise InvalidInput("--timeout must be a positive number of seconds")
     engine = ctx.engine
     ids = check_known(orch, args.ids) if args.ids else None
+    batch_id = None if ids else batches.scope(orch, batch=args.batch, history=args.history)
     cache = ViewCache(orch)
     tty = sys.stderr.isatty()
     t0 = time.monotonic()
@@ -226,7 +280,7 @@ def cmd_wait(ctx: Context, args: argparse.Namespace) -> int:
     with engine.events() as events:
         while True:
             look = events.look()
-            views = current_views(ctx, cache, look, ids)
+            views = current_views(ctx, cache, look, ids, batch_id)
             # Over a long history most rounds change nothing: nothing to check again then.
             if look or cache.changes != seen:
                 seen = cache.changes
@@ -274,12 +328,37 @@ def cmd_result(ctx: Context, args: argparse.Namespace) -> int:
     print("  " + ", ".join(f for f in facts if f))
     if result.error:
         print(f"  error: {result.error}")
+    for line in work_lines(result):
+        print(f"  {line}")
     earlier = [n for n in attempt_files(orch, args.id) if n != result.attempt]
     if earlier and args.attempt is None:
         print(f"  earlier attempts: {', '.join(map(str, earlier))} (orch result {args.id} --attempt N)")
     print("output:")
     print(result.output or "(none)")
     return EXIT_OK
+
+
+def work_lines(result: TaskResult) -> list[str]:
+    """Where the task's work is: its branch and commits, the files it changed, or what kept it."""
+    lines = []
+    if result.branch:
+        where = "pushed" if result.pushed else "not pushed"
+        count = result.commits or 0
+        lines.append(f"branch: {result.branch} ({where}; {count} commit{'s' if count != 1 else ''} from "
+                     f"{(result.base_commit or '?')[:12]} to {(result.head_commit or '?')[:12]})")  # fmt: skip
+    elif result.commits == 0:
+        lines.append("branch: none (it changed nothing)")
+    if result.files_changed:
+        files = [
+            f"{c.get('path')} (+{c.get('added', '?')} -{c.get('deleted', '?')})" for c in result.files_changed[:20]
+        ]
+        more = len(result.files_changed) - len(files)
+        lines.append("files: " + ", ".join(files) + (f", and {more} more" if more > 0 else ""))
+    if result.bundle:
+        lines.append(f"bundle: {result.bundle} (the commits; `git fetch {result.bundle} {result.branch}` takes them)")
+    if result.archive:
+        lines.append(f"archive: {result.archive} (the agent's clone, as it was)")
+    return lines
 
 
 def cmd_logs(ctx: Context, args: argparse.Namespace) -> int:
@@ -385,7 +464,8 @@ def cmd_merge(ctx: Context, args: argparse.Namespace) -> int:
     if not args.ids and not args.all:
         raise InvalidInput("name the tasks to merge, or --all")
     views = load_views(orch)
-    selected = select(views, args.ids) if args.ids else views
+    scoped = batches.in_batch(views, batches.scope(orch, batch=args.batch, history=args.history))
+    selected = select(views, args.ids) if args.ids else scoped
     to_merge, left_out = merge.choose(selected, explicit=bool(args.ids))
     into = args.into or f"{args.branch_prefix}{merge.INTEGRATION_BRANCH}"
     report = None
@@ -434,3 +514,53 @@ def cmd_merge(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_dispatch(ctx: Context, args: argparse.Namespace) -> int:
     volume_dir(ctx, args)
     return Dispatcher(ctx).run()
+
+
+def batch_note(orch: OrchestrationDir, batch_id: str | None, named: bool) -> str:
+    """The line under the status table that says whose tasks these are."""
+    if named:
+        return ""
+    if batch_id is None:
+        return "\nevery task of the volume" if orch.current_batch() else ""
+    found = orch.load_batch(batch_id)
+    title = f" ({found.title})" if found else ""
+    return f"\nbatch {batch_id}{title}; `orch status --history` shows every task of the volume"
+
+
+def cmd_batch(ctx: Context, args: argparse.Namespace) -> int:
+    orch = volume_dir(ctx, args)
+    if args.action == "new":
+        if not args.title:
+            raise InvalidInput("orch batch new needs a title: what the request is, in a few words")
+        with orch.locked():
+            created = batches.new_batch(orch, " ".join(args.title))
+        print(created.id)
+        return EXIT_OK
+    if args.action == "use":
+        if len(args.title) != 1:
+            raise InvalidInput("orch batch use needs one batch id (see `orch batch list`)")
+        chosen = batches.use_batch(orch, args.title[0])
+        print(f"the current batch is {chosen.id} ({chosen.title})")
+        return EXIT_OK
+    if args.title:
+        raise InvalidInput(f"orch batch {args.action} takes nothing more")
+    current = orch.current_batch()
+    if args.action == "list":
+        counts: dict[str | None, Counter[str]] = {}
+        for view in ViewCache(orch).views():
+            counts.setdefault(view.batch, Counter())[view.state.value] += 1
+        for batch_id in sorted(orch.batch_ids(), key=lambda b: (orch.load_batch(b) or Batch(b, "", "")).created_at):
+            found = orch.load_batch(batch_id)
+            mark = "*" if batch_id == current else " "
+            states = ", ".join(f"{n} {state}" for state, n in sorted(counts.get(batch_id, Counter()).items()))
+            title = found.title if found else "?"
+            print(f"{mark} {batch_id}  {found.created_at if found else '-'}  {title}  ({states or 'no tasks'})")
+        if None in counts:
+            print(f"  (no batch)  {sum(counts[None].values())} task(s) from before batches, or started by hand")
+        return EXIT_OK
+    if current is None:
+        print("no batch yet: `orch batch new TITLE` starts one (orch submit starts one too)")
+        return EXIT_OK
+    found = orch.load_batch(current)
+    print(f"{current} ({found.title if found else '?'})")
+    return EXIT_OK

@@ -11,14 +11,18 @@ the agent's user cannot read it. The worker runtime reads the files and removes 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .docker import FileToCopy, copy_files
 from .errors import UserError
+
+log = logging.getLogger("orchestrator.secrets")
 
 DEFAULT_TOKEN_FILE = "~/.claude-token"
 DEFAULT_SSH_KEY = "~/.ssh/id_ed25519"
@@ -58,7 +62,19 @@ def read_secret_file(path: str | os.PathLike[str], what: str) -> str:
         raise UserError(f"cannot read {what} {resolved}: {reason}") from None
     if not value:
         raise UserError(f"{what} {resolved} is empty")
+    warn_if_others_can_read(resolved, what)
     return value
+
+
+def warn_if_others_can_read(path: Path, what: str) -> None:
+    """A secret that other users of the machine can read is worth a word (it is still used)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("%s %s can be read by other users of this machine (mode %03o); `chmod 600 %s` keeps it yours",
+                    what, path, stat.S_IMODE(mode), path)  # fmt: skip
 
 
 def _read_optional_file(path: str | os.PathLike[str], what: str, *, required: bool) -> str | None:

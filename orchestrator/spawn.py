@@ -24,6 +24,7 @@ from .cli import (
     add_placement_options,
     run_command,
 )
+from .docker import running_managers
 from .engine import Engine, engine_for
 from .limits import WorkerLimits
 from .secrets import DEFAULT_TOKEN_FILE
@@ -107,6 +108,20 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def result_hint(spec: WorkerSpec, orch_dir: str) -> str:
+    """Where the task's result will be, as this person can read it: a path where the volume is
+    mounted (the manager), else through the manager of the volume, else through a container."""
+    if local_volume(orch_dir) is not None:
+        return f"{orch_dir}/results/{spec.task_id}.json"
+    managers = running_managers(spec.volume)
+    if managers:
+        return f"docker exec {managers[0]} orch result {spec.task_id}"
+    return (
+        f"docker run --rm -v {spec.volume}:/orchestration --entrypoint cat {spec.image} "
+        f"/orchestration/results/{spec.task_id}.json"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ  # read here, and nowhere below
     args = build_parser(env).parse_args(argv)
@@ -138,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"started {name} (image {spec.image}, task {task_id})")
         follow = "docker service logs -f" if spec.engine == config.ENGINE_SWARM else "docker logs -f"
         print(f"  follow it:   {follow} {name}")
-        print(f"  its result:  {args.orchestration_dir}/results/{task_id}.json")
+        print(f"  its result:  {result_hint(spec, args.orchestration_dir)}")
         return 0
 
     return run_command("spawn-worker", work, debug=args.debug)

@@ -18,6 +18,7 @@ from typing import IO, Any
 from . import config
 from .errors import InvalidInput, UserError
 from .tasks import (
+    Batch,
     BatchSettings,
     SettledIndex,
     SettledTask,
@@ -27,6 +28,7 @@ from .tasks import (
     TaskStatus,
     natural_key,
     utc_now,
+    validate_batch_id,
 )
 
 # Where the shared volume is mounted in every container (config.py names it once).
@@ -103,7 +105,7 @@ class OrchestrationDir:
 
     root: Path = DEFAULT_ROOT
 
-    SUBDIRS = ("tasks", "results", "status", "logs", "attempts", "bundles")
+    SUBDIRS = ("tasks", "results", "status", "logs", "attempts", "bundles", "batches")
     # Group (the orchestrator's user) only, new files taking the group; a worker's agent is not in it.
     MODE = 0o2770
     # What every process that writes the volume sets, whoever started it (docker exec gives 022).
@@ -280,6 +282,33 @@ class OrchestrationDir:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.index_dir / name)
 
+    # --- Batches (batches.py has their rules).
+
+    def batch_path(self, batch_id: str) -> Path:
+        return self.root / "batches" / f"{batch_id}.json"
+
+    @property
+    def current_batch_path(self) -> Path:
+        """Which batch ``orch submit`` adds to and ``orch status`` shows: ``{"id": ...}``."""
+        return self.root / "current-batch.json"
+
+    def current_batch(self) -> str | None:
+        """The current batch's id; None before the first (or when the file is damaged)."""
+        try:
+            data = read_json(self.current_batch_path)
+            return validate_batch_id(data.get("id") if isinstance(data, dict) else None)
+        except InvalidInput:
+            return None
+
+    def load_batch(self, batch_id: str) -> Batch | None:
+        path = self.batch_path(batch_id)
+        return Batch.from_json(read_json(path)) if path.exists() else None
+
+    def batch_ids(self) -> list[str]:
+        folder = self.root / "batches"
+        names = os.listdir(folder) if folder.is_dir() else []
+        return sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
+
     def load_task(self, task_id: str) -> Task:
         path = self.task_path(task_id)
         task = Task.from_json(read_json(path))
@@ -326,10 +355,13 @@ class OrchestrationDir:
         started_at: str | None = None,
         stop_reason: str | None = None,
         deadline: str | None = None,
+        batch: str | None = None,
     ) -> TaskStatus:
         """Record a new state, keeping what the previous status knew of the worker.
 
-        A new attempt starts afresh: its start time and stop reason are not carried over.
+        A new attempt starts afresh: its start time and stop reason are not carried over. The
+        task's batch, once recorded, stays; a task first recorded without one (a task file written
+        by hand) joins the current batch.
         """
         try:
             previous = self.load_status(task_id)
@@ -347,6 +379,7 @@ class OrchestrationDir:
             started_at=started_at or (previous.started_at if same_attempt and previous else None),
             stop_reason=stop_reason or (previous.stop_reason if same_attempt and previous else None),
             deadline=deadline or (previous.deadline if same_attempt and previous else None),
+            batch=(previous.batch if previous else None) or batch or self.current_batch(),
         )
         write_json(self.status_path(task_id), status.to_json())
         return status

@@ -14,9 +14,10 @@ Layout of the orchestration folder (``/orchestration`` in the containers)::
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -116,6 +117,33 @@ def check_prompt(prompt: object, what: str) -> str:
     return prompt
 
 
+def check_fields(data: Mapping[str, Any], known: Sequence[str], what: str) -> None:
+    """A field the format does not know is a mistake (``"timout": 5`` would otherwise run with
+    the default timeout, silently): refused, with the closest known name."""
+    for name in data:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InvalidInput(
+            f"{what}: unknown field {name!r}{hint}; fields of your own go under 'meta' (an object kept as it is)"
+        )
+
+
+BATCH_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,40}")
+
+
+def validate_batch_id(batch_id: object, what: str = "batch") -> str:
+    if not isinstance(batch_id, str) or not BATCH_ID_PATTERN.fullmatch(batch_id):
+        raise InvalidInput(f"{what} {batch_id!r} is not a batch id (lower-case letters, digits and '-', up to 41)")
+    return batch_id
+
+
+def _batch_id(data: Mapping[str, Any], what: str) -> str | None:
+    value = data.get("batch")
+    return None if value is None else validate_batch_id(value, f"{what}: field 'batch' is")
+
+
 def _require_object(data: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise InvalidInput(f"{what} must be a JSON object, not {type(data).__name__}")
@@ -169,16 +197,20 @@ class Task:
     cpus: str | None = None
     pids_limit: int | None = None
     disk: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    batch: str | None = None  # the batch (a request) it belongs to; None: hand-written, see batches.py
+    # Fields of the user's own, kept as they are: the one place for them (any other unknown field
+    # is a mistake, refused with the closest known name).
+    meta: Mapping[str, Any] | None = None
 
     KNOWN = ("id", "prompt", "model", "timeout", "worker", "depends_on", "max_turns", "memory", "cpus", "pids_limit",
-             "disk")  # fmt: skip
+             "disk", "batch", "meta", "format_version")  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any) -> Task:
         data = _require_object(data, "task")
         task_id = validate_task_id(_field(data, "id", str, "task", required=True), "field 'id'")
         what = f"task {task_id}"
+        check_fields(data, cls.KNOWN, what)
         prompt = check_prompt(data.get("prompt"), f"{what}: field 'prompt'")
         timeout = _field(data, "timeout", int, what)
         if timeout is not None and timeout <= 0:
@@ -213,7 +245,8 @@ class Task:
             cpus=cpus,
             pids_limit=pids_limit,
             disk=disk,
-            extra={k: v for k, v in data.items() if k not in cls.KNOWN},
+            batch=_batch_id(data, what),
+            meta=_field(data, "meta", dict, what),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -228,10 +261,10 @@ class Task:
             data["depends_on"] = list(self.depends_on)
         if self.max_turns is not None:
             data["max_turns"] = self.max_turns
-        for name in ("memory", "cpus", "pids_limit", "disk"):
+        for name in ("memory", "cpus", "pids_limit", "disk", "batch", "meta"):
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
-        return {**data, **self.extra}
+        return data
 
 
 @dataclass(frozen=True)
@@ -330,6 +363,7 @@ class TaskStatus:
     started_at: str | None = None  # when the worker started running the current attempt
     stop_reason: str | None = None  # "cancelled" or "timeout" once orch has asked the worker to stop
     deadline: str | None = None  # when the agent's timeout runs out (set as the agent starts)
+    batch: str | None = None  # the batch it belongs to (its task file's, or the current one when first recorded)
 
     @classmethod
     def from_json(cls, data: Any) -> TaskStatus:
@@ -347,6 +381,7 @@ class TaskStatus:
             started_at=_field(data, "started_at", str, what),
             stop_reason=_field(data, "stop_reason", str, what),
             deadline=_field(data, "deadline", str, what),
+            batch=_field(data, "batch", str, what),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -409,6 +444,7 @@ class SettledTask:
     error: str | None = None
     branch: str | None = None
     pushed: bool | None = None
+    batch: str | None = None
 
     # The JSON types of each field, checked by exact type rather than with _field: an index holds
     # every task the volume ran, and is read by every orch status.
@@ -417,6 +453,7 @@ class SettledTask:
         "attempt": frozenset({int}), "depends_on": frozenset({list}), "started_at": frozenset({str}),
         "duration_seconds": frozenset({int, float}), "cost_usd": frozenset({int, float}),
         "error": frozenset({str}), "branch": frozenset({str}), "pushed": frozenset({bool}),
+        "batch": frozenset({str}),
     }  # fmt: skip
     REQUIRED: ClassVar[tuple[str, ...]] = ("id", "state", "worker_type", "attempt")
 
@@ -439,7 +476,7 @@ class SettledTask:
         get = data.get
         return cls(
             data["id"], state, data["worker_type"], data["attempt"], tuple(get("depends_on", ())), get("started_at"),
-            get("duration_seconds"), get("cost_usd"), get("error"), get("branch"), get("pushed"),
+            get("duration_seconds"), get("cost_usd"), get("error"), get("branch"), get("pushed"), get("batch"),
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -487,3 +524,26 @@ class SettledIndex:
         if self.base is not None:
             data["base"] = self.base
         return {**data, "tasks": [task.to_json() for task in self.tasks.values()], "format_version": FORMAT_VERSION}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """``batches/ID.json``: a batch of tasks, the ones of one request (orch batch new "...")."""
+
+    id: str
+    title: str
+    created_at: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> Batch:
+        data = _require_object(data, "batch")
+        batch_id = validate_batch_id(data.get("id"), "field 'id'")
+        what = f"batch {batch_id}"
+        return cls(
+            id=batch_id,
+            title=_field(data, "title", str, what, required=True),
+            created_at=_field(data, "created_at", str, what, required=True),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return _document(self)

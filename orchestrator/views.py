@@ -40,6 +40,7 @@ class TaskView:
     message: str | None = None  # why it is where it is (an error, a note), or what file is damaged
     branch: str | None = None
     pushed: bool | None = None
+    batch: str | None = None  # the batch it belongs to (batches.py)
     # Its files, when they were read.
     task: Task | None = None
     status: TaskStatus | None = None
@@ -52,7 +53,7 @@ class TaskView:
     def from_settled(cls, entry: SettledTask) -> TaskView:
         return cls(
             entry.id, entry.state, entry.worker_type, entry.attempt, entry.depends_on, entry.started_at,
-            entry.duration_seconds, entry.cost_usd, entry.error, entry.branch, entry.pushed, settled=entry,
+            entry.duration_seconds, entry.cost_usd, entry.error, entry.branch, entry.pushed, entry.batch, settled=entry,
         )  # fmt: skip
 
     @classmethod
@@ -78,6 +79,7 @@ class TaskView:
             task_id, state, worker_type or config.DEFAULT_WORKER_TYPE, attempt, task.depends_on if task else (),
             started_at, result.duration_seconds if result else None, result.cost_usd if result else None, message,
             result.branch if result else None, result.pushed if result else None,
+            (task.batch if task else None) or (status.batch if status else None),
             task=task, status=status, result=result, problem=problem, resumed=resumed,
         )  # fmt: skip
 
@@ -92,7 +94,7 @@ class TaskView:
             return None
         return SettledTask(
             self.id, self.state, self.worker_type, self.attempt, self.depends_on, self.started_at,
-            self.duration_seconds, self.cost, self.result.error, self.branch, self.pushed,
+            self.duration_seconds, self.cost, self.result.error, self.branch, self.pushed, self.batch,
         )  # fmt: skip
 
     @property
@@ -120,6 +122,7 @@ class TaskView:
             "container": self.container,
             "branch": self.branch,
             "pushed": self.pushed,
+            "batch": self.batch,
         }
 
 

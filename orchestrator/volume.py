@@ -42,7 +42,10 @@ def claim(orch: OrchestrationDir, task_id: str, worker_type: str, container: str
     task = orch.load_task(task_id)
     result_path = orch.result_path(task_id)
     if result_path.exists():
-        raise UserError(f"task {task_id} already has a result ({result_path}); give a new attempt a new id")
+        raise UserError(
+            f"task {task_id} ran already (`orch result {task_id}`); `orch retry {task_id}` runs it again and keeps "
+            "this attempt, or give a new task a new id"
+        )
     orch.update_status(task_id, State.STARTING, worker_type=worker_type, container=container)
     return task
 

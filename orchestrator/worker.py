@@ -37,7 +37,7 @@ from .agents import agent_cli
 from .cli import HelpFormatter, run_command
 from .config import DEFAULT_TASK_TIMEOUT
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
-from .relay import ApiRelay
+from .relay import DEFAULT_UPSTREAM, ApiRelay
 from .sandbox import RUNTIME_PATH, AgentUser
 from .secrets import GIT_TOKEN_ENV, SECRET_ENV, Secrets, scrubber
 from .store import AlreadyExists, OrchestrationDir
@@ -59,6 +59,7 @@ class Attempt:
 class AgentOutcome:
     run: agent.AgentRun
     timeout: int
+    relay: str  # the relay's host:port, which the agent's own messages name as its endpoint
 
 
 class Stopped(Exception):
@@ -215,7 +216,8 @@ class Worker:
         orch.ensure()
         if orch.result_path(config.task_id).exists():
             raise UserError(
-                f"{orch.result_path(config.task_id)} already exists; a task runs once (give the new attempt a new id)"
+                f"{orch.result_path(config.task_id)} already exists; a task runs once (`orch retry {config.task_id}` "
+                "runs it again as a new attempt)"
             )
         started_at, t0 = utc_now(), time.monotonic()
         for signum in STOP_SIGNALS:
@@ -266,6 +268,10 @@ class Worker:
             user = self.prepare(task, done.model)
             run = self.run_agent(task, user, done.model, config.timeout or task.timeout or DEFAULT_TASK_TIMEOUT)
             status, error = agent.judge(run.run, run.timeout)
+            if error:
+                # The agent names the relay (127.0.0.1:PORT) as its endpoint: the person's is the one to check.
+                endpoint = f"{config.api_url or DEFAULT_UPSTREAM}, through the worker's API relay"
+                error = error.replace(f"http://{run.relay}", endpoint).replace(run.relay, endpoint)
             return Attempt(status, error, run.run, task, done.model)
         except Stopped as stop:
             error = f"the worker was stopped ({stop.state.value}) before the agent started"
@@ -342,7 +348,7 @@ class Worker:
                 scrub=self.scrub,
                 reader=cli.reader(),
             )  # fmt: skip
-            return AgentOutcome(self.agent.run(), timeout)
+            return AgentOutcome(self.agent.run(), timeout, relay.url.removeprefix("http://"))
 
     def origin_access(self) -> contextlib.AbstractContextManager[object]:
         """What git needs to reach origin, on disk for as long as it does (the SSH key)."""

@@ -63,7 +63,9 @@ def test_a_refused_login_stops_run_py_and_a_new_batch_in_seconds(run: Run, git_s
     refused.write_text("sk-ant-oat01-refused-" + run.id + "\n")
     run.api.refuse(refused.read_text().strip())
     started = time.monotonic()
-    proc = run_py(run, "--token", str(refused), "--volume", run.volume, "--name", run.manager, "--", "true")
+    proc = run_py(
+        run, "--no-repo", "--token", str(refused), "--volume", run.volume, "--name", run.manager, "--", "true"
+    )
     assert proc.returncode == 1 and proc.stderr.startswith("run.py: error: the Claude token was refused (401)")
     assert sh("docker", "ps", "-aq", "--filter", f"name={run.manager}").stdout == ""
     # A manager whose token is refused once it runs (revoked meanwhile): orch start refuses the batch.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 
@@ -20,22 +21,26 @@ from orchestrator.views import attempt_files, load_view, load_views, select
 from .batch_helpers import FakeEngine, finish, state, submit
 
 
-def test_submit_numbers_tasks_and_never_overwrites_one(orch):
-    assert [submit(orch), submit(orch)] == ["task-001", "task-002"]
+def test_submit_numbers_tasks_in_their_batch_and_never_overwrites_one(orch):
+    # The first submit starts a batch named after its prompt; ids carry the batch's.
+    first, second = submit(orch), submit(orch)
+    batch_id = orch.current_batch()
+    assert batch_id is not None and re.fullmatch(r"do-it-[0-9a-f]{6}", batch_id)
+    assert [first, second] == [f"{batch_id}-01", f"{batch_id}-02"]
     assert submit(orch, task_id="login-form") == "login-form"
-    assert submit(orch) == "task-003"
-    before = orch.task_path("task-001").read_text()
-    with pytest.raises(InvalidInput, match="task-001 exists already"):
-        submit(orch, "another prompt", task_id="task-001")
-    assert orch.task_path("task-001").read_text() == before
-    assert state(orch, "task-001") is State.SUBMITTED
+    assert submit(orch) == f"{batch_id}-03"
+    before = orch.task_path(first).read_text()
+    with pytest.raises(InvalidInput, match=f"{first} exists already"):
+        submit(orch, "another prompt", task_id=first)
+    assert orch.task_path(first).read_text() == before
+    assert state(orch, first) is State.SUBMITTED
 
 
 def test_submit_writes_the_original_design_s_fields_and_the_new_ones(orch):
     submit(orch, "p", timeout=60, max_turns=5, model="m", task_id="a")
     submit(orch, "q", depends_on=["a"], task_id="b", worker="web")
     data = json.loads(orch.task_path("b").read_text())
-    assert data == {"id": "b", "prompt": "q", "worker": "web", "depends_on": ["a"]}
+    assert data == {"id": "b", "prompt": "q", "worker": "web", "depends_on": ["a"], "batch": orch.current_batch()}
     assert json.loads(orch.task_path("a").read_text())["max_turns"] == 5
 
 
@@ -129,17 +134,20 @@ def test_orch_submit_and_status_from_the_command_line(orch, capsys, monkeypatch)
     where = ["--orchestration-dir", str(orch.root)]
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"A prompt from stdin\n")))
     assert main(["submit", *where]) == 0
-    assert main(["submit", "--prompt", "p", "--id", "two", "--depends-on", "task-001", "--max-turns", "3", *where]) == 0
-    assert capsys.readouterr().out == "task-001\ntwo\n"
-    assert json.loads(orch.task_path("task-001").read_text())["prompt"] == "A prompt from stdin\n"
+    first = capsys.readouterr().out.strip()
+    assert first == f"{orch.current_batch()}-01" and first.startswith("a-prompt-from-stdin-")
+    assert main(["submit", "--prompt", "p", "--id", "two", "--depends-on", first, "--max-turns", "3", *where]) == 0
+    assert capsys.readouterr().out == "two\n"
+    assert json.loads(orch.task_path(first).read_text())["prompt"] == "A prompt from stdin\n"
     assert main(["submit", "--prompt", "p", "--id", "two", *where]) == 2
     assert "task two exists already" in capsys.readouterr().err
     assert main(["status", "--json", *where]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [(t["id"], t["state"], t["depends_on"]) for t in data["tasks"]] == [
-        ("task-001", "submitted", []),
-        ("two", "submitted", ["task-001"]),
+        (first, "submitted", []),
+        ("two", "submitted", [first]),
     ]
+    assert data["batch"] == orch.current_batch()
     assert data["counts"] == {"submitted": 2}
     assert main(["wait", "two", *where]) == 1
     assert "not started: two" in capsys.readouterr().err
@@ -196,7 +204,8 @@ def test_submit_start_queues_what_the_task_depends_on(orch, capsys):
     where = ["--orchestration-dir", str(orch.root)]
     # No engine here: the dispatcher it starts finds nothing it can run and exits.
     assert main(["submit", "--prompt", "p", "--depends-on", first, "--start", *where]) == 0
-    assert [state(orch, t) for t in (first, "task-002")] == [State.QUEUED, State.QUEUED]
+    second = capsys.readouterr().out.strip()
+    assert [state(orch, t) for t in (first, second)] == [State.QUEUED, State.QUEUED]
 
 
 def test_work_is_safe_only_when_pushed_bundled_empty_or_never_started():

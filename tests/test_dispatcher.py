@@ -50,19 +50,18 @@ def one_round(d: Dispatcher) -> list[TaskView] | None:
 
 
 def test_the_dispatcher_keeps_to_the_limit_and_starts_the_next_as_one_finishes(orch):
-    for _ in range(5):
-        submit(orch)
+    ids = [submit(orch) for _ in range(5)]
     queue_all(orch)
     engine, started = FakeEngine(), list[str]()
     d = dispatcher(orch, engine, started, limit=2)
     one_round(d)
-    assert started == ["task-001", "task-002"]
+    assert started == ids[:2]
     one_round(d)
-    assert started == ["task-001", "task-002"]  # no free slot
-    finish(orch, "task-001", State.SUCCESS)
+    assert started == ids[:2]  # no free slot
+    finish(orch, ids[0], State.SUCCESS)
     one_round(d)
-    assert started == ["task-001", "task-002", "task-003"]
-    assert [state(orch, t) for t in ("task-004", "task-005")] == [State.QUEUED, State.QUEUED]
+    assert started == ids[:3]
+    assert [state(orch, t) for t in ids[3:]] == [State.QUEUED, State.QUEUED]
 
 
 def test_a_dependency_chain_waits_and_a_failure_blocks_it_link_by_link(orch):

@@ -28,8 +28,11 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_socket: Path):
 
 
 def run(*argv: str, login_check: bool = False) -> int:
-    """run.py; the check of the token against the API has tests of its own."""
-    return launch.main([*argv] if login_check else ["--no-login-check", *argv])
+    """run.py; the check of the token against the API has tests of its own. Without --repo, a
+    manager without workers (run.py refuses none at all: tests of their own)."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    repo = [] if "--repo" in options else ["--no-repo"]
+    return launch.main([*repo, *argv] if login_check else ["--no-login-check", *repo, *argv])
 
 
 def test_starts_the_manager_with_socket_volume_and_environment(
@@ -232,7 +235,7 @@ def test_the_api_url_and_the_limits_reach_the_manager(fake_docker: FakeDocker, h
 
 def test_the_api_url_defaults_to_the_environment(fake_docker: FakeDocker, host: Path, token_file: Path, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9999")
-    assert run("--token", str(token_file)) == 0
+    assert run("--token", str(token_file), "--network", "host") == 0
     assert fake_docker.find("create")[0]["env"]["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9999"
 
 

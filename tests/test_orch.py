@@ -247,7 +247,8 @@ def test_a_worker_of_another_batch_with_the_same_name_is_left_alone(run: Run, ma
     sh("docker", "start", f"worker-{task}")
     submit(manager, run.prompt("taken", text("hi")), "--id", task, "--start")
     failed = manager.wait_for_state(task, "failed")
-    assert f"belongs to the batch on the volume {other}" in failed["message"]
+    assert f"is a worker of the batch on the volume {other}" in failed["message"]
+    assert f"orch cleanup --volume {other}" in failed["message"]
     manager.orch("cleanup", "--force")
     # The other batch's worker still runs, untouched.
     assert sh("docker", "inspect", "--format", "{{.State.Running}}", f"worker-{task}").stdout.strip() == "true"

@@ -145,7 +145,8 @@ def test_a_running_worker_for_the_task_refuses_a_second(fake_docker: FakeDocker,
 def test_an_exited_worker_is_left_for_the_person_to_look_at(fake_docker: FakeDocker, orch: Path, capsys):
     fake_docker.add_container("worker-task-001", "inspect-exited.json")
     err = refused(capsys, 1, "flutter", "task-001")
-    assert "exited with code 3" in err and "docker rm worker-task-001" in err
+    # The hint leads on without destroying anything: the next command that works.
+    assert "exited with code 3" in err and "`orch retry task-001` runs it again" in err and "docker rm" not in err
     assert not fake_docker.find("start") and not fake_docker.find("rm")
 
 
@@ -175,7 +176,9 @@ def test_an_invalid_task_is_refused_and_nothing_is_left_behind(
 def test_a_task_with_a_result_is_not_run_again(fake_docker: FakeDocker, orch: Path, capsys):
     result = orch / "results" / "task-001.json"
     result.write_text('{"task_id": "task-001"}')
-    assert "already has a result" in refused(capsys, 1, "flutter", "task-001")
+    assert "ran already (`orch result task-001`); `orch retry task-001` runs it again" in refused(
+        capsys, 1, "flutter", "task-001"
+    )
     assert result.read_text() == '{"task_id": "task-001"}'
     assert not fake_docker.find("start")
 
@@ -326,7 +329,7 @@ def test_on_the_host_the_helper_s_refusal_is_one_line(fake_docker: FakeDocker, o
     monkeypatch.setenv("FAKE_DOCKER_MOUNTPOINT", "/elsewhere")
     (orch / "results" / "task-001.json").write_text('{"task_id": "task-001"}')
     err = refused(capsys, 1, "flutter", "task-001", *on_the_host)
-    assert "task task-001 already has a result" in err and "volume: error" not in err
+    assert "task task-001 ran already" in err and "volume: error" not in err
     assert fake_docker.find("rm", "--force", "worker-task-001") and not fake_docker.find("start")
 
 

@@ -19,7 +19,7 @@ from .scripted_api import ScriptedAPI, Turn, bash, text
 
 PROMPT = ROOT / "orchestrator" / "system-prompt.md"
 
-# Parts of the prompts the prompt's commands submit (task-001, then task-002).
+# Parts of the prompts the prompt's commands submit (the batch's first task, then its second).
 LIST_DART = "List all Dart files in the lib/ directory"
 COUNT_DART = "Count the Dart files in lib/ and write the total to notes/dart-count.txt."
 
@@ -41,7 +41,8 @@ def script_once(api: ScriptedAPI, marker: str, *turns: Turn) -> None:
 
 def test_the_prompt_shows_the_whole_cycle():
     text = "\n".join(shell_blocks())
-    for command in ("orch submit", "--depends-on", "orch start --all --max-workers", "orch status", "orch cancel",
+    for command in ("orch batch new", "orch submit", "--depends-on", "orch start --all --max-workers", "orch status",
+                    "orch cancel",
                     "orch retry", "orch wait --all", "orch result", "orch logs", "orch merge --all --push",
                     "orch cleanup"):  # fmt: skip
         assert command in text
@@ -49,11 +50,8 @@ def test_the_prompt_shows_the_whole_cycle():
 
 @pytest.mark.docker
 def test_the_prompt_s_commands_work_as_written(run: Run, git_server: GitServer, token_file):
-    # The prompt's task ids are fixed; they must not collide with leftover containers.
-    workers = ["worker-task-001", "worker-task-002"]
-    sh("docker", "rm", "--force", *workers, check=False)
     blocks = shell_blocks()
-    assert LIST_DART in blocks[0] and COUNT_DART in blocks[1]
+    assert "orch batch new" in blocks[0] and LIST_DART in blocks[1] and COUNT_DART in blocks[2]
     # The agents look and answer; neither changes a file, so there is nothing to merge.
     script_once(run.api, LIST_DART, bash("find lib -name '*.dart'"), text("lib/main.dart"))
     # task-002 takes a while, so that the prompt's `orch cancel task-002` finds it queued or running,
@@ -61,25 +59,24 @@ def test_the_prompt_s_commands_work_as_written(run: Run, git_server: GitServer, 
     script_once(run.api, COUNT_DART, bash("sleep 5"), bash("find lib -name '*.dart' | wc -l"), text("1"))
     repo = git_server.repo(f"p-{run.id}")
     script = "set -eu\n" + "\n".join(blocks)
-    try:
-        proc = run_py(run, "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", run.manager,
-                      "--", "bash", "-c", script)  # fmt: skip
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        out = proc.stdout
-        assert out.startswith("task-001\ntask-002\n")  # the ids orch submit printed
-        assert "task-002: cancelled" in out and "task-002: attempt 2 queued" in out
-        assert "2 tasks: 2 success" in out  # orch wait
-        assert "task-001: success (attempt 1)" in out  # orch result
-        assert "[agent] finished: success" in out  # orch logs
-        assert "nothing to merge: no task that succeeded has a pushed branch" in out  # they changed nothing
-        assert "removed 2 finished worker containers" in out
-        for task_id in ("task-001", "task-002"):
-            assert run.result(task_id)["status"] == "success"
-            assert json.loads(run.read(f"status/{task_id}.json"))["state"] == "success"
-        assert run.result("task-001")["output"] == "lib/main.dart"
-        assert run.result("task-002")["attempt"] == 2 and run.result("task-002")["output"] == "1"
-        assert "lib/main.dart" in run.api.tool_results(LIST_DART)
-        assert json.loads(run.read("attempts/task-002/1.json"))["status"] == "cancelled"
-        assert sh("docker", "ps", "-aq", "--filter", "name=worker-task-00").stdout == ""
-    finally:
-        sh("docker", "rm", "--force", *workers, check=False)
+    proc = run_py(run, "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", run.manager,
+                  "--", "bash", "-c", script)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    batch = out.splitlines()[0]  # the id orch batch new printed; the tasks' ids carry it
+    assert re.fullmatch(r"count-the-dart-files-[0-9a-f]{6}", batch), out
+    first, second = f"{batch}-01", f"{batch}-02"
+    assert f"{second}: cancelled" in out and f"{second}: attempt 2 queued" in out
+    assert "2 tasks: 2 success" in out  # orch wait
+    assert f"{first}: success (attempt 1)" in out  # orch result
+    assert "[agent] finished: success" in out  # orch logs
+    assert "nothing to merge: no task that succeeded has a pushed branch" in out  # they changed nothing
+    assert "removed 2 finished worker containers" in out
+    for task_id in (first, second):
+        assert run.result(task_id)["status"] == "success"
+        assert json.loads(run.read(f"status/{task_id}.json"))["state"] == "success"
+    assert run.result(first)["output"] == "lib/main.dart"
+    assert run.result(second)["attempt"] == 2 and run.result(second)["output"] == "1"
+    assert "lib/main.dart" in run.api.tool_results(LIST_DART)
+    assert json.loads(run.read(f"attempts/{second}/1.json"))["status"] == "cancelled"
+    assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{batch}-").stdout == ""

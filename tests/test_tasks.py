@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,31 @@ def test_task_of_the_original_design_parses_and_round_trips():
     assert task.to_json() == data
 
 
-def test_task_keeps_fields_it_does_not_know():
-    data = {"id": "t1", "prompt": "p", "timeout": 60, "model": "m", "title": "Dark mode", "depends_on": ["t0"]}
+def test_a_task_keeps_the_user_s_own_fields_under_meta():
+    data = {
+        "id": "t1",
+        "prompt": "p",
+        "timeout": 60,
+        "model": "m",
+        "meta": {"title": "Dark mode"},
+        "depends_on": ["t0"],
+    }
     assert Task.from_json(data).to_json() == data
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("timout", "unknown field 'timout' (did you mean 'timeout'?)"),
+        ("dependson", "unknown field 'dependson' (did you mean 'depends_on'?)"),
+        ("max_turn", "unknown field 'max_turn' (did you mean 'max_turns'?)"),
+        ("title", "unknown field 'title'; fields of your own go under 'meta'"),
+    ],
+)
+def test_a_misspelled_field_is_refused_with_the_closest_name(field, message):
+    # A misspelling would otherwise run with the default one-hour timeout, no dependency, no turn limit.
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        Task.from_json({"id": "t1", "prompt": "p", field: 5})
 
 
 @pytest.mark.parametrize(
