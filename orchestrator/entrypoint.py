@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from .context import Context
 from .dispatcher import ensure_dispatcher
 from .docker import DaemonUnreachable, DockerMissing, check_daemon
 from .errors import UserError
-from .secrets import GIT_TOKEN_ENV, Secrets, env_secrets, scrubber
+from .secrets import API_KEY_ENV, GIT_TOKEN_ENV, OAUTH_TOKEN_ENV, Secrets, env_secrets, scrubber
 from .store import OrchestrationDir, write_json
 from .tasks import ACTIVE_STATES, State
 from .views import load_views
@@ -46,15 +47,20 @@ def _load_json_object(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def preseed_claude_config(home: Path, project_dir: Path) -> None:
+def preseed_claude_config(home: Path, project_dir: Path, api_key: str | None = None) -> None:
     """Answer Claude Code's first-run questions in advance.
 
-    Onboarding and theme live in ~/.claude.json, folder trust per project there too; the
+    Onboarding and theme live in ~/.claude.json, folder trust per project there too, and the
+    approval of a custom API key (by its last 20 characters, as Claude Code records it); the
     bypass-permissions warning is accepted in ~/.claude/settings.json. Existing values win.
     """
     state_path = home / ".claude.json"
     state = _load_json_object(state_path)
     state.setdefault("hasCompletedOnboarding", True)
+    if api_key:
+        approved = state.setdefault("customApiKeyResponses", {}).setdefault("approved", [])
+        if api_key[-20:] not in approved:
+            approved.append(api_key[-20:])
     state.setdefault("theme", "dark")
     project = state.setdefault("projects", {}).setdefault(str(project_dir), {})
     project.setdefault("hasTrustDialogAccepted", True)
@@ -88,8 +94,74 @@ def load_secrets(home: Path, env: dict[str, str]) -> None:
         env[GIT_TOKEN_ENV] = secrets.git_token
 
 
+ENDPOINTS_TIMEOUT = 180.0
+REPO_MARK = ".orchestrator-repo"  # what the clone in the workspace is of: "URL BRANCH"
+
+
+def prepare_without_secrets(env: dict[str, str], control: Path) -> Path:
+    """The manager of a control plane: it holds nothing. Its Claude Code reaches the API through
+    the control plane's relay, with a ticket of its own; its clone borrows from the mirror the
+    control plane keeps (its origin), read-only; orch, spawn-worker and docker reach the control
+    plane (see orch.py, spawn.py, and DOCKER_HOST)."""
+    os.umask(OrchestrationDir.UMASK)
+    home = Path(env.get("HOME") or Path.home())
+    endpoints = wait_for(control / "endpoints.json")
+    ticket = str(endpoints["ticket"])
+    env["ANTHROPIC_BASE_URL"] = str(endpoints["relay"])
+    env[API_KEY_ENV if endpoints.get("api_key") else OAUTH_TOKEN_ENV] = ticket
+    git.configure_identity(environment.GIT_USER_NAME.get(env), environment.GIT_USER_EMAIL.get(env))
+    workspace = Path(environment.WORKSPACE.require(env))
+    workdir = workspace
+    repo_url = environment.REPO_URL.get(env)
+    mirror = endpoints.get("mirror")
+    if repo_url and isinstance(mirror, str):
+        workdir = workspace / "repo"
+        branch = environment.REPO_BRANCH.require(env)
+        check_clone_of(workspace, repo_url, branch)
+        if not (workdir / ".git").is_dir():
+            print(f"manager: cloning {repo_url} (branch {branch}) from the control plane's mirror into {workdir}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            git.git("clone", "--quiet", "--shared", "--branch", branch, "--", mirror, str(workdir),
+                    timeout=git.CLONE_TIMEOUT)  # fmt: skip
+        # Its origin is the mirror: what it fetches comes from there; what it hands back goes
+        # through `orch push`, which the control plane checks and pushes.
+        git.git("remote", "set-url", "origin", mirror, cwd=workdir)
+        (workspace / REPO_MARK).write_text(f"{repo_url} {branch}\n", encoding="utf-8")
+    preseed_claude_config(home, workdir, ticket if endpoints.get("api_key") else None)
+    return workdir
+
+
+def check_clone_of(workspace: Path, repo_url: str, branch: str) -> None:
+    """The clone kept on the workspace volume must be of the repository and branch given: a
+    manager of another repository would otherwise work, silently, in the first one's clone."""
+    try:
+        kept = (workspace / REPO_MARK).read_text(encoding="utf-8").split()
+    except OSError:
+        return
+    if len(kept) == 2 and kept != [repo_url, branch]:
+        raise UserError(
+            f"the workspace holds a clone of {kept[0]} (branch {kept[1]}), not of {repo_url} (branch {branch}): "
+            "give this orchestration another name (run.py --name) or workspace (--workspace-volume), or remove the "
+            "volume"
+        )
+
+
+def wait_for(path: Path) -> dict[str, Any]:
+    """The control plane's endpoints, once it has written them."""
+    deadline = time.monotonic() + ENDPOINTS_TIMEOUT
+    while time.monotonic() < deadline:
+        found = _load_json_object(path)
+        if found.get("relay") and found.get("ticket"):
+            return found
+        time.sleep(0.2)
+    raise UserError(f"the control plane did not say where it serves ({path}) within {ENDPOINTS_TIMEOUT:.0f} s")
+
+
 def prepare(env: dict[str, str]) -> Path:
     """Everything before the final exec; returns the folder to work in."""
+    control = environment.CONTROL.get(env)
+    if control:
+        return prepare_without_secrets(env, Path(control))
     # The shared volume's files are for the group of the orchestrator's user, and no one else:
     # a worker's agent runs as a user outside it.
     os.umask(OrchestrationDir.UMASK)
@@ -115,9 +187,11 @@ def prepare(env: dict[str, str]) -> Path:
     if repo_url:
         workdir = workspace / "repo"
         branch = environment.REPO_BRANCH.require(env)
+        check_clone_of(workspace, repo_url, branch)
         if not (workdir / ".git").is_dir():
             print(f"manager: cloning {scrub(repo_url)} (branch {branch}) into {workdir}", file=sys.stderr, flush=True)
             git.clone(repo_url, branch, workdir, scrub=scrub, env=env)
+        (workspace / REPO_MARK).write_text(f"{repo_url} {branch}\n", encoding="utf-8")
     preseed_claude_config(home, workdir)
     return workdir
 

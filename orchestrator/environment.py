@@ -77,6 +77,15 @@ STOP_TIMEOUT = Var("ORCHESTRATOR_STOP_TIMEOUT", "120")
 # the work in a bundle instead.
 PUSH_RETRY_SECONDS = Var("ORCHESTRATOR_PUSH_RETRY_SECONDS", "180")
 
+# --- The control plane and the manager.
+# Where the control plane serves the manager (the channel, the filtered Docker API, endpoints.json);
+# set in the manager, where orch and spawn-worker forward their work there.
+CONTROL = Var("ORCHESTRATOR_CONTROL")
+# The control plane's mirror of origin, which the manager (and the workers) read.
+MIRROR_DIR = Var("ORCHESTRATOR_MIRROR_DIR", "/mirror")
+# In the control plane: the manager's workspace, read-only, where `orch push` finds its hand-over.
+MANAGER_WORKSPACE = Var("ORCHESTRATOR_MANAGER_WORKSPACE")
+
 # --- Host only.
 CA_CERTS = Var("ORCHESTRATOR_CA_CERTS")  # extra CA certificates for the image builds, separated by ':'
 
@@ -120,6 +129,9 @@ RUNTIME_DIR = Var("ORCHESTRATOR_RUNTIME_DIR", "/var/lib/orchestrator")  # the ru
 
 ALL = (
     *MANAGER_SETTINGS,
+    CONTROL,
+    MIRROR_DIR,
+    MANAGER_WORKSPACE,
     MAX_WORKERS,
     RESUME_INTERRUPTED,
     CA_CERTS,

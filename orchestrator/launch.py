@@ -8,7 +8,7 @@ import os
 import stat
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -39,15 +39,21 @@ from .docker import (
 )
 from .errors import InvalidInput, UserError
 from .git import host_config
+from .launch_control import (
+    Orchestration,
+    control_argv,
+    manager_mounts,
+    remove_ended,
+    socket_mount,
+    start_control,
+    stop_control,
+)
+from .launch_control import prepare as prepare_orchestration
 from .limits import WorkerLimits
 from .login import check_login
 from .secrets import DEFAULT_TOKEN_FILE, Secrets
 
 DEFAULT_NAME = "claude-manager"
-# The folder of the engine's socket, not the socket file: an engine that restarts without
-# systemd's socket activation makes a new socket file, which a mounted file would never see
-# (a manager that lives through a restart, with live-restore, would lose its engine).
-SOCKET_FOLDER_IN_CONTAINER = "/run/host-docker"
 
 
 def docker_socket(env: Mapping[str, str]) -> Path:
@@ -77,25 +83,32 @@ class ManagerSpec:
     secrets: Secrets
     command: tuple[str, ...]
     tty: bool
+    # The orchestration's control plane, which holds the socket and the credentials; None: the
+    # original layout (--manager-docker-socket), where the manager holds them.
+    control: Orchestration | None = None
+    tasks_folder: str = ""  # the engine's folder of the shared volume's tasks (the manager's to write)
 
     def environment(self) -> dict[str, str]:
         """The manager's environment: settings only (the secrets are copied in as files).
         Values travel through docker's environment, not argv."""
         return {name: value for name, value in self.settings.items() if value}
 
-    def socket_mount(self) -> list[str]:
-        """The socket's folder, when the manager's user may pass through it; else the socket
-        file itself (which a restarted engine's new socket does not replace)."""
-        folder = self.socket.parent
-        if folder.stat().st_mode & stat.S_IXOTH:
-            where = f"{SOCKET_FOLDER_IN_CONTAINER}/{self.socket.name}"
-            mount = f"{folder}:{SOCKET_FOLDER_IN_CONTAINER}"
-        else:
-            where = f"{SOCKET_FOLDER_IN_CONTAINER}/docker.sock"
-            mount = f"{self.socket}:{where}"
-        # On the command line, not through docker's environment: the docker client running this
-        # command must not take it for its own.
-        return ["--volume", mount, "--env", f"DOCKER_HOST=unix://{where}"]
+    def holdings(self) -> list[str]:
+        """What the manager is given: nothing it could leak, with a control plane; the socket
+        (its folder, and its group so that the non-root user may use it), the volume and its
+        clone otherwise. The clone outlives the container: a new manager carries on in it."""
+        if self.control is not None:
+            return manager_mounts(self.control, self.tasks_folder)
+        mount, docker_host = socket_mount(self.socket)
+        return [
+            *mount,
+            # On the command line: the docker client running this must not take it for its own.
+            "--env", f"DOCKER_HOST={docker_host}",
+            "--group-add", str(self.socket_gid),
+            "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
+            "--volume", f"{self.workspace_volume}:{CONTAINER_WORKSPACE}",
+            *flag("--network", self.network),
+        ]  # fmt: skip
 
     def create_argv(self) -> list[str]:
         return [
@@ -106,13 +119,7 @@ class ManagerSpec:
             "--interactive",
             *(["--tty"] if self.tty else []),
             *labels({config.LABEL_ROLE: "manager", config.LABEL_VOLUME: self.volume}),
-            *self.socket_mount(),
-            # The socket's group, so that the non-root user may use it.
-            "--group-add", str(self.socket_gid),
-            "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
-            # The manager's clone outlives the container: a new manager carries on in it.
-            "--volume", f"{self.workspace_volume}:{CONTAINER_WORKSPACE}",
-            *flag("--network", self.network),
+            *self.holdings(),
             *[arg for name in self.environment() for arg in env_pass(name)],
             self.image,
             *(["--", *self.command] if self.command else []),
@@ -139,8 +146,24 @@ def ensure_images(args: argparse.Namespace, ca_certs: Sequence[Path]) -> str:
 
 
 def start_manager(spec: ManagerSpec) -> int:
-    docker("volume", "create", spec.volume, timeout=60)
-    docker("volume", "create", spec.workspace_volume, timeout=60)
+    """Start the orchestration and attach to its manager; its exit code. With a control plane,
+    that one starts first (holding the socket and the secrets) and ends with the manager: a new
+    run.py takes over a batch left under way."""
+    if spec.control is None:
+        docker("volume", "create", spec.volume, timeout=60)
+        docker("volume", "create", spec.workspace_volume, timeout=60)
+        return run_manager(spec)
+    tasks_folder = prepare_orchestration(spec.control)
+    remove_ended(spec.name, "manager")
+    control = control_argv(spec.control, spec.image, spec.socket, spec.socket_gid, spec.environment())
+    start_control(spec.control, control, spec.environment(), spec.secrets)
+    try:
+        return run_manager(replace(spec, tasks_folder=tasks_folder, secrets=Secrets()))
+    finally:
+        stop_control(spec.control)
+
+
+def run_manager(spec: ManagerSpec) -> int:
     replace_ended_manager(spec.name)
     try:
         docker(*spec.create_argv(), env=spec.environment(), timeout=120)
@@ -270,6 +293,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         help="start without asking the API first whether it accepts the token",
     )
+    parser.add_argument(
+        "--manager-docker-socket",
+        action="store_true",
+        help="the original layout: no control plane; the manager gets the Docker socket and the credentials, "
+        "which makes it (and whoever steers its Claude Code) root on this host",
+    )
     parser.add_argument("--build", action="store_true", help="rebuild the images even if they exist")
     parser.add_argument(
         "--claude-code-version",
@@ -382,7 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             secrets=secrets,
             command=tuple(command),
             tty=sys.stdin.isatty(),
-        )
+            control=None if args.manager_docker_socket else Orchestration(
+                args.name, args.volume, args.workspace_volume or f"{args.name}-workspace", args.network
+            ),
+        )  # fmt: skip
         return start_manager(spec)
 
     return run_command("run.py", work, debug=args.debug)

@@ -251,6 +251,23 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.set_defaults(func=commands.cmd_merge)
 
     p = command(
+        "push",
+        "hand back a branch of your clone: the integration branch, or one under the prefix",
+        "Push a branch of the manager's clone (a merge you made, a conflict you resolved) to origin, as a "
+        "fast-forward of what origin has: the integration branch, or a branch under the branch prefix, and nothing "
+        "else. With a control plane, it takes the branch as a bundle and pushes it with the credentials it holds.",
+    )
+    p.add_argument("branch", metavar="BRANCH")
+    p.add_argument("--bundle", help=argparse.SUPPRESS)  # what the manager's orch hands its control plane
+    p.add_argument(
+        "--repo-dir",
+        default=str(Path(environment.WORKSPACE.require(env)) / "repo"),
+        help="the clone to push from (default: /workspace/repo)",
+    )
+    p.add_argument("--branch-prefix", default=environment.BRANCH_PREFIX.get(env), help=argparse.SUPPRESS)
+    p.set_defaults(func=commands.cmd_push)
+
+    p = command(
         "dispatch",
         "run the dispatcher in the foreground",
         "Run the dispatcher here instead of in the background (orch start does that). It exits when no "
@@ -262,6 +279,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ  # read here, and nowhere below
+    control = environment.CONTROL.get(env)
+    if control:
+        # In a manager with a control plane: the control plane does the work (control/channel.py).
+        from .control.channel import client_main
+
+        return client_main("orch", list(sys.argv[1:] if argv is None else argv), Path(control))
     args = build_parser(env).parse_args(argv)
     os.umask(OrchestrationDir.UMASK)
 

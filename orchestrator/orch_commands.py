@@ -4,8 +4,10 @@ reconcile.py) and given the context its main built."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from . import batch, batches, config, limits, merge
+from . import batch, batches, config, environment, handover, limits, merge
 from .context import Context
 from .dependencies import unstarted_dependencies, with_submitted_dependencies
 from .dispatcher import (
@@ -505,6 +507,7 @@ def cmd_merge(ctx: Context, args: argparse.Namespace) -> int:
     if report.push_error:
         print(f"not pushed: {report.push_error}")
     elif report.pushed:
+        refresh_mirror(ctx)
         print(f"pushed {into} to origin")
     else:
         print(f"{into} is in {args.repo_dir}; `orch merge --all --push` (or git push) publishes it")
@@ -564,3 +567,42 @@ def cmd_batch(ctx: Context, args: argparse.Namespace) -> int:
     found = orch.load_batch(current)
     print(f"{current} ({found.title if found else '?'})")
     return EXIT_OK
+
+
+def cmd_push(ctx: Context, args: argparse.Namespace) -> int:
+    """The manager's own work (its merge, a conflict it resolved), pushed as a fast-forward to the
+    integration branch or under the branch prefix (handover.py)."""
+    volume_dir(ctx, args)
+    prefix = args.branch_prefix or ctx.settings.branch_prefix
+    branch = handover.check_target(args.branch, prefix, f"{prefix}{merge.INTEGRATION_BRANCH}")
+    work = Path(args.repo_dir)
+    if not (work / ".git").exists():
+        raise UserError(f"{work} is not a git clone")
+    manager_workspace = ctx.env.get(environment.MANAGER_WORKSPACE.name)
+    if args.bundle and manager_workspace:
+        bundle = handover.read_bundle(Path(args.bundle), Path(manager_workspace))
+    elif args.bundle:
+        raise InvalidInput("--bundle is what the manager's orch sends its control plane")
+    else:
+        bundle = handover.make_bundle(work, branch)
+    try:
+        said = handover.push(work, bundle, branch, url=ctx.settings.repo_url or "origin", env={},
+                             scrub=scrubber(env_secrets(ctx.env)))  # fmt: skip
+    finally:
+        if args.bundle:
+            bundle.unlink(missing_ok=True)
+    refresh_mirror(ctx)
+    print(said)
+    return EXIT_OK
+
+
+def refresh_mirror(ctx: Context) -> None:
+    """In the control plane, the mirror takes what was just pushed (the manager fetches from it)."""
+    folder = ctx.env.get(environment.MIRROR_DIR.name)
+    if not folder or not ctx.settings.repo_url or not os.access(folder, os.W_OK):
+        return
+    from .control.mirror import Mirror
+
+    git_env = {k: v for k, v in ctx.env.items() if k in ("GIT_TOKEN", environment.REPO_URL.name)}
+    with contextlib.suppress(UserError):
+        Mirror(Path(folder), ctx.settings.repo_url, env=git_env, scrub=scrubber(env_secrets(ctx.env))).refresh()

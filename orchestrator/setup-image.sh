@@ -35,8 +35,10 @@ done
 
 case "$role" in
   manager)
-    mkdir -p /workspace
-    chown claude:claude /workspace
+    # The manager's clone; and, in the control plane (same image), the mirror of origin and the
+    # folder it serves the manager from: new volumes take these folders' owner.
+    mkdir -p /workspace /mirror /run/orchestrator
+    chown claude:claude /workspace /mirror /run/orchestrator
     ;;
   worker)
     # agent (1001): runs Claude Code on the task. No capability, no secret, no access to

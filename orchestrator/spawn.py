@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from . import config, environment
 from .cli import (
@@ -124,6 +125,12 @@ def result_hint(spec: WorkerSpec, orch_dir: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ  # read here, and nowhere below
+    control = environment.CONTROL.get(env)
+    if control:
+        # In a manager with a control plane: the control plane does the work (control/channel.py).
+        from .control.channel import client_main
+
+        return client_main("spawn-worker", list(sys.argv[1:] if argv is None else argv), Path(control))
     args = build_parser(env).parse_args(argv)
     os.umask(OrchestrationDir.UMASK)
 

@@ -1,0 +1,194 @@
+"""The control plane: the one trusted container of an orchestration (``NAME-control``).
+
+It holds what must be trusted, and runs no agent: the Docker socket, the Claude credential, the
+git token and SSH key, the dispatcher, the mirror of origin, and the API relay. The manager holds
+none of it and asks, over the channel (channel.py), for the operations of a batch, which the
+control plane checks (policy.py) and carries out; the manager's ``docker`` reaches the engine
+through a filter (docker_api.py) that lets through what the original design uses it for, on
+this orchestration's workers only; the manager's Claude Code reaches the API through the relay,
+with a ticket only the relay takes. It never takes repository content, prompts or agent output as
+instructions: they are data it stores, checks and passes on.
+
+What it serves, in ``/run/orchestrator`` (a volume it shares with the manager, mounted read-only
+there; a socket can be reached on a read-only mount):
+
+- ``control.sock``: the channel for ``orch`` and ``spawn-worker``;
+- ``docker.sock``: the filtered Docker API (the manager's ``DOCKER_HOST``);
+- ``endpoints.json``: where the manager's Claude Code finds the relay, and its ticket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .. import environment, git
+from ..cli import HelpFormatter, run_command
+from ..context import Context
+from ..dispatcher import ensure_dispatcher
+from ..errors import UserError
+from ..relay import ApiRelay, RelaySettings
+from ..secrets import GIT_TOKEN_ENV, Secrets, scrubber
+from ..store import write_json
+from ..views import load_views
+from . import policy
+from .channel import ChannelServer
+from .docker_api import DockerApiFilter
+from .docker_rules import WorkerPolicy
+from .mirror import Mirror
+
+RUN_DIR = Path("/run/orchestrator")
+CHANNEL = "control.sock"
+DOCKER = "docker.sock"
+ENDPOINTS = "endpoints.json"
+
+
+def upstream_socket(env: Mapping[str, str]) -> Path:
+    """The engine's socket, as run.py mounted it (DOCKER_HOST)."""
+    host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        raise UserError(f"DOCKER_HOST is {host}: the control plane needs the engine's Unix socket")
+    return Path(urlparse(host).path)
+
+
+def commands_env(env: Mapping[str, str], secrets: Secrets) -> dict[str, str]:
+    """The environment of the commands the control plane runs for the manager: its own, with the
+    credentials where its commands look for them (never in a container's environment)."""
+    found = dict(env)
+    if secrets.claude is not None:
+        found[secrets.claude.env_name] = secrets.claude.value
+    if secrets.git_token:
+        found[GIT_TOKEN_ENV] = secrets.git_token
+    return found
+
+
+class ControlPlane:
+    def __init__(self, ctx: Context, secrets: Secrets, run_dir: Path, relay_host: str):
+        self.ctx = ctx
+        self.secrets = secrets
+        self.run_dir = run_dir
+        self.relay_host = relay_host  # how the manager names this container
+        self.env = commands_env(ctx.env, secrets)
+        self.stopping = threading.Event()
+
+    def say(self, message: str) -> None:
+        print(f"control: {scrubber(self.secrets.values())(message)}", flush=True)
+
+    def run(self) -> int:
+        ctx, settings = self.ctx, self.ctx.settings
+        if self.secrets.claude is None:
+            raise UserError("no Claude credential was given to the control plane (run.py copies it in)")
+        ctx.orch.ensure()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        home = Path(ctx.env.get("HOME") or Path.home())
+        git.configure_identity(environment.GIT_USER_NAME.get(ctx.env), environment.GIT_USER_EMAIL.get(ctx.env))
+        git.configure_credentials()
+        git.prepare_ssh(home)
+        mirror = None
+        if settings.repo_url:
+            # What git needs to reach origin: the token for the credential helper, which answers for
+            # this URL alone.
+            git_env = {environment.REPO_URL.name: settings.repo_url}
+            if self.secrets.git_token:
+                git_env[GIT_TOKEN_ENV] = self.secrets.git_token
+            mirror = Mirror(
+                Path(environment.MIRROR_DIR.require(ctx.env)), settings.repo_url, env=git_env,
+                scrub=scrubber(self.secrets.values()),
+            )  # fmt: skip
+            self.say(f"fetching {settings.repo_url} into the mirror")
+            mirror.refresh()
+            self.prepare_clone(mirror, git_env)
+        channel = ChannelServer(
+            self.run_dir / CHANNEL, check=lambda request: policy.check(request, self.env), env=self.env, mode=0o666
+        ).start()
+        docker_filter = DockerApiFilter(
+            self.run_dir / DOCKER, upstream_socket(ctx.env), WorkerPolicy(settings.volume), mode=0o666,
+            on_refused=lambda method, path, reason: self.say(f"refused the manager's {method} {path[:200]}: {reason}"),
+        ).start()  # fmt: skip
+        relay = ApiRelay(
+            self.secrets.claude,
+            settings.api_url,
+            on_notice=lambda notice: self.say(notice.message),
+            settings=RelaySettings(host="0.0.0.0", port=0),
+        ).start()
+        ticket = relay.issue_ticket("manager")
+        port = relay.url.rsplit(":", 1)[1]
+        write_json(
+            self.run_dir / ENDPOINTS,
+            {
+                "relay": f"http://{self.relay_host}:{port}",
+                "ticket": ticket,
+                "api_key": self.secrets.claude.is_api_key,
+                "mirror": str(mirror.path) if mirror else None,
+            },
+        )
+        self.say(f"serving the manager in {self.run_dir} (the API relay on port {port})")
+        self.resume()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stopping.set())
+        self.stopping.wait()
+        self.say("stopping")
+        for server in (channel, docker_filter, relay):
+            server.stop()
+        return 0
+
+    def prepare_clone(self, mirror: Mirror, git_env: Mapping[str, str]) -> None:
+        """The control plane's own clone, where `orch merge` and `orch push` work: it borrows the
+        mirror's objects; its origin is the repository itself."""
+        clone = self.ctx.settings.workspace / "repo"
+        if not (clone / ".git").is_dir():
+            git.git("clone", "--quiet", "--shared", "--branch", self.ctx.settings.branch, "--", str(mirror.path),
+                    str(clone), timeout=git.CLONE_TIMEOUT)  # fmt: skip
+        git.git("remote", "set-url", "origin", mirror.url, cwd=clone)
+        git.git("fetch", "--quiet", "origin", cwd=clone, timeout=git.CLONE_TIMEOUT, env=git_env,
+                scrub=scrubber(self.secrets.values()))  # fmt: skip
+
+    def resume(self) -> None:
+        """A batch under way (a control plane restarted, a new manager) is taken over."""
+        views = load_views(self.ctx.orch)
+        limit = self.ctx.orch.load_settings().resume_limit(self.ctx.settings.resume_interrupted)
+        from ..batch import needs_dispatcher
+
+        if needs_dispatcher(views, limit) and ensure_dispatcher(self.ctx_for_commands()):
+            self.say("a batch was under way: its dispatcher is started")
+
+    def ctx_for_commands(self) -> Context:
+        return Context(settings=self.ctx.settings, orch=self.ctx.orch, engine=self.ctx.engine, env=self.env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="control",
+        formatter_class=HelpFormatter,
+        description="The control plane of an orchestration: holds the Docker socket and the credentials, runs the "
+        "dispatcher, and serves the manager (the channel for orch and spawn-worker, the filtered Docker API, the API "
+        "relay). bin/run.py starts it; configured by the same environment as the manager.",
+    )
+    parser.add_argument("--run-dir", default=str(RUN_DIR), help=f"where to serve the manager (default: {RUN_DIR})")
+    parser.add_argument("--name", help="how the manager reaches this container (default: its host name)")
+    parser.add_argument("--debug", action="store_true", help="tracebacks of expected failures")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    env = dict(os.environ)  # read here, and nowhere below
+    args = build_parser().parse_args(argv)
+    os.umask(0o007)
+
+    def work() -> int:
+        ctx = Context.build(env)
+        secrets = Secrets.take_copy(Path(env.get("HOME") or Path.home()))
+        host = args.name or ("127.0.0.1" if environment.NETWORK.get(env) == "host" else os.uname().nodename)
+        return ControlPlane(ctx, secrets, Path(args.run_dir), host).run()
+
+    return run_command("control", work, debug=args.debug)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
