@@ -36,6 +36,8 @@ WORKER_TYPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,40}")
 def worker_image(worker_type: str, prefix: str) -> str:
     if not WORKER_TYPE_PATTERN.fullmatch(worker_type):
         raise InvalidInput(f"worker type {worker_type!r} is not valid: use lower-case letters, digits, '.', '_' or '-'")
+    if worker_type == MANAGER_IMAGE:
+        raise InvalidInput(f"worker type {worker_type!r} names the manager's image, which is no worker's")
     return f"{prefix}{worker_type}"
 
 

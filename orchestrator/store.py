@@ -5,6 +5,7 @@ on it, atomic writes, the locks, and the settled index's files. The formats are 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -86,15 +87,34 @@ def link_into_place(path: Path, content: bytes) -> None:
         os.unlink(tmp)
 
 
+# The largest file of the volume orch reads (a result holds the agent's final answer; the
+# transcript, which may be larger, is never read whole).
+READ_LIMIT = 64 * 1024 * 1024
+
+
 def read_json(path: Path) -> Any:
+    """A JSON document of the volume. Read as the plain file it must be: a link is not followed
+    (a task file is the manager's to write, and a link there could lead the control plane or a
+    worker's runtime to a file of its own), nor is anything but a regular file opened for long
+    (a FIFO would hold the reader)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise InvalidInput(f"{path} does not exist") from None
     except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+        reason = "it is a symbolic link, which is never followed" if exc.errno == errno.ELOOP else exc.strerror
+        raise InvalidInput(f"cannot read {path}: {reason}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInput(f"cannot read {path}: it is not a regular file")
+        data = handle.read(READ_LIMIT + 1)
+    if len(data) > READ_LIMIT:
+        raise InvalidInput(f"cannot read {path}: it is over {READ_LIMIT // (1024 * 1024)} MiB")
     try:
-        return json.loads(text)
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 

@@ -120,12 +120,12 @@ def test_archiving_an_attempt_keeps_its_result_transcript_and_log(orch):
     assert orch.load_result(task) is None and not orch.worker_log_path(task).exists()
 
 
-def test_orch_outside_the_manager_says_where_it_runs(tmp_path, capsys):
+def test_orch_outside_the_manager_says_where_it_runs(tmp_path, capsys, fake_docker):
     from orchestrator.orch import main
 
     assert main(["status", "--orchestration-dir", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("orch status: error: ") and "docker exec -it claude-manager orch status" in err
+    assert err.startswith("orch status: error: ") and "in a manager container; none runs (bin/run.py starts one)" in err
 
 
 def test_orch_submit_and_status_from_the_command_line(orch, capsys, monkeypatch):

@@ -35,6 +35,7 @@ from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, InvalidInput, UserError
 REQUEST_LIMIT = 4 * 1024 * 1024
 COMMANDS = {"orch": "orchestrator.orch", "spawn-worker": "orchestrator.spawn"}
 READ_CHUNK = 65536
+MAX_COMMANDS = 32  # commands the control plane runs for the manager at once (orch wait holds one)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class ChannelServer:
         self.check = check
         self.env = dict(env)
         self.mode = mode
+        self.slots = threading.BoundedSemaphore(MAX_COMMANDS)
         self._server: _UnixServer | None = None
 
     def start(self) -> ChannelServer:
@@ -114,6 +116,17 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         channel = self.server.channel
+        # A manager that opens commands without end gets a refusal, not the control plane's last process.
+        if not channel.slots.acquire(blocking=False):
+            self._send({"err": f"control plane: error: {MAX_COMMANDS} commands run at once already; try again\n"})
+            self._send({"exit": EXIT_FAILURE})
+            return
+        try:
+            self._handle(channel)
+        finally:
+            channel.slots.release()
+
+    def _handle(self, channel: ChannelServer) -> None:
         line = self.rfile.readline(REQUEST_LIMIT + 1)
         try:
             if len(line) > REQUEST_LIMIT:
