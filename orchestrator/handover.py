@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -60,9 +59,15 @@ def read_bundle(handed: Path, root: Path) -> Path:
     workspace, read-only here), never through a link, bounded in size."""
     if handed.name != handed.as_posix().rsplit("/", 1)[-1] or handed.parent.name != HANDOVER_DIR:
         raise InvalidInput(f"{handed} is not a hand-over of the manager's")
-    path = root / HANDOVER_DIR / handed.name
+    # The folder and the file alike are opened without following a link: the manager's workspace
+    # is the manager's, and a link there could lead to a file of the control plane's own.
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        folder = os.open(root / HANDOVER_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            # Not waiting on a FIFO's writer either (O_NONBLOCK: a FIFO is refused below).
+            fd = os.open(handed.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+        finally:
+            os.close(folder)
     except OSError as exc:
         raise UserError(f"the hand-over {handed} cannot be read: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as source:
@@ -71,7 +76,15 @@ def read_bundle(handed: Path, root: Path) -> Path:
             raise UserError(f"the hand-over {handed} is not a file of at most {BUNDLE_LIMIT // 1024**3} GiB")
         out = tempfile.NamedTemporaryFile(prefix="handover-", suffix=".bundle", delete=False)  # noqa: SIM115
         with out:
-            shutil.copyfileobj(source, out, 1024 * 1024)
+            # Bounded as it is read too: the manager may make the file grow after fstat.
+            copied = 0
+            while chunk := source.read(1024 * 1024):
+                copied += len(chunk)
+                if copied > BUNDLE_LIMIT:
+                    out.close()
+                    os.unlink(out.name)
+                    raise UserError(f"the hand-over {handed} grew over {BUNDLE_LIMIT // 1024**3} GiB as it was read")
+                out.write(chunk)
     return Path(out.name)
 
 

@@ -117,14 +117,22 @@ class _Handler(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         channel = self.server.channel
         # A manager that opens commands without end gets a refusal, not the control plane's last process.
-        if not channel.slots.acquire(blocking=False):
-            self._send({"err": f"control plane: error: {MAX_COMMANDS} commands run at once already; try again\n"})
-            self._send({"exit": EXIT_FAILURE})
-            return
         try:
-            self._handle(channel)
-        finally:
-            channel.slots.release()
+            if not channel.slots.acquire(blocking=False):
+                # Its request read first (briefly): a socket closed on unread data resets the
+                # client before it reads why.
+                self.connection.settimeout(5)
+                with contextlib.suppress(OSError):
+                    self.rfile.readline(REQUEST_LIMIT + 1)
+                self._send({"err": f"control plane: error: {MAX_COMMANDS} commands run at once already; try again\n"})
+                self._send({"exit": EXIT_FAILURE})
+                return
+            try:
+                self._handle(channel)
+            finally:
+                channel.slots.release()
+        except OSError:
+            pass  # the client went away: nobody is left to tell
 
     def _handle(self, channel: ChannelServer) -> None:
         line = self.rfile.readline(REQUEST_LIMIT + 1)

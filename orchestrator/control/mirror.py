@@ -55,8 +55,23 @@ class Mirror:
                 git.git("config", "uploadpack.allowFilter", "true", cwd=self.path)
                 # Clones borrow its objects (alternates): none may ever be pruned from under them.
                 git.git("config", "gc.pruneExpire", "never", cwd=self.path)
+            self._check_of_url()
             try:
                 git.git("fetch", "--quiet", "--prune", "--no-tags", "origin", cwd=self.path, timeout=git.CLONE_TIMEOUT,
                         scrub=self.scrub, env=self.env)  # fmt: skip
             except git.GitError as exc:
                 raise UserError(f"the control plane cannot fetch {self.scrub(self.url)}: {exc}") from None
+
+    def _check_of_url(self) -> None:
+        """The mirror kept on its volume must be of the repository given: an orchestration of
+        another repository under the same name would otherwise work, silently, on the first one."""
+        try:
+            kept = git.git("config", "--get", "remote.origin.url", cwd=self.path).strip()
+        except git.GitError:
+            kept = ""
+        if kept != self.url:
+            raise UserError(
+                f"the mirror kept for this orchestration is of {self.scrub(kept) or 'no repository'}, not of "
+                f"{self.scrub(self.url)}: give this orchestration another name (run.py --name), or remove its "
+                "volumes (`docker volume ls --filter name=NAME-`)"
+            )

@@ -33,22 +33,40 @@ _OPTION_NAMES = {"repo_dir": "--repo-dir", "orchestration_dir": "--orchestration
 def check(request: Request, env: Mapping[str, str]) -> None:
     """Refuse (InvalidInput) what the manager may not ask; let the rest through."""
     parser, fixed = _parser(request.command, env)
-    defaults = parser.parse_known_args(_minimal(request))[0] if request.command == "spawn-worker" else None
+    defaults = _mark_given(parser, fixed)
     args = _parse(parser, request.argv)
     if args is None:
         return  # --help, or a usage error: the command itself says so, and does nothing
     if request.command == "orch" and args.command not in ORCH_COMMANDS:
         raise InvalidInput(f"`orch {args.command}` is the control plane's own; the manager may not run it")
-    reference = defaults if defaults is not None else _parse(parser, [args.command])
     for name in fixed:
-        if not hasattr(args, name):
+        value = getattr(args, name, _NOT_GIVEN)
+        if value is _NOT_GIVEN or value == defaults.get(name):
             continue
-        if reference is None or getattr(args, name) != getattr(reference, name, None):
-            option = _OPTION_NAMES.get(name, f"--{name.replace('_', '-')}")
-            raise InvalidInput(
-                f"{option} is the control plane's to choose, not the manager's (refused by the control plane's "
-                "policy: every worker gets the orchestration's own repository, credentials, images and network)"
-            )
+        option = _OPTION_NAMES.get(name, f"--{name.replace('_', '-')}")
+        raise InvalidInput(
+            f"{option} is the control plane's to choose, not the manager's (refused by the control plane's "
+            "policy: every worker gets the orchestration's own repository, credentials, images and network)"
+        )
+
+
+_NOT_GIVEN = object()
+
+
+def _mark_given(parser: argparse.ArgumentParser, fixed: tuple[str, ...]) -> dict[str, object]:
+    """Make every fixed option of the parser and its subcommands default to a mark, so that the
+    parsed arguments say which were given; their real defaults (the control plane's values)."""
+    defaults: dict[str, object] = {}
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.dest in fixed:
+                defaults.setdefault(action.dest, action.default)
+                action.default = _NOT_GIVEN
+    return defaults
 
 
 def _parser(command: str, env: Mapping[str, str]) -> tuple[argparse.ArgumentParser, tuple[str, ...]]:
@@ -59,12 +77,6 @@ def _parser(command: str, env: Mapping[str, str]) -> tuple[argparse.ArgumentPars
     from ..spawn import build_parser as spawn_parser
 
     return spawn_parser(env), SPAWN_FIXED
-
-
-def _minimal(request: Request) -> list[str]:
-    """spawn-worker's positional arguments alone: what every option defaults to."""
-    positional = [a for a in request.argv if not a.startswith("-")]
-    return positional[:2] if len(positional) >= 2 else ["flutter", "task"]
 
 
 def _parse(parser: argparse.ArgumentParser, argv: object) -> argparse.Namespace | None:
