@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,7 @@ def test_a_request_names_one_of_two_commands_and_carries_strings() -> None:
 
 
 @pytest.fixture
-def channel(tmp_path: Path) -> ChannelServer:
+def channel(tmp_path: Path) -> Iterator[ChannelServer]:
     # The commands run as in the control plane's image, where the package is installed.
     package = str(Path(__file__).resolve().parents[1])
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": package, "ORCHESTRATION_DIR": str(tmp_path / "orchestration")}
