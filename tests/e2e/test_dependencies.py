@@ -13,14 +13,8 @@ CLONE = "/workspace/repo"
 
 
 def submit(manager: Manager, run: Run, name: str, *turns, depends_on: tuple[str, ...] = ()) -> str:
-    task_id = run.task_id(name)
     options = ["--depends-on", *depends_on] if depends_on else []
-    manager.orch("submit", "--id", task_id, "--prompt", run.prompt(name, *turns), *options)
-    return task_id
-
-
-def result(manager: Manager, task_id: str) -> dict:
-    return json.loads(manager.orch("result", task_id, "--json").stdout)
+    return manager.submit(run.prompt(name, *turns), "--id", run.task_id(name), *options)
 
 
 def test_a_dependent_task_starts_from_its_dependencies_work(run: Run, manager: Manager):
@@ -42,12 +36,12 @@ def test_a_dependent_task_starts_from_its_dependencies_work(run: Run, manager: M
 
     assert run.tool_results("settings")[0] == "final dark = true;"
     assert run.tool_results("home")[0].split() == ["main.dart", "menu.dart", "theme.dart"]
-    first, second = result(manager, theme), result(manager, settings)
+    first, second = manager.result(theme), manager.result(settings)
     assert second["started_from"] == [{"task_id": theme, "branch": f"orchestrator/{theme}",
                                        "commit": first["head_commit"]}]  # fmt: skip
     assert second["base_commit"] == first["head_commit"]
     assert [c["path"] for c in second["files_changed"]] == ["lib/settings.dart"]  # only its own work
-    merged = result(manager, home)
+    merged = manager.result(home)
     assert [p["task_id"] for p in merged["started_from"]] == [theme, menu]
     assert "starting from the work of" in manager.orch("logs", home).stdout
 
@@ -64,7 +58,7 @@ def test_dependencies_that_conflict_block_the_task_naming_the_files(run: Run, ma
     both = submit(manager, run, "both", text("never"), depends_on=(left, right))
     manager.orch("start", "--all")
     assert manager.orch("wait", "--all", check=False).returncode == 1
-    blocked = result(manager, both)
+    blocked = manager.result(both)
     assert blocked["status"] == "blocked" and "README.md" in blocked["error"]
     assert f"{right} and {left} both change README.md" in blocked["error"]
     assert run.api.requests_for(run.marker("both")) == []  # its agent never ran

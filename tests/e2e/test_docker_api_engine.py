@@ -20,6 +20,7 @@ from orchestrator.config import LABEL_ROLE, LABEL_VOLUME
 from orchestrator.control.docker_api import DockerApiFilter, WorkerPolicy
 from tests.support.commands import sh
 from tests.support.end_to_end import PREFIX
+from tests.support.waiting import wait_until
 
 IMAGE = "debian:bookworm-slim"
 REFUSED_BY = "(refused by the control plane's Docker API filter)"
@@ -29,7 +30,7 @@ PRINTER = 'i=0; while [ ! -e /tmp/stop ]; do i=$((i+1)); echo "line-$i"; sleep 0
 
 @dataclass
 class Setup:
-    api: DockerApiFilter
+    api_filter: DockerApiFilter
     volume: str
     printer: str  # ours: prints until told to stop
     idle: str  # ours: sleeps, and is never stopped
@@ -46,12 +47,12 @@ class Setup:
 
 
 def docker_via_filter(setup: Setup, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DOCKER_HOST": setup.api.url}
+    env = {**os.environ, "DOCKER_HOST": setup.api_filter.url}
     return subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def stream_via_filter(setup: Setup, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "DOCKER_HOST": setup.api.url}
+    env = {**os.environ, "DOCKER_HOST": setup.api_filter.url}
     return subprocess.Popen(["docker", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -74,12 +75,12 @@ def setup(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         for role in ("idle", "stop", "kill"):
             sh(*base, "--init", "--name", names[role], *ours, IMAGE, "sleep", "infinity")
         other_id = sh(*base, "--init", "--name", names["other"], IMAGE, "sleep", "infinity").stdout.strip()
-        api = DockerApiFilter(folder / "docker.sock", "/var/run/docker.sock", WorkerPolicy(volume),
-                              on_refused=lambda *line: refusals.append(line))  # fmt: skip
-        with api:
-            yield Setup(api, volume, names["printer"], names["idle"], names["stop"], names["kill"], names["other"],
-                        other_id, started, refusals)  # fmt: skip
-            counts = api.counts
+        api_filter = DockerApiFilter(folder / "docker.sock", "/var/run/docker.sock", WorkerPolicy(volume),
+                                     on_refused=lambda *line: refusals.append(line))  # fmt: skip
+        with api_filter:
+            yield Setup(api_filter, volume, names["printer"], names["idle"], names["stop"], names["kill"],
+                        names["other"], other_id, started, refusals)  # fmt: skip
+            counts = api_filter.counts
             print(
                 f"\nDocker API filter on the real engine: {counts.refused} requests refused, {counts.allowed} allowed"
             )
@@ -126,18 +127,22 @@ def test_logs_follow_streams_while_the_worker_prints_and_wait_ends_with_it(setup
             lines.put(line.strip())
 
     threading.Thread(target=read_lines, daemon=True).start()
+    seen: list[str] = []
+
+    def followed(line: str) -> bool:
+        """Whether ``line`` has come through docker logs -f (what came is taken in ``seen``)."""
+        while not lines.empty():
+            seen.append(lines.get())
+        return line in seen
+
     try:
-        deadline = time.monotonic() + 120
         wanted = f"line-{already + 3}"  # printed after docker logs -f began
-        seen: list[str] = []
-        while wanted not in seen:
-            seen.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+        wait_until(lambda: followed(wanted), lambda: f"{wanted} through docker logs -f; came: {seen}", timeout=120)
         assert state(setup.printer)["Running"], "the lines came only once the worker had ended"
         assert follow.poll() is None and wait.poll() is None
         sh("docker", "exec", setup.printer, "touch", "/tmp/stop")  # on the real engine, as the test
         assert follow.wait(timeout=120) == 0, follow.stderr.read() if follow.stderr else ""
-        while "the-end" not in seen:
-            seen.append(lines.get(timeout=30))
+        wait_until(lambda: followed("the-end"), lambda: f"the-end through docker logs -f; came: {seen}", timeout=30)
         assert wait.wait(timeout=120) == 0 and wait.stdout is not None and wait.stdout.read().strip() == "0"
     finally:
         for proc in (follow, wait):

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,19 +23,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.commands import sh
-from tests.support.end_to_end import Manager, Run, start_manager
+from tests.support.end_to_end import Manager, Run, busy_for, start_manager
 from tests.support.git_servers import GitServer, seed_repo, start_git_daemon
 from tests.support.own_engine import OwnEngine
 from tests.support.ports import free_port
 from tests.support.scripted_api import attempts, bash, reply, text, write
+from tests.support.waiting import wait_until
 
 CLONE = "/workspace/repo"
-# Not `sleep N`: Claude Code refuses a Bash command that starts with a long sleep.
-LONG_JOB = "python3 -c 'import time; time.sleep(600)'"
-
-
-def pause(seconds: int) -> str:
-    return f"python3 -c 'import time; time.sleep({seconds})'"
+LONG_JOB = busy_for(600)
 
 
 @dataclass
@@ -76,29 +71,15 @@ class Fault:
         return found
 
 
-def wait_until(
-    check: Callable[[], bool], what: str, timeout: float = 180, explain: Callable[[], str] = lambda: ""
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never: {what}\n{explain()}")
-        time.sleep(0.5)
-
-
-def state_of(manager: Manager) -> str:
-    """What the manager knows, for a fault that did not go as expected."""
+def state_of(manager: Manager, what: str) -> str:
+    """``what`` was waited for, and what the manager knows, for a fault that did not go as expected."""
     status = manager.orch("status", check=False)
     log = sh("docker", "exec", manager.name, "tail", "-20", "/orchestration/logs/dispatcher.log", check=False)
-    return f"{status.stdout}{status.stderr}\n{log.stdout}{log.stderr}"
+    return f"{what}; what the manager knows:\n{status.stdout}{status.stderr}\n{log.stdout}{log.stderr}"
 
 
 def has_result(run: Run, task_id: str) -> bool:
     return "MISSING" not in run.read_many([f"results/{task_id}.json"])
-
-
-def logs_show(manager: Manager, task_id: str, needle: str) -> bool:
-    return needle in manager.orch("logs", task_id, check=False).stdout
 
 
 def test_faults_are_survived(run: Run, own_engine: OwnEngine, git_server: GitServer, token_file: Path,
@@ -185,13 +166,13 @@ def engine_restart_with_live_restore(fault: Fault, _: Path) -> Figures:
     names = ["live0", "live1"]
     ids = [run.task_id(name) for name in names]
     for name, task_id in zip(names, ids, strict=True):
-        prompt = run.prompt(name, bash(pause(20)), write(f"{CLONE}/notes/{name}.txt", f"{name}\n"), text("done"))
+        prompt = run.prompt(name, bash(busy_for(20)), write(f"{CLONE}/notes/{name}.txt", f"{name}\n"), text("done"))
         manager.orch("submit", "--id", task_id, "--prompt", prompt)
     manager.orch("start", "--all")
     wait_at_work(manager, ids)
     fault.engine.stop()
     running = fault.engine  # stopped: the containers go on without it
-    time.sleep(3)
+    time.sleep(3)  # the fault itself: the engine stays away a while (nothing is waited for here)
     running.start(live_restore=True)
     waited = manager.orch("wait", "--all", check=False, timeout=600)
     results = fault.results(manager, ids)
@@ -258,14 +239,14 @@ def git_server_down_then_back(fault: Fault, tmp: Path) -> Figures:
     ids = [run.task_id(name) for name in names]
     try:
         for name, task_id in zip(names, ids, strict=True):
-            prompt = run.prompt(name, write(f"{CLONE}/notes/{name}.txt", f"{name}\n"), bash(pause(6)), text("done"))
+            prompt = run.prompt(name, write(f"{CLONE}/notes/{name}.txt", f"{name}\n"), bash(busy_for(6)), text("done"))
             manager.orch("submit", "--id", task_id, "--prompt", prompt)
         manager.orch("start", "--all")
         wait_at_work(manager, ids)
         daemon.terminate()
         daemon.wait(10)
         for task_id in ids:
-            wait_until(partial(logs_show, manager, task_id, "trying again"), f"{task_id} waiting for the server")
+            manager.wait_for_log(task_id, "trying again", timeout=180)  # waiting for the server
         daemon = start_git_daemon(base, port, repo)
         manager.orch("wait", "--all", check=False, timeout=600)
         results = fault.results(manager, ids)
@@ -292,9 +273,9 @@ def worker_oom_killed_writing_its_result(fault: Fault, _: Path) -> Figures:
     repo = fault.git_server.repo(f"oom-{run.id}")
     manager = fault.manager("o1", repo)
     task_id = run.task_id("oom")
-    prompt = run.prompt("oom", bash(pause(4)), write(f"{CLONE}/notes/oom.txt", "oom\n"), text("done"))
+    prompt = run.prompt("oom", bash(busy_for(4)), write(f"{CLONE}/notes/oom.txt", "oom\n"), text("done"))
     manager.orch("submit", "--id", task_id, "--memory", "768m", "--prompt", prompt, "--start")
-    wait_until(lambda: logs_show(manager, task_id, "-> Bash python3"), "the agent at work")
+    manager.wait_for_log(task_id, "-> Bash python3", timeout=180)  # the agent at work
     # The state lock, held for long enough: the worker stops there to write its result.
     fault.engine.docker("exec", "-d", manager.name, "flock", "/orchestration/.state.lock", "sleep", "60")
     worker = f"worker-{task_id}"
@@ -302,8 +283,8 @@ def worker_oom_killed_writing_its_result(fault: Fault, _: Path) -> Figures:
         "import os\nfor p in os.listdir('/proc'):\n if p.isdigit():\n  c = open(f'/proc/{p}/cmdline','rb').read()\n"
         "  if b'orchestrator.worker' in c: print(p)"
     )
-    wait_until(lambda: "pushing" in fault.engine.docker("logs", worker, check=False).stdout, "the hand-back")
-    time.sleep(3)
+    # Its work pushed, the worker waits for the state lock to write its result.
+    wait_until(lambda: waits_for_a_flock(fault.engine, worker), "the worker at the state lock", timeout=180)
     pid = fault.engine.docker("exec", worker, "python3", "-c", find_runtime).stdout.split()[0]
     # The runtime first in the OOM killer's line (raising one's own score needs no privilege), then memory runs out.
     fault.engine.docker("exec", worker, "sh", "-c", f"echo 1000 > /proc/{pid}/oom_score_adj")
@@ -361,11 +342,17 @@ def twenty_spawns_for_ten_tasks(fault: Fault, _: Path) -> Figures:
 def wait_at_work(manager: Manager, ids: list[str]) -> None:
     """Until each task's agent runs its long Bash command."""
     for task_id in ids:
-        wait_until(
-            partial(logs_show, manager, task_id, "-> Bash python3"),
-            f"{task_id} at work",
-            explain=lambda: state_of(manager),
-        )
+        at_work = partial(manager.logs_show, task_id, "-> Bash python3")
+        wait_until(at_work, partial(state_of, manager, f"{task_id} at work"), timeout=180)
+
+
+def waits_for_a_flock(engine: OwnEngine, container: str) -> bool:
+    """Whether a process of the container waits for a flock: the kernel's /proc/locks has a line
+    "N: -> FLOCK ADVISORY WRITE PID ..." for each waiter, with the pids this machine sees, which
+    are those `docker top` gives (the engine's containers run below it)."""
+    pids = set(engine.docker("top", container, "-o", "pid").stdout.split()[1:])
+    waiters = [line.split() for line in Path("/proc/locks").read_text().splitlines() if " -> " in line]
+    return any(fields[5] in pids for fields in waiters)
 
 
 def shown(bare: Path, ref_path: str) -> str:

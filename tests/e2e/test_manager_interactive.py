@@ -11,7 +11,6 @@ import pty
 import re
 import select
 import subprocess
-import time
 from pathlib import Path
 
 from tests.support.commands import sh
@@ -19,6 +18,7 @@ from tests.support.end_to_end import PREFIX, Run
 from tests.support.git_servers import GitServer
 from tests.support.paths import ROOT
 from tests.support.scripted_api import bash, reply, text, write
+from tests.support.waiting import wait_until
 
 ANSI = re.compile(rb"\x1b\[[0-9;?<>=]*[a-zA-Z~]|\x1b[()][0-9A-B]|\x1b\][^\x07]*\x07|\x1b[=>78]")
 REQUEST = "Add dark mode support to the app"
@@ -38,22 +38,34 @@ class Terminal:
             os.execvp(argv[0], argv)
         self.seen = b""
 
-    def read_until(self, words: str, timeout: float) -> bool:
-        """Read the screen until ``words`` (compared without white space) show, or the time is up."""
+    def wait_for(self, words: str, timeout: float) -> None:
+        """Read the screen until ``words`` (compared without white space) show; fails after
+        ``timeout`` seconds, or at once when run.py ends first, showing the end of the screen."""
         wanted = re.sub(r"\s+", "", words)
-        deadline = time.monotonic() + timeout
-        while wanted not in screen_text(self.seen):
-            if time.monotonic() > deadline:
+
+        def shown() -> bool:
+            still_open = self.read(within=1.0)
+            if wanted in screen_text(self.seen):
+                return True
+            if not still_open:
+                raise AssertionError(f"run.py ended before {words!r} showed:\n{screen_text(self.seen)[-2000:]}")
+            return False
+
+        wait_until(shown, lambda: f"{words!r} on the screen, which shows:\n{screen_text(self.seen)[-3000:]}", timeout)
+
+    def read(self, within: float) -> bool:
+        """All the terminal has shown, once something comes (or ``within`` seconds have passed);
+        False once it is closed."""
+        wait = within
+        while select.select([self.fd], [], [], wait)[0]:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                return False  # the terminal closed: run.py ended
+            if not chunk:
                 return False
-            ready, _, _ = select.select([self.fd], [], [], 1)
-            if ready:
-                try:
-                    chunk = os.read(self.fd, 65536)
-                except OSError:
-                    return wanted in screen_text(self.seen)  # the terminal closed: run.py ended
-                if not chunk:
-                    return wanted in screen_text(self.seen)
-                self.seen += chunk
+            self.seen += chunk
+            wait = 0  # the rest of what is there, without waiting for more
         return True
 
     def type(self, keys: str) -> None:
@@ -72,12 +84,11 @@ def run_py_argv(run: Run, *options: str) -> list[str]:
 def test_no_dialog_blocks_a_fresh_manager(run: Run, token_file):
     terminal = Terminal(run_py_argv(run, "--token", str(token_file)))
     try:
-        reached = terminal.read_until("bypass permissions on", timeout=180)
+        terminal.wait_for("bypass permissions on", timeout=180)
     finally:
         sh("docker", "rm", "--force", run.manager, check=False)
         terminal.close()
     shown = screen_text(terminal.seen)
-    assert reached, shown[-2000:]
     assert "ClaudeCodev" in shown
     for dialog in ("WelcometoClaudeCode", "Choosethetextstyle", "Doyoutrustthefiles", "BypassPermissionsmode",
                    "missingorbroken"):  # fmt: skip
@@ -125,16 +136,16 @@ def test_the_smart_manager_splits_a_request_runs_workers_merges_and_summarizes(
     )
     terminal = Terminal(run_py_argv(run, "--repo", repo, "--token", str(token_file)))
     try:
-        assert terminal.read_until("bypass permissions on", timeout=180), screen_text(terminal.seen)[-2000:]
+        terminal.wait_for("bypass permissions on", timeout=180)
         terminal.type(REQUEST)
-        time.sleep(1)  # the TUI takes a typed burst as a paste; Enter on its own submits it
+        # The TUI takes a typed burst as a paste: Enter goes on its own, once the request shows.
+        terminal.wait_for(REQUEST, timeout=60)
         terminal.type("\r")
-        reached = terminal.read_until("All workers completed", timeout=600)
+        terminal.wait_for("All workers completed", timeout=600)
     finally:
         sh("docker", "rm", "--force", run.manager, check=False)
         terminal.close()
     shown = screen_text(terminal.seen)
-    assert reached, shown[-3000:]
     assert re.sub(r"\s+", "", "merged into orchestrator/integration.") in shown
 
     # The manager ran the commands and saw what they printed.

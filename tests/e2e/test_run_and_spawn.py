@@ -6,13 +6,12 @@ its answers scripted by the tests' API."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 from tests.support.commands import sh
-from tests.support.end_to_end import PREFIX, Run, run_py
+from tests.support.end_to_end import Run, busy_for, docker_logs_show, run_py, spawn_worker_py
 from tests.support.git_servers import GitServer
-from tests.support.paths import ROOT
 from tests.support.scripted_api import attempts, bash, error, reply, text, write
+from tests.support.waiting import wait_until
 
 CLONE = "/workspace/repo"  # the agent's clone in a worker
 
@@ -152,25 +151,20 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
     repo = git_server.repo(f"h-{run.id}")
     task = run.task_id("host")
     sh("docker", "volume", "create", run.volume)
-    # Not `sleep 120`: Claude Code refuses a Bash command that starts with a long sleep.
-    prompt = run.prompt("host", reply(text("Working on it."), bash("python3 -c 'import time; time.sleep(120)'")))
+    prompt = run.prompt("host", reply(text("Working on it."), bash(busy_for(120))))
     run.write(f"tasks/{task}.json", task_file(task, prompt))
-    spawn = [
-        "python3", "bin/spawn-worker.py", "flutter", task, "--repo", repo, "--token", str(token_file),
-        "--volume", run.volume, "--network", "host", "--image-prefix", PREFIX, "--orchestration-dir", "/nonexistent",
-        "--api-url", run.api.url,
-    ]  # fmt: skip
-    first = subprocess.run(spawn, capture_output=True, text=True, cwd=ROOT, check=False)
+    options = ("--repo", repo, "--token", str(token_file), "--orchestration-dir", "/nonexistent")
+    first = spawn_worker_py(run, task, *options)
     assert first.returncode == 0, first.stderr
     assert f"started worker-{task}" in first.stdout
 
-    second = subprocess.run(spawn, capture_output=True, text=True, cwd=ROOT, check=False)
+    second = spawn_worker_py(run, task, *options)
     assert second.returncode == 1
     assert second.stderr.strip() == f"spawn-worker: error: task {task} already has a running worker (worker-{task})"
 
     # docker stop by hand: the worker stops its agent and still records how the task ended,
     # interrupted (not the task's fault: a batch would run it again).
-    wait_for_log(f"worker-{task}", "-> Bash python3 -c")
+    wait_until(lambda: docker_logs_show(f"worker-{task}", "-> Bash python3 -c"), "the agent at work", timeout=120)
     sh("docker", "stop", f"worker-{task}")
     assert sh("docker", "wait", f"worker-{task}").stdout.strip() == "1"
     result = run.result(task)
@@ -178,19 +172,10 @@ def test_spawn_worker_from_the_host(run: Run, git_server: GitServer, token_file)
 
     bad = run.task_id("bad")
     run.write(f"tasks/{bad}.json", json.dumps({"id": bad, "prompt": ""}))
-    refused = subprocess.run([*spawn[:3], bad, *spawn[4:]], capture_output=True, text=True, cwd=ROOT, check=False)
+    refused = spawn_worker_py(run, bad, *options)
     assert refused.returncode == 2 and "field 'prompt' must be a non-empty string" in refused.stderr  # bad input
     assert "Traceback" not in refused.stderr
     assert sh("docker", "ps", "-aq", "--filter", f"name=worker-{bad}").stdout.strip() == ""
-
-
-def wait_for_log(container: str, needle: str, timeout: float = 120) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while needle not in sh("docker", "logs", container).stdout:
-        assert time.monotonic() < deadline, f"{container} never logged {needle!r}"
-        time.sleep(0.3)
 
 
 def test_the_debugging_recipes_work(run: Run, git_server: GitServer, token_file):

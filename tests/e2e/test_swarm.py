@@ -8,20 +8,18 @@ every other test uses never enters swarm mode."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.support.end_to_end import Manager, Run, start_manager
+from tests.support.end_to_end import Run, busy_for, start_manager
 from tests.support.git_servers import GitServer
 from tests.support.own_engine import OwnEngine
 from tests.support.scripted_api import attempts, bash, error, text, write
 
 CLONE = "/workspace/repo"
-LONG_JOB = "python3 -c 'import time; time.sleep(600)'"  # not `sleep`: Claude Code refuses long ones
+LONG_JOB = busy_for(600)
 
 
 def engine_state(engine: OwnEngine) -> dict[str, object]:
@@ -43,17 +41,6 @@ def swarm(own_engine: OwnEngine) -> Iterator[OwnEngine]:
         own_engine.docker("network", "rm", "docker_gwbridge", check=False)
         after = engine_state(own_engine)
         assert after == before, f"the engine is not as it was: {before} -> {after}"
-
-
-def wait_until(check, what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.5)
-
-
-def logs_show(manager: Manager, task_id: str, needle: str) -> bool:
-    return needle in manager.orch("logs", task_id, check=False).stdout
 
 
 def test_a_batch_runs_as_swarm_jobs(
@@ -80,7 +67,7 @@ def test_a_batch_runs_as_swarm_jobs(
         huge = run.task_id("huge")
         manager.orch("submit", "--id", huge, "--memory", "4000g", "--prompt", run.prompt("huge", text("never")))
         manager.orch("start", "--all", "--max-workers", "4")
-        wait_until(partial(logs_show, manager, slow, "-> Bash python3"), "the slow task at work")
+        manager.wait_for_log(slow, "-> Bash python3", timeout=180)  # the slow task at work
         assert manager.orch("cancel", slow).stdout.strip() == f"{slow}: cancelled"
         manager.orch("wait", "--all", check=False, timeout=600)
         status = manager.status()

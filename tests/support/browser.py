@@ -19,11 +19,12 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+from .waiting import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = (
@@ -202,17 +203,14 @@ class Page:
 
     def wait_for(self, expression: str, timeout: float = 10.0) -> Any:
         """Evaluates ``expression`` until it is truthy, and returns it; fails after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def value() -> Any:
             try:
-                value = self.evaluate(expression)
+                return self.evaluate(expression)
             except BrowserError:
-                value = None  # a navigation in progress destroys the context the expression runs in
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise BrowserError(f"still false after {timeout} s: {expression}\nconsole: {self.console()}")
-            time.sleep(0.05)  # the interval of a poll with a deadline, not a synchronization
+                return None  # a navigation in progress destroys the context the expression runs in
+
+        return wait_until(value, lambda: f"{expression}\nconsole: {self.console()}", timeout)
 
     def center_of(self, selector: str) -> tuple[float, float]:
         box = self.evaluate(

@@ -110,6 +110,13 @@ class Run:
         sh("docker", "volume", "rm", "--force", self.volume, *volumes, check=False)
 
 
+def busy_for(seconds: int) -> str:
+    """A Bash command for an agent that runs for ``seconds``. Not `sleep N`: Claude Code refuses a
+    Bash command that starts with a long sleep ("Blocked: standalone sleep 300. To wait for a
+    condition, ..."; measured with 2.1.332: sleep 30 is refused, sleep 10 runs)."""
+    return f"python3 -c 'import time; time.sleep({seconds})'"
+
+
 def docker_logs_show(container: str, needle: str) -> bool:
     return needle in sh("docker", "logs", container, check=False).stdout
 

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import io
 import json
+from typing import IO
 
 import pytest
 
 from orchestrator import batch
 from orchestrator.dispatcher import Dispatcher, _try_lock
-from orchestrator.engine_events import EVERYTHING
+from orchestrator.engine_events import EVERYTHING, EngineLook
 from orchestrator.errors import UserError
 from orchestrator.reconcile import reconcile
 from orchestrator.store import OrchestrationDir
 from orchestrator.tasks import BatchSettings, State, utc_now
 from orchestrator.views import TaskView, load_view, load_views
 from tests.support.batch_helpers import FakeEngine, context, finish, queue_all, state, submit
+from tests.support.waiting import wait_until
 
 
 def dispatcher(orch: OrchestrationDir, engine: FakeEngine, started: list[str], limit: int = 2) -> Dispatcher:
@@ -262,7 +264,6 @@ def test_starts_run_at_once_up_to_the_limit_and_each_task_starts_once(orch, monk
     """The dispatcher's own loop, with starts that take their time: as many at once as there are
     slots, never more, none started twice (a start under way is not taken for one that died)."""
     import threading
-    import time
 
     from orchestrator import dispatcher as dispatcher_module
 
@@ -288,28 +289,33 @@ def test_starts_run_at_once_up_to_the_limit_and_each_task_starts_once(orch, monk
             at_once["now"] -= 1
 
     d = Dispatcher(context(orch, engine), spawner=slow_spawner, out=io.StringIO())
+    round_of_the_dispatcher = d.round
+    rounds = 0
+
+    def counted_round(look: EngineLook, held: IO[bytes]) -> list[TaskView] | None:
+        nonlocal rounds
+        rounds += 1
+        return round_of_the_dispatcher(look, held)
+
+    monkeypatch.setattr(d, "round", counted_round)
+
+    def finish_the_running() -> bool:
+        """Each running task finishes; whether every task has (the next starts in a freed slot)."""
+        for task_id in list(started):
+            if state(orch, task_id) is State.RUNNING:
+                finish(orch, task_id, State.SUCCESS)
+                engine.state[f"worker-{task_id}"] = {"Status": "exited", "ExitCode": 0}
+        return all(state(orch, task_id) is State.SUCCESS for task_id in ids)
+
     runner = threading.Thread(target=d.run)
     runner.start()
     try:
-        deadline = time.monotonic() + 10
-        while len(started) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)  # rounds go by while the three are being started
+        wait_until(lambda: len(started) >= 3, "three starts under way", timeout=10)
+        then = rounds
+        wait_until(lambda: rounds >= then + 6, "six rounds while the three are being started", timeout=10)
         assert started == ids[:3] and at_once["now"] == 3
         release.set()
-        # Each finishes in turn; the next starts in its slot.
-        while len(started) < len(ids) and time.monotonic() < deadline + 20:
-            for task_id in list(started):
-                if state(orch, task_id) is State.RUNNING:
-                    finish(orch, task_id, State.SUCCESS)
-                    engine.state[f"worker-{task_id}"] = {"Status": "exited", "ExitCode": 0}
-            time.sleep(0.05)
-        for task_id in started:
-            if state(orch, task_id) is not State.SUCCESS:
-                deadline = time.monotonic() + 10
-                while state(orch, task_id) is not State.RUNNING and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                finish(orch, task_id, State.SUCCESS)
+        wait_until(finish_the_running, lambda: f"every task started and finished; started: {started}", timeout=60)
     finally:
         release.set()
         runner.join(20)

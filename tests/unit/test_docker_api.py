@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -22,6 +21,7 @@ from orchestrator.control.docker_api import MAX_REQUEST_BODY, DockerApiFilter, W
 from orchestrator.control.http_wire import MAX_HEADER_BYTES, MAX_REQUEST_LINE
 from orchestrator.errors import InvalidInput, UserError
 from tests.support.fake_docker_engine import FakeContainer, FakeDockerEngine, frame
+from tests.support.waiting import wait_until
 
 VOLUME = "orch-test-dapi-volume"
 OURS = {LABEL_ROLE: "worker", LABEL_VOLUME: VOLUME}
@@ -424,9 +424,11 @@ def test_connections_beyond_the_limit_are_answered_503(tmp_path: Path, fake_engi
         status, data = raw(api_filter, b"GET /_ping HTTP/1.1\r\n\r\n")
         assert status == 503 and "too many connections" in message(data)
         held[0].close()
-        deadline = time.monotonic() + 30
-        while raw(api_filter, b"GET /_ping HTTP/1.1\r\nConnection: close\r\n\r\n")[0] != 200:
-            assert time.monotonic() < deadline, "a closed connection's slot was not freed"
+        wait_until(
+            lambda: raw(api_filter, b"GET /_ping HTTP/1.1\r\nConnection: close\r\n\r\n")[0] == 200,
+            "the slot of the closed connection to be free",
+            timeout=30,
+        )
         held[1].close()
 
 

@@ -14,10 +14,9 @@ import os
 import socket
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -25,16 +24,9 @@ import pytest
 from orchestrator.control.egress import EgressProxy, EgressRecord, ProxySettings
 from orchestrator.control.egress_policy import OPEN, Policy, parse_policy
 from orchestrator.control.egress_tickets import ProxyTickets, basic_credentials, proxy_environment
+from tests.support.waiting import wait_until
 
 WAIT = 30.0  # a safety bound for what must happen; never what a test measures
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # --- the servers the proxy leads to ---------------------------------------------------------
@@ -211,7 +203,7 @@ class Harness:
         return sock
 
     def wait_records(self, count: int) -> list[EgressRecord]:
-        wait_for(lambda: len(self.records) >= count, f"{count} egress records")
+        wait_until(lambda: len(self.records) >= count, f"{count} egress records", timeout=WAIT)
         return self.records
 
 
@@ -505,21 +497,21 @@ def test_one_client_cannot_take_every_connection(echo: Listener):
         held = [harness.connect(target) for _ in range(3)]
         refused = harness.raw(f"CONNECT {target} HTTP/1.1\r\nProxy-Authorization: {harness.auth()}\r\n\r\n".encode())
         assert status_of(refused) == 429 and b"the task has 3 connections open" in refused
-        wait_for(lambda: harness.proxy.open_connections == 3, "the refused connection to end")
+        wait_until(lambda: harness.proxy.open_connections == 3, "the refused connection to end", timeout=WAIT)
         other = harness.connect(target, task="t2")  # another task still gets through
         # Connections that send nothing hold no more than their address's share.
         silent = [socket.create_connection(("127.0.0.1", harness.port)) for _ in range(2)]
-        wait_for(lambda: harness.proxy.open_connections == 6, "six connections open")
+        wait_until(lambda: harness.proxy.open_connections == 6, "six connections open", timeout=WAIT)
         turned_away = harness.raw(b"")  # turned away at once, before anything is read
         assert status_of(turned_away) == 429 and b"the limit per address" in turned_away
         elsewhere = harness.connect(target, task="t2", source="127.0.0.2")  # another address is served
         silent.append(socket.create_connection(("127.0.0.1", harness.port), source_address=("127.0.0.3", 0)))
-        wait_for(lambda: harness.proxy.open_connections == 8, "eight connections open")
+        wait_until(lambda: harness.proxy.open_connections == 8, "eight connections open", timeout=WAIT)
         full = harness.raw(b"", source="127.0.0.4")
         assert status_of(full) == 503 and b"its limit" in full
         for sock in [*held, other, elsewhere, *silent]:
             sock.close()
-        wait_for(lambda: harness.proxy.open_connections == 0, "every connection closed")
+        wait_until(lambda: harness.proxy.open_connections == 0, "every connection closed", timeout=WAIT)
         harness.connect(target).close()  # and the first task may connect again
         at_limit = [record.reason for record in harness.records if "connections open" in record.reason]
         assert len(at_limit) == 3, at_limit

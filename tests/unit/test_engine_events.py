@@ -4,7 +4,7 @@ workers ended, so that only those are looked at; every worker now and then all t
 from __future__ import annotations
 
 import json
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ import pytest
 from orchestrator import engine_events as engine
 from orchestrator.engine_events import EVERYTHING, EngineEvents, EngineLook
 from tests.support.fake_docker import FakeDocker
+from tests.support.waiting import wait_until
 
 
 def event(action: str, name: str) -> str:
@@ -37,10 +38,16 @@ def test_the_workers_that_ended_are_named_and_only_they_are_looked_at(fake_docke
     events_file.write_text("\n".join(lines) + "\n")
     with EngineEvents("vol-1") as events:
         assert events.look() == EVERYTHING  # the first look is at every worker
-        events.wait(10)
-        time.sleep(0.3)  # the fake has printed all its lines
-        look = events.look()
-        assert look == EngineLook(names=frozenset({"worker-b", "worker-c"})) and look.only == look.names
+        named: set[str] = set()
+
+        def both_ended_named() -> bool:
+            look = events.look()  # the stream may be read between two looks: each names what came since
+            assert look == EngineLook(names=look.names) and look.only == look.names, look
+            named.update(look.names)
+            return {"worker-b", "worker-c"} <= named
+
+        wait_until(both_ended_named, lambda: f"the ends of worker-b and worker-c; named: {named}", timeout=10)
+        assert named == {"worker-b", "worker-c"}  # not worker-a, which started, and read before them
         assert not events.look()  # nothing since: no question to the engine
     (argv,) = [a for a in fake_docker.argvs() if a[0] == "events"]
     filters = [argv[i + 1] for i, a in enumerate(argv) if a == "--filter"]
@@ -57,9 +64,9 @@ def test_every_worker_is_looked_at_now_and_then_and_after_a_failed_look(fake_doc
         events.ask_again()
         assert events.look() == EVERYTHING
         assert not events.look()
-        monkeypatch.setattr(engine, "EVENTS_CHECK_SECONDS", 0.0)
-        time.sleep(0.01)
-        assert events.look() == EVERYTHING
+        # While the stream is open (once its process runs), the time for the next check has come.
+        monkeypatch.setattr(engine, "EVENTS_CHECK_SECONDS", -1.0)
+        wait_until(lambda: events.look() == EVERYTHING, "a look at every worker", timeout=10)
 
 
 def test_a_stream_that_ends_is_opened_again_and_every_worker_looked_at(fake_docker, events_file):
@@ -67,17 +74,15 @@ def test_a_stream_that_ends_is_opened_again_and_every_worker_looked_at(fake_dock
     events_file.write_text("")  # the fake prints nothing and ends
     with EngineEvents("vol-1") as events:
         assert events.look() == EVERYTHING
-        deadline = time.monotonic() + 15
-        while len([a for a in fake_docker.argvs() if a[0] == "events"]) < 2 and time.monotonic() < deadline:
-            events.wait(1)
-        assert len([a for a in fake_docker.argvs() if a[0] == "events"]) >= 2
+        wait_until(lambda: len([a for a in fake_docker.argvs() if a[0] == "events"]) >= 2, "a second stream", 15)
         assert events.look() == EVERYTHING
 
 
-def test_a_wake_ends_a_wait(fake_docker, events_file):
+def test_a_wake_ends_a_wait(fake_docker, events_file, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_EVENTS_HOLD", "1")  # no event, and a stream that does not end
     events_file.write_text("")
     with EngineEvents() as events:
+        waiter = threading.Thread(target=events.wait, args=(3600,), daemon=True)
+        waiter.start()
         events.wake()
-        t0 = time.monotonic()
-        events.wait(30)
-        assert time.monotonic() - t0 < 20
+        wait_until(lambda: not waiter.is_alive(), "the wait to end", timeout=30)

@@ -9,7 +9,6 @@ import http.server
 import json
 import socket
 import threading
-import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from orchestrator.credential import answer
 from orchestrator.relay import ApiRelay, Notice, NoticeKind, RelaySettings
 from orchestrator.secrets import ClaudeCredential
 from tests.support.scripted_api import Reply, Request, ScriptedAPI, attempts, costing, dynamic, error, slow, text
+from tests.support.waiting import wait_until
 
 MESSAGES = "/v1/messages?beta=true"
 
@@ -96,13 +96,6 @@ def parallel(count: int, work: Callable[[int], Answer]) -> list[Answer]:
         thread.join(timeout=300)
     assert all(answer is not None for answer in answers), "a request got no answer"
     return [answer for answer in answers if answer is not None]
-
-
-def wait_until(condition: Callable[[], object], what: str, limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)
 
 
 # ---- the credential, and only for Claude Code's requests ---------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from tests.support.scripted_api import (
     text,
     write,
 )
+from tests.support.waiting import wait_until
 
 # ---- the real CLI --------------------------------------------------------------------------------
 
@@ -222,7 +222,7 @@ def test_a_hanging_answer_ends_when_the_cli_is_killed_and_stop_returns(agent: Ag
     api.script("HANG-1", hang())
     proc = agent.start(api, "HANG-1: wait")
     try:
-        wait_for(lambda: api.requests_for("HANG-1"), proc)
+        wait_until(lambda: sent_a_request(api, "HANG-1", proc), "the CLI's request", timeout=120)
         assert proc.poll() is None  # the CLI waits for the rest of the answer
     finally:
         proc.kill()
@@ -234,14 +234,13 @@ def test_a_hanging_answer_ends_when_the_cli_is_killed_and_stop_returns(agent: Ag
     assert [r.answer for r in api.requests_for("HANG-1")] == ["hang"]
 
 
-def wait_for(found: Callable[[], object], proc: subprocess.Popen[str], limit: float = 120) -> None:
-    deadline = time.monotonic() + limit
-    while not found():
-        if proc.poll() is not None:
-            raise AssertionError(f"the CLI ended first: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            raise AssertionError("the CLI sent no request")
-        time.sleep(0.1)
+def sent_a_request(api: ScriptedAPI, marker: str, proc: subprocess.Popen[str]) -> bool:
+    """Whether the CLI's request for ``marker`` has arrived; fails at once if the CLI ended."""
+    if api.requests_for(marker):
+        return True
+    if proc.poll() is not None:
+        raise AssertionError(f"the CLI ended first: {proc.communicate()}")
+    return False
 
 
 # ---- the server alone, over HTTP -----------------------------------------------------------------
@@ -371,9 +370,7 @@ def test_stop_ends_a_hanging_answer() -> None:
 
     asker = threading.Thread(target=ask)
     asker.start()
-    deadline = time.monotonic() + 60
-    while not api.requests_for("HANG-2") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: api.requests_for("HANG-2"), "the request at the API")
     api.stop()
     asker.join(timeout=60)
 

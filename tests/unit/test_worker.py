@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ import pytest
 from tests.support.git_servers import seed_repo, start_git_daemon
 from tests.support.paths import ROOT, STANDIN
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 AGENT_USER = "orch-test-agent"
 
@@ -98,15 +98,16 @@ class Box:
             text=True,
         )
 
-    def start_until_the_agent_sleeps(self) -> subprocess.Popen[str]:
+    def start_until_the_agent_sleeps(self, **env: str) -> subprocess.Popen[str]:
         """Start the worker; return once its agent is in its `@sleep 60`."""
-        proc = self.start()
-        transcript = self.orch / "logs" / "task-001.jsonl"
-        deadline = time.monotonic() + 60
-        while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
-            assert time.monotonic() < deadline, "the agent never started"
-            time.sleep(0.1)
+        proc = self.start(**env)
+        wait_until(lambda: "sleep 60" in self.read("logs/task-001.jsonl"), "the agent at its @sleep 60")
         return proc
+
+    def read(self, path: str) -> str:
+        """A file of the shared folder, or "" while there is none."""
+        file = self.orch / path
+        return file.read_text() if file.exists() else ""
 
     def run(self, **env: str) -> tuple[int, str]:
         proc = self.start(**env)
@@ -183,10 +184,22 @@ def test_every_kind_of_agent_failure_gives_a_failure_result(box: Box, prompt, en
     assert box.status()["state"] == status
 
 
-def test_the_task_timeout_applies_unless_spawn_worker_set_one(box: Box):
-    box.task("@sleep 60", timeout=1)
-    code, _ = box.run()
-    assert code == 1 and box.result()["status"] == "timeout"
+@pytest.mark.parametrize(
+    ("task_timeout", "spawn_worker_timeout", "applied"),
+    [
+        (2, "1", 1),  # spawn-worker --timeout (TASK_TIMEOUT) wins over the task's own
+        (1, None, 1),  # without it, the task's own applies (not the default of an hour)
+    ],
+)
+def test_the_task_timeout_applies_unless_spawn_worker_set_one(
+    box: Box, task_timeout: int, spawn_worker_timeout: str | None, applied: int
+):
+    box.task("@sleep 60", timeout=task_timeout)
+    code, out = box.run(**({"TASK_TIMEOUT": spawn_worker_timeout} if spawn_worker_timeout else {}))
+    assert code == 1, out
+    result = box.result()
+    assert result["status"] == "timeout" and f"did not finish within {applied} s" in result["error"], result
+    assert f"timeout {applied} s)" in out  # what the worker said as the agent started
 
 
 # docker stop sends SIGTERM: orch cancel says so in the status first; anyone else (an engine
@@ -405,21 +418,15 @@ def test_a_push_waits_for_a_git_server_that_went_away_and_came_back(box: Box):
     daemon = start_git_daemon(box.root, port, remote)
     try:
         box.task("@write notes/kept.txt kept\n@sleep 60")
-        proc = box.start(REPO_URL=remote, ORCHESTRATOR_PUSH_RETRY_SECONDS="120")
-        transcript = box.orch / "logs" / "task-001.jsonl"
-        deadline = time.monotonic() + 60
-        while "sleep 60" not in (transcript.read_text() if transcript.exists() else ""):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        proc = box.start_until_the_agent_sleeps(REPO_URL=remote, ORCHESTRATOR_PUSH_RETRY_SECONDS="120")
         daemon.terminate()  # the server goes away while the agent works
         daemon.wait(10)
         # The stand-in's sleep is over when its process is told so: end the agent's run early.
         subprocess.run(["pkill", "-u", AGENT_USER, "-f", "standin|claude"], check=False)
-        log = box.orch / "logs" / "task-001.log"
-        deadline = time.monotonic() + 60
-        while "the server is out of reach; trying again" not in (log.read_text() if log.exists() else ""):
-            assert time.monotonic() < deadline, log.read_text() if log.exists() else ""
-            time.sleep(0.2)
+        wait_until(
+            lambda: "the server is out of reach; trying again" in box.read("logs/task-001.log"),
+            lambda: f"the push to wait for the server; the worker's log:\n{box.read('logs/task-001.log')}",
+        )
         daemon = start_git_daemon(box.root, port, remote)  # and comes back
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -532,10 +539,7 @@ def test_the_agent_s_tree_is_read_with_the_agent_s_rights_alone(box: Box, tmp_pa
     )
     proc = subprocess.Popen(sandbox.as_user_argv(user, [sys.executable, "-c", racer, str(agent), str(secret_dir)]))
     try:
-        deadline = time.monotonic() + 30
-        while not (agent / "ready").exists():
-            assert time.monotonic() < deadline, "the racer did not start"
-            time.sleep(0.05)
+        wait_until((agent / "ready").exists, "the racer to start", timeout=30)
         said: list[str] = []
         tip = delivery._take_agent_work(workspace, "task-001: race", said.append, box.root / "runtime")
     finally:
