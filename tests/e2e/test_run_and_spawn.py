@@ -47,7 +47,7 @@ def test_three_workers_run_in_parallel_and_a_failing_agent_fails(
         )
         for t in good
     }
-    # Overloaded twice (the CLI retries by itself), then an error it is told not to retry.
+    # Overloaded twice (the worker's relay waits it out and asks again), then an error not to retry.
     tasks[bad] = run.prompt(
         bad, attempts(error(529), error(529), error(529, "Overloaded", should_retry=False)), words="Try something."
     )
@@ -84,8 +84,8 @@ def test_three_workers_run_in_parallel_and_a_failing_agent_fails(
     failed = run.result(bad)
     assert failed["status"] == "failed" and "API Error: 529" in failed["error"] and "Overloaded" in failed["error"]
     assert failed["exit_code"] == 1
-    assert len(run.api.requests_for(run.marker(bad))) == 3  # the CLI's own retries
-    assert "API retry 1/10" in sh("docker", "logs", f"worker-{bad}").stdout
+    assert len(run.api.requests_for(run.marker(bad))) == 3  # the relay's retries: the CLI saw the last answer
+    assert "waiting on the API's rate limit" in sh("docker", "logs", f"worker-{bad}").stdout
     assert json.loads(run.read(f"status/{bad}.json"))["state"] == "failed"
     inspect = json.loads(sh("docker", "inspect", f"worker-{bad}").stdout)[0]
     assert inspect["State"]["ExitCode"] == 1
