@@ -52,7 +52,7 @@ class Refusals:
 @pytest.fixture
 def fake_engine(tmp_path: Path) -> Iterator[FakeDockerEngine]:
     fake = FakeDockerEngine(tmp_path / "engine.sock", [FakeContainer(c.name, c.id, dict(c.labels), c.raw_logs)
-                                                 for c in CONTAINERS]).start()  # fmt: skip
+                                                       for c in CONTAINERS]).start()  # fmt: skip
     yield fake
     fake.stop()
 
@@ -64,6 +64,7 @@ def refusals() -> Refusals:
 
 @pytest.fixture
 def api_filter(tmp_path: Path, fake_engine: FakeDockerEngine, refusals: Refusals) -> Iterator[DockerApiFilter]:
+    """The Docker API filter under test, in front of the fake engine."""
     with DockerApiFilter(tmp_path / "docker.sock", fake_engine.socket_path, WorkerPolicy(VOLUME),
                          on_refused=refusals) as api_filter:  # fmt: skip
         yield api_filter
