@@ -80,8 +80,9 @@ class OwnEngine:
 
 @contextmanager
 def own_engine_running() -> Iterator[OwnEngine]:
-    """An OwnEngine, started without live-restore, with the test images (built on the main engine
-    first); stopped and removed, with its containers, its mounts and its bridge, at the end."""
+    """An OwnEngine, started without live-restore, with the test images loaded from the main
+    engine (which has them built); stopped and removed, with its containers, its mounts and its
+    bridge, at the end."""
     root = Path(tempfile.mkdtemp(prefix="orch-fault-engine-", dir="/tmp"))
     root.chmod(0o755)  # the managers' user passes through it to the socket, as through /var/run
     engine = OwnEngine(root)
