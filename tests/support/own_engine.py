@@ -98,6 +98,14 @@ def own_engine_running() -> Iterator[OwnEngine]:
             for name in engine.docker("ps", "-aq", check=False).stdout.split():
                 engine.docker("rm", "--force", name, check=False)
             engine.stop()
-        subprocess.run(["umount", "-R", str(root / "exec")], capture_output=True, check=False)
+        for mount in mounts_below(root):
+            subprocess.run(["umount", mount], capture_output=True, check=False)
         engine.remove_bridge()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def mounts_below(root: Path) -> list[str]:
+    """The mount points in ``root``, deepest first: dockerd leaves its data root bound on itself
+    and a network namespace in its exec root, which would keep the folder from being removed."""
+    points = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    return sorted((point for point in points if point.startswith(f"{root}/")), key=len, reverse=True)
