@@ -1,9 +1,9 @@
-"""Shared fixtures: a fake docker CLI for the unit level; the real engine's come from engine.py."""
+"""Fixtures of the unit and the end-to-end tests alike: a clean environment, secrets unlike any
+other, and the scripted Claude API. Those of one kind live in unit/conftest.py and e2e/conftest.py."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -13,13 +13,7 @@ import pytest
 
 from orchestrator import environment
 from orchestrator.secrets import SECRET_ENV
-from orchestrator.store import OrchestrationDir
-
-from .engine import api, engine, git_server, manager, run, test_images  # noqa: F401  (end-to-end fixtures)
-from .helpers import TESTS, FakeDocker
-from .http_git import http_git_server  # noqa: F401  (a git server over HTTP that wants a token)
-from .own_engine import own_engine  # noqa: F401  (an engine of the tests' own)
-from .ssh_git import ssh_git_server  # noqa: F401  (the SSH git server)
+from tests.support.scripted_api import ScriptedAPI
 
 
 @pytest.fixture(autouse=True)
@@ -36,22 +30,12 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.fixture
-def orch(tmp_path: Path) -> OrchestrationDir:
-    """A shared folder of the tests' own, with its subfolders."""
-    orch = OrchestrationDir(tmp_path / "orchestration")
-    orch.ensure()
-    return orch
-
-
-@pytest.fixture
-def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
-    containers = tmp_path / "fake-containers"
-    containers.mkdir()
-    fake = FakeDocker(log=tmp_path / "docker-calls.jsonl", containers=containers)
-    monkeypatch.setenv("PATH", f"{TESTS / 'fakes'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_DOCKER_LOG", str(fake.log))
-    monkeypatch.setenv("FAKE_DOCKER_CONTAINERS", str(containers))
-    return fake
+def api() -> Iterator[ScriptedAPI]:
+    """The Claude API of the test's agents, on 127.0.0.1: the containers of the end-to-end tests
+    reach it through the host network (a worker's relay passes requests on to it). A test's
+    containers are removed before it stops (the run fixture depends on it)."""
+    with ScriptedAPI() as server:
+        yield server
 
 
 @pytest.fixture
@@ -77,14 +61,3 @@ def ssh_key(tmp_path: Path) -> Path:
         capture_output=True,
     )
     return path
-
-
-@pytest.fixture
-def docker_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A real unix socket standing for the engine's, named by DOCKER_HOST."""
-    path = tmp_path / "docker.sock"
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(path))
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
-    yield path
-    sock.close()

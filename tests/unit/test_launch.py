@@ -1,0 +1,262 @@
+"""bin/run.py against a fake docker that records its argv."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator import launch
+from tests.support.fake_docker import FakeDocker
+from tests.support.paths import FAKES, ROOT, SAVED
+
+CERT = """-----BEGIN CERTIFICATE-----
+MIIBszCCAVmgAwIBAgIUJ0example0000000000000000000wCgYIKoZIzj0EAwIw
+-----END CERTIFICATE-----
+"""
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_socket: Path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("GIT_USER_NAME", "Ada")
+    monkeypatch.setenv("GIT_USER_EMAIL", "ada@example.org")
+    return docker_socket
+
+
+def run(*argv: str, login_check: bool = False) -> int:
+    """run.py; the check of the token against the API has tests of its own. Without --repo, a
+    manager without workers (run.py refuses none at all: tests of their own)."""
+    options = argv[: argv.index("--")] if "--" in argv else argv
+    repo = [] if "--repo" in options else ["--no-repo"]
+    return launch.main([*repo, *argv] if login_check else ["--no-login-check", *repo, *argv])
+
+
+def test_starts_the_manager_with_socket_volume_and_environment(
+    fake_docker: FakeDocker, host: Path, token_file: Path, token: str
+):
+    host.parent.chmod(0o755)
+    code = run("--repo", "git@github.com:me/app.git", "--token", str(token_file), "--model", "m1")
+    assert code == 0
+    assert fake_docker.find("volume", "create", "orchestration-volume")
+    create = fake_docker.find("create")[0]
+    argv = create["argv"]
+    assert argv[argv.index("--name") + 1] == "claude-manager"
+    assert f"{host.parent}:/run/host-docker" in argv  # the socket's folder: a new socket file shows there
+    assert f"DOCKER_HOST=unix:///run/host-docker/{host.name}" in argv
+    assert argv[argv.index("--group-add") + 1] == str(host.stat().st_gid)
+    assert "orchestration-volume:/orchestration" in argv
+    assert "claude-manager-workspace:/workspace" in argv and fake_docker.find(
+        "volume", "create", "claude-manager-workspace"
+    )
+    assert "--rm" not in argv and "--interactive" in argv  # run.py removes it once it has ended
+    assert "--tty" not in argv  # stdin is not a terminal under pytest
+    assert argv[-1] == "claude-orchestrator"
+    # Settings only; the token is copied in as a file, for the manager's user.
+    assert create["env"] == {
+        "REPO_URL": "git@github.com:me/app.git",
+        "REPO_BRANCH": "main",
+        "ANTHROPIC_MODEL": "m1",
+        "GIT_USER_NAME": "Ada",
+        "GIT_USER_EMAIL": "ada@example.org",
+        "ORCHESTRATOR_VOLUME": "orchestration-volume",
+        "ORCHESTRATOR_IMAGE_PREFIX": "claude-",
+        "ORCHESTRATOR_ENGINE": "docker",
+        "ORCHESTRATOR_BRANCH_PREFIX": "orchestrator/",
+        "ORCHESTRATOR_WORKER_MEMORY": "4g",
+        "ORCHESTRATOR_WORKER_CPUS": "2",
+        "ORCHESTRATOR_WORKER_PIDS": "1024",
+        "ORCHESTRATOR_WORKER_DISK": "10g",
+        "ORCHESTRATOR_STORAGE_QUOTA": "no",
+        "ORCHESTRATOR_STOP_TIMEOUT": "120",
+    }
+    cp = fake_docker.find("cp", "-", "claude-manager:/home/claude")[0]
+    secret = next(m for m in cp["tar"] if m["name"] == ".claude-token")
+    assert (secret["data"], secret["mode"], secret["uid"]) == (token + "\n", 0o600, 1000)
+    assert token not in repr(fake_docker.argvs()) and token not in repr([c["env"] for c in fake_docker.calls()])
+    assert fake_docker.find("start", "--attach", "--interactive", "claude-manager")
+    assert not fake_docker.find("build")  # the images exist
+
+
+def test_a_command_after_double_dash_replaces_the_agent(fake_docker: FakeDocker, host: Path, token_file: Path):
+    assert run("--token", str(token_file), "--network", "host", "--", "bash", "-c", "echo --repo") == 0
+    argv = fake_docker.find("create")[0]["argv"]
+    assert argv[-5:] == ["claude-orchestrator", "--", "bash", "-c", "echo --repo"]
+    assert argv[argv.index("--network") + 1] == "host"
+    assert "REPO_URL" not in fake_docker.find("create")[0]["env"]
+
+
+def test_the_manager_s_exit_code_is_returned(fake_docker: FakeDocker, host: Path, token_file: Path, monkeypatch):
+    monkeypatch.setenv("FAKE_DOCKER_START_RC", "7")
+    assert run("--token", str(token_file), "--", "false") == 7
+
+
+def test_the_ssh_key_is_copied_into_the_container_not_mounted(
+    fake_docker: FakeDocker, host: Path, token_file: Path, ssh_key: Path
+):
+    assert run("--token", str(token_file), "--ssh-key", str(ssh_key)) == 0
+    cp = fake_docker.find("cp", "-", "claude-manager:/home/claude")[0]
+    key = next(m for m in cp["tar"] if m["name"] == ".ssh/id_ed25519")
+    assert (key["mode"], key["uid"], key["data"]) == (0o600, 1000, ssh_key.read_text())
+    assert not any(str(ssh_key) in arg for argv in fake_docker.argvs() for arg in argv)
+
+
+def test_the_default_key_is_used_when_it_exists(
+    fake_docker: FakeDocker, host: Path, token_file: Path, ssh_key: Path, tmp_path: Path
+):
+    (tmp_path / "home" / ".ssh").mkdir(parents=True)
+    (tmp_path / "home" / ".ssh" / "id_ed25519").write_text(ssh_key.read_text())
+    assert run("--token", str(token_file)) == 0
+    assert fake_docker.find("cp", "-")
+
+
+def test_missing_images_are_built_worker_after_manager_with_the_ca_certificates(
+    fake_docker: FakeDocker, host: Path, token_file: Path, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("FAKE_DOCKER_MISSING_IMAGES", "claude-orchestrator,claude-flutter")
+    cert = tmp_path / "proxy.pem"
+    cert.write_text(CERT)
+    assert run("--token", str(token_file), "--ca-cert", str(cert)) == 0
+    builds = fake_docker.find("build")
+    assert [b["argv"][b["argv"].index("--tag") + 1] for b in builds] == ["claude-orchestrator", "claude-flutter"]
+    assert "extra-0-proxy.crt" in builds[0]["ca_certificates"]
+    assert builds[1]["argv"][-1] == str(ROOT / "flutter")
+    assert "RUNTIME_IMAGE=claude-orchestrator" in builds[1]["argv"]
+    # The certificate went into a copy of the context, never into the tree.
+    assert not list((ROOT / "orchestrator" / "ca-certificates").glob("extra-*"))
+
+
+def test_build_rebuilds_and_ca_certificates_come_from_the_environment(
+    fake_docker: FakeDocker, host: Path, token_file: Path, tmp_path: Path, monkeypatch
+):
+    certs = [tmp_path / "a.crt", tmp_path / "b.crt"]
+    for cert in certs:
+        cert.write_text(CERT)
+    monkeypatch.setenv("ORCHESTRATOR_CA_CERTS", ":".join(map(str, certs)))
+    assert run("--token", str(token_file), "--build") == 0
+    builds = fake_docker.find("build")
+    assert len(builds) == 2
+    assert {"extra-0-a.crt", "extra-1-b.crt"} <= set(builds[0]["ca_certificates"])
+
+
+def refused(capsys, *argv: str) -> str:
+    assert run(*argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("run.py: error: ") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    return err
+
+
+def test_an_unreadable_token_file_is_one_line(fake_docker: FakeDocker, host: Path, tmp_path: Path, capsys):
+    assert "token file" in refused(capsys, "--token", str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    assert "is empty" in refused(capsys, "--token", str(empty))
+    assert "is a directory" in refused(capsys, "--token", str(tmp_path))
+    assert not fake_docker.find("create")
+
+
+def test_the_default_token_file_is_named_when_missing(fake_docker: FakeDocker, host: Path, capsys, tmp_path: Path):
+    assert f"token file {tmp_path}/home/.claude-token does not exist" in refused(capsys)
+
+
+def test_bad_key_and_bad_certificate_are_one_line(
+    fake_docker: FakeDocker, host: Path, token_file: Path, tmp_path: Path, capsys
+):
+    assert "SSH key" in refused(capsys, "--token", str(token_file), "--ssh-key", str(tmp_path / "nokey"))
+    not_a_key = tmp_path / "not-a-key"
+    not_a_key.write_text("hello")
+    assert "does not look like a private key" in refused(
+        capsys, "--token", str(token_file), "--ssh-key", str(not_a_key)
+    )
+    assert "holds no PEM certificate" in refused(capsys, "--token", str(token_file), "--ca-cert", str(not_a_key))
+
+
+def test_docker_missing_or_down_is_one_line(
+    host: Path, token_file: Path, tmp_path: Path, capsys, monkeypatch, fake_docker
+):
+    monkeypatch.setenv("FAKE_DOCKER_DOWN", "1")
+    assert "Docker is not usable" in refused(capsys, "--token", str(token_file))
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert "docker command was not found" in refused(capsys, "--token", str(token_file))
+
+
+def test_a_remote_docker_host_is_refused(fake_docker: FakeDocker, host: Path, token_file: Path, capsys, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "tcp://10.0.0.1:2375")
+    assert "needs a local Docker socket" in refused(capsys, "--token", str(token_file))
+
+
+def test_a_manager_that_exists_already_is_explained(
+    fake_docker: FakeDocker, host: Path, token_file: Path, capsys, monkeypatch, tmp_path
+):
+    # The fake answers `create` of a taken name like the real engine.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "docker").write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = create ]; then echo \'Error response from daemon: Conflict. The container name "/claude-manager" '
+        'is already in use by container \\"abc\\".\' >&2; exit 1; fi\n'
+        f'exec {FAKES}/docker "$@"\n'
+    )
+    (fake / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
+    assert "docker attach claude-manager" in refused(capsys, "--token", str(token_file))
+
+
+def test_help_lists_every_option():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "run.py"), "--help"], capture_output=True, text=True, check=False
+    ).stdout
+    for option in ("--repo", "--branch", "--token", "--ssh-key", "--model", "--build", "--ca-cert", "-- COMMAND"):
+        assert option in out
+    assert "claude-opus-4-5-20251101" in out and "~/.claude-token" in out
+
+
+def test_every_bin_command_has_help():
+    for name in ("run.py", "spawn-worker.py"):
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bin" / name), "--help"], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 0 and proc.stdout.startswith("usage:")
+    assert SAVED.is_dir()
+
+
+def test_the_api_url_and_the_limits_reach_the_manager(fake_docker: FakeDocker, host: Path, token_file: Path):
+    assert run("--token", str(token_file), "--api-url", "https://llm-gateway.example/anthropic", "--memory", "6g",
+               "--cpus", "3", "--pids-limit", "500", "--stop-timeout", "300") == 0  # fmt: skip
+    env = fake_docker.find("create")[0]["env"]
+    assert env["ANTHROPIC_BASE_URL"] == "https://llm-gateway.example/anthropic"
+    assert (env["ORCHESTRATOR_WORKER_MEMORY"], env["ORCHESTRATOR_WORKER_CPUS"]) == ("6g", "3")
+    assert (env["ORCHESTRATOR_WORKER_PIDS"], env["ORCHESTRATOR_STOP_TIMEOUT"]) == ("500", "300")
+
+
+def test_the_api_url_defaults_to_the_environment(fake_docker: FakeDocker, host: Path, token_file: Path, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9999")
+    assert run("--token", str(token_file), "--network", "host") == 0
+    assert fake_docker.find("create")[0]["env"]["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9999"
+
+
+def test_the_manager_is_removed_once_it_has_ended_and_one_left_by_an_engine_restart_is_replaced(
+    fake_docker: FakeDocker, host: Path, token_file: Path
+):
+    # A manager that ended with the engine under it (no run.py was there to remove it).
+    fake_docker.add_container("claude-manager", "inspect-exited.json")
+    inspect = json.loads((fake_docker.containers / "claude-manager.json").read_text())
+    inspect[0]["Config"]["Labels"] = {"orchestrator.role": "manager"}
+    (fake_docker.containers / "claude-manager.json").write_text(json.dumps(inspect))
+    assert run("--token", str(token_file)) == 0
+    calls = [c["argv"][:3] for c in fake_docker.calls()]
+    create = calls.index(["create", "--name", "claude-manager"])
+    removals = [i for i, argv in enumerate(calls) if argv == ["rm", "--force", "claude-manager"]]
+    assert removals[0] < create  # the old one, before the new one is created
+
+
+def test_a_socket_in_a_closed_folder_is_mounted_itself(fake_docker: FakeDocker, host: Path, token_file: Path):
+    host.parent.chmod(0o700)  # the manager's user could not pass through it
+    assert run("--token", str(token_file)) == 0
+    argv = fake_docker.find("create")[0]["argv"]
+    assert f"{host}:/run/host-docker/docker.sock" in argv
+    assert "DOCKER_HOST=unix:///run/host-docker/docker.sock" in argv
