@@ -138,7 +138,7 @@ def test_a_start_that_fails_records_the_daemon_s_words_in_one_line(orch: Orchest
     from orchestrator.docker import DockerError
 
     task = submit(orch)
-    from .batch_helpers import queue_all
+    from tests.support.batch_helpers import queue_all
 
     queue_all(orch)
     argv = ["docker", "create", "--name", f"worker-{task}", *(["--label", "x=y"] * 40), "claude-flutter"]
