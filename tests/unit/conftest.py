@@ -36,6 +36,8 @@ def fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
     monkeypatch.setenv("PATH", f"{FAKES}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DOCKER_LOG", str(fake.log))
     monkeypatch.setenv("FAKE_DOCKER_CONTAINERS", str(containers))
+    # The volumes `volume create` makes (run.py's control plane binds a folder of the shared one).
+    monkeypatch.setenv("FAKE_DOCKER_VOLUMES", str(tmp_path / "fake-volumes"))
     return fake
 
 

@@ -127,7 +127,7 @@ def test_orch_outside_the_manager_says_where_it_runs(tmp_path, capsys, fake_dock
     assert err.startswith("orch status: error: ") and "in a manager container; none runs (bin/run.py starts one)" in err
 
 
-def test_orch_submit_and_status_from_the_command_line(orch, capsys, monkeypatch):
+def test_orch_submit_and_status_from_the_command_line(orch, capsys, monkeypatch, fake_docker):
     from orchestrator.orch import main
 
     where = ["--orchestration-dir", str(orch.root)]
@@ -196,7 +196,7 @@ def test_status_watch_ends_when_nothing_is_queued_or_running(orch, capsys):
     assert f"{task}  failed" in out and "1 task: 1 failed" in out
 
 
-def test_submit_start_queues_what_the_task_depends_on(orch, capsys):
+def test_submit_start_queues_what_the_task_depends_on(orch, capsys, fake_docker):
     from orchestrator.orch import main
 
     first = submit(orch)
@@ -268,7 +268,7 @@ def test_a_damaged_status_is_not_taken_for_an_ended_task(orch):
     assert view.state is State.STARTING and "is not valid JSON" in (view.problem or "")
 
 
-def test_a_full_volume_is_one_line(orch, capsys, monkeypatch):
+def test_a_full_volume_is_one_line(orch, capsys, monkeypatch, fake_docker):
     import errno
 
     from orchestrator.orch import main

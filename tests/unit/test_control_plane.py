@@ -21,6 +21,7 @@ from orchestrator.control import policy
 from orchestrator.control.channel import MAX_COMMANDS, ChannelServer, Request, forward
 from orchestrator.control.mirror import Mirror
 from orchestrator.errors import InvalidInput, UserError
+from tests.support.paths import ROOT
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
@@ -117,8 +118,7 @@ def test_a_request_names_one_of_two_commands_and_carries_strings() -> None:
 @pytest.fixture
 def channel(tmp_path: Path) -> Iterator[ChannelServer]:
     # The commands run as in the control plane's image, where the package is installed.
-    package = str(Path(__file__).resolve().parents[1])
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": package, "ORCHESTRATION_DIR": str(tmp_path / "orchestration")}
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "ORCHESTRATION_DIR": str(tmp_path / "orchestration")}
     server = ChannelServer(tmp_path / "control.sock", check=lambda r: policy.check(r, env), env=env).start()
     yield server
     server.stop()

@@ -22,6 +22,7 @@ MIIBszCCAVmgAwIBAgIUJ0example0000000000000000000wCgYIKoZIzj0EAwIw
 @pytest.fixture
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_socket: Path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FAKE_DOCKER_VOLUMES", str(tmp_path / "volumes"))
     monkeypatch.setenv("GIT_USER_NAME", "Ada")
     monkeypatch.setenv("GIT_USER_EMAIL", "ada@example.org")
     return docker_socket
@@ -35,12 +36,91 @@ def run(*argv: str, login_check: bool = False) -> int:
     return launch.main([*repo, *argv] if login_check else ["--no-login-check", *repo, *argv])
 
 
-def test_starts_the_manager_with_socket_volume_and_environment(
+def created(fake_docker: FakeDocker, name: str = "claude-manager") -> dict:
+    """The `docker create` of the container ``name``, as recorded."""
+    found = [c for c in fake_docker.find("create") if c["argv"][c["argv"].index("--name") + 1] == name]
+    assert len(found) == 1, fake_docker.argvs()
+    return found[0]
+
+
+SETTINGS = {
+    "REPO_URL": "git@github.com:me/app.git",
+    "REPO_BRANCH": "main",
+    "ANTHROPIC_MODEL": "m1",
+    "GIT_USER_NAME": "Ada",
+    "GIT_USER_EMAIL": "ada@example.org",
+    "ORCHESTRATOR_VOLUME": "orchestration-volume",
+    "ORCHESTRATOR_IMAGE_PREFIX": "claude-",
+    "ORCHESTRATOR_ENGINE": "docker",
+    "ORCHESTRATOR_BRANCH_PREFIX": "orchestrator/",
+    "ORCHESTRATOR_WORKER_MEMORY": "4g",
+    "ORCHESTRATOR_WORKER_CPUS": "2",
+    "ORCHESTRATOR_WORKER_PIDS": "1024",
+    "ORCHESTRATOR_WORKER_DISK": "10g",
+    "ORCHESTRATOR_STORAGE_QUOTA": "no",
+    "ORCHESTRATOR_STOP_TIMEOUT": "120",
+}
+
+
+def test_the_control_plane_holds_the_socket_and_the_secrets_and_the_manager_neither(
+    fake_docker: FakeDocker, host: Path, token_file: Path, token: str, ssh_key: Path, tmp_path: Path
+):
+    host.parent.chmod(0o755)
+    code = run("--repo", "git@github.com:me/app.git", "--token", str(token_file), "--model", "m1", "--ssh-key",
+               str(ssh_key))  # fmt: skip
+    assert code == 0
+    for volume in ("orchestration-volume", "claude-manager-workspace", "claude-manager-mirror", "claude-manager-run",
+                   "claude-manager-control-workspace"):  # fmt: skip
+        assert fake_docker.find("volume", "create", volume)
+    assert fake_docker.find("network", "create", "--internal")[0]["argv"][-1] == "claude-manager-net"
+    control = created(fake_docker, "claude-manager-control")["argv"]
+    assert f"{host.parent}:/run/host-docker" in control
+    assert f"DOCKER_HOST=unix:///run/host-docker/{host.name}" in control
+    assert control[control.index("--group-add") + 1] == str(host.stat().st_gid)
+    assert "orchestration-volume:/orchestration" in control
+    assert "claude-manager-workspace:/manager-workspace:ro" in control
+    assert control[control.index("--label") + 1] == "orchestrator.role=control"
+    assert control[-7:] == ["--", "python3", "-P", "-m", "orchestrator.control.plane", "--name",
+                            "claude-manager-control"]  # fmt: skip
+    assert created(fake_docker, "claude-manager-control")["env"] == SETTINGS
+    # The secrets go to the control plane, as files of its user; the manager gets none.
+    copies = fake_docker.find("cp", "-")
+    assert [c["argv"][-1] for c in copies] == ["claude-manager-control:/home/claude"]
+    names = {m["name"]: m for m in copies[0]["tar"]}
+    assert (names[".claude-token"]["data"], names[".claude-token"]["mode"]) == (token + "\n", 0o600)
+    assert names[".ssh/id_ed25519"]["data"] == ssh_key.read_text()
+    # The control plane is on the manager's network, and ready, before the manager is created.
+    order = [c["argv"][:2] for c in fake_docker.calls()]
+    assert order.index(["network", "connect"]) < order.index(["start", "claude-manager-control"])
+    manager_created = next(
+        i for i, c in enumerate(fake_docker.calls()) if c["argv"][:3] == ["create", "--name", "claude-manager"]
+    )
+    assert order.index(["start", "claude-manager-control"]) < manager_created
+    manager = created(fake_docker)["argv"]
+    joined = " ".join(manager)
+    assert "/run/host-docker" not in joined and "--group-add" not in manager and str(host) not in joined
+    assert "orchestration-volume:/orchestration:ro" in manager
+    tasks = tmp_path / "volumes" / "orchestration-volume" / "tasks"
+    assert manager[manager.index("--mount") + 1] == f"type=bind,source={tasks},target=/orchestration/tasks", manager
+    assert "claude-manager-mirror:/mirror:ro" in manager and "claude-manager-run:/run/orchestrator:ro" in manager
+    assert manager[manager.index("--network") + 1] == "claude-manager-net"
+    assert "DOCKER_HOST=unix:///run/orchestrator/docker.sock" in manager
+    assert "ORCHESTRATOR_CONTROL=/run/orchestrator" in manager
+    assert token not in repr(fake_docker.argvs()) and token not in repr([c["env"] for c in fake_docker.calls()])
+    assert fake_docker.find("start", "--attach", "--interactive", "claude-manager")
+    # The control plane ends with the manager.
+    assert order.index(["stop", "--time"]) > order.index(["start", "--attach"])
+    assert fake_docker.find("rm", "--force", "claude-manager-control")
+
+
+def test_manager_docker_socket_gives_the_manager_the_socket_the_volume_and_the_secrets(
     fake_docker: FakeDocker, host: Path, token_file: Path, token: str
 ):
     host.parent.chmod(0o755)
-    code = run("--repo", "git@github.com:me/app.git", "--token", str(token_file), "--model", "m1")
+    code = run("--repo", "git@github.com:me/app.git", "--token", str(token_file), "--model", "m1",
+               "--manager-docker-socket")  # fmt: skip
     assert code == 0
+    assert not fake_docker.find("network") and len(fake_docker.find("create")) == 1
     assert fake_docker.find("volume", "create", "orchestration-volume")
     create = fake_docker.find("create")[0]
     argv = create["argv"]
@@ -56,23 +136,7 @@ def test_starts_the_manager_with_socket_volume_and_environment(
     assert "--tty" not in argv  # stdin is not a terminal under pytest
     assert argv[-1] == "claude-orchestrator"
     # Settings only; the token is copied in as a file, for the manager's user.
-    assert create["env"] == {
-        "REPO_URL": "git@github.com:me/app.git",
-        "REPO_BRANCH": "main",
-        "ANTHROPIC_MODEL": "m1",
-        "GIT_USER_NAME": "Ada",
-        "GIT_USER_EMAIL": "ada@example.org",
-        "ORCHESTRATOR_VOLUME": "orchestration-volume",
-        "ORCHESTRATOR_IMAGE_PREFIX": "claude-",
-        "ORCHESTRATOR_ENGINE": "docker",
-        "ORCHESTRATOR_BRANCH_PREFIX": "orchestrator/",
-        "ORCHESTRATOR_WORKER_MEMORY": "4g",
-        "ORCHESTRATOR_WORKER_CPUS": "2",
-        "ORCHESTRATOR_WORKER_PIDS": "1024",
-        "ORCHESTRATOR_WORKER_DISK": "10g",
-        "ORCHESTRATOR_STORAGE_QUOTA": "no",
-        "ORCHESTRATOR_STOP_TIMEOUT": "120",
-    }
+    assert create["env"] == SETTINGS
     cp = fake_docker.find("cp", "-", "claude-manager:/home/claude")[0]
     secret = next(m for m in cp["tar"] if m["name"] == ".claude-token")
     assert (secret["data"], secret["mode"], secret["uid"]) == (token + "\n", 0o600, 1000)
@@ -83,21 +147,24 @@ def test_starts_the_manager_with_socket_volume_and_environment(
 
 def test_a_command_after_double_dash_replaces_the_agent(fake_docker: FakeDocker, host: Path, token_file: Path):
     assert run("--token", str(token_file), "--network", "host", "--", "bash", "-c", "echo --repo") == 0
-    argv = fake_docker.find("create")[0]["argv"]
+    argv = created(fake_docker)["argv"]
     assert argv[-5:] == ["claude-orchestrator", "--", "bash", "-c", "echo --repo"]
     assert argv[argv.index("--network") + 1] == "host"
-    assert "REPO_URL" not in fake_docker.find("create")[0]["env"]
+    assert "REPO_URL" not in created(fake_docker)["env"]
+    # On the host's network, the manager reaches the control plane on loopback.
+    assert created(fake_docker, "claude-manager-control")["argv"][-1] == "127.0.0.1"
 
 
 def test_the_manager_s_exit_code_is_returned(fake_docker: FakeDocker, host: Path, token_file: Path, monkeypatch):
-    monkeypatch.setenv("FAKE_DOCKER_START_RC", "7")
+    monkeypatch.setenv("FAKE_DOCKER_ATTACH_RC", "7")
     assert run("--token", str(token_file), "--", "false") == 7
+    assert run("--token", str(token_file), "--manager-docker-socket", "--", "false") == 7
 
 
 def test_the_ssh_key_is_copied_into_the_container_not_mounted(
     fake_docker: FakeDocker, host: Path, token_file: Path, ssh_key: Path
 ):
-    assert run("--token", str(token_file), "--ssh-key", str(ssh_key)) == 0
+    assert run("--token", str(token_file), "--ssh-key", str(ssh_key), "--manager-docker-socket") == 0
     cp = fake_docker.find("cp", "-", "claude-manager:/home/claude")[0]
     key = next(m for m in cp["tar"] if m["name"] == ".ssh/id_ed25519")
     assert (key["mode"], key["uid"], key["data"]) == (0o600, 1000, ssh_key.read_text())
@@ -227,7 +294,8 @@ def test_every_bin_command_has_help():
 def test_the_api_url_and_the_limits_reach_the_manager(fake_docker: FakeDocker, host: Path, token_file: Path):
     assert run("--token", str(token_file), "--api-url", "https://llm-gateway.example/anthropic", "--memory", "6g",
                "--cpus", "3", "--pids-limit", "500", "--stop-timeout", "300") == 0  # fmt: skip
-    env = fake_docker.find("create")[0]["env"]
+    env = created(fake_docker)["env"]
+    assert env == created(fake_docker, "claude-manager-control")["env"]
     assert env["ANTHROPIC_BASE_URL"] == "https://llm-gateway.example/anthropic"
     assert (env["ORCHESTRATOR_WORKER_MEMORY"], env["ORCHESTRATOR_WORKER_CPUS"]) == ("6g", "3")
     assert (env["ORCHESTRATOR_WORKER_PIDS"], env["ORCHESTRATOR_STOP_TIMEOUT"]) == ("500", "300")
@@ -236,7 +304,7 @@ def test_the_api_url_and_the_limits_reach_the_manager(fake_docker: FakeDocker, h
 def test_the_api_url_defaults_to_the_environment(fake_docker: FakeDocker, host: Path, token_file: Path, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9999")
     assert run("--token", str(token_file), "--network", "host") == 0
-    assert fake_docker.find("create")[0]["env"]["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9999"
+    assert created(fake_docker)["env"]["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:9999"
 
 
 def test_the_manager_is_removed_once_it_has_ended_and_one_left_by_an_engine_restart_is_replaced(
@@ -255,8 +323,8 @@ def test_the_manager_is_removed_once_it_has_ended_and_one_left_by_an_engine_rest
 
 
 def test_a_socket_in_a_closed_folder_is_mounted_itself(fake_docker: FakeDocker, host: Path, token_file: Path):
-    host.parent.chmod(0o700)  # the manager's user could not pass through it
+    host.parent.chmod(0o700)  # the control plane's user could not pass through it
     assert run("--token", str(token_file)) == 0
-    argv = fake_docker.find("create")[0]["argv"]
+    argv = created(fake_docker, "claude-manager-control")["argv"]
     assert f"{host}:/run/host-docker/docker.sock" in argv
     assert "DOCKER_HOST=unix:///run/host-docker/docker.sock" in argv

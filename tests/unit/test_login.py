@@ -47,18 +47,19 @@ def test_run_py_stops_before_anything_is_started(
     api: ScriptedAPI, token: str, token_file: Path, fake_docker: FakeDocker, docker_socket: Path, capsys, tmp_path
 ):
     api.refuse(token)
-    assert launch.main(["--token", str(token_file), "--api-url", api.url]) == 1
+    assert launch.main(["--no-repo", "--token", str(token_file), "--api-url", api.url]) == 1
     err = capsys.readouterr().err
     assert err.startswith("run.py: error: the Claude token was refused (401)") and len(err.splitlines()) == 1
     assert token not in err
     assert not fake_docker.find("create") and not fake_docker.find("build")
     # --no-login-check goes on regardless.
-    assert launch.main(["--token", str(token_file), "--api-url", api.url, "--no-login-check"]) == 0
+    argv = ["--no-repo", "--token", str(token_file), "--api-url", api.url, "--network", "host", "--no-login-check"]
+    assert launch.main(argv) == 0
     assert fake_docker.find("create")
 
 
 def test_orch_start_stops_a_new_batch_and_leaves_its_tasks_submitted(
-    api: ScriptedAPI, token: str, tmp_path: Path, monkeypatch, capsys
+    api: ScriptedAPI, token: str, tmp_path: Path, monkeypatch, capsys, fake_docker: FakeDocker
 ):
     from orchestrator.orch import main
     from orchestrator.store import OrchestrationDir

@@ -317,7 +317,8 @@ def test_on_the_host_the_volume_s_folder_is_written_directly(
     # Its folder is looked up while the container is created: no container of its own.
     assert commands(fake_docker)[0] == "info"
     assert sorted(commands(fake_docker)[1:3]) == ["create", "volume inspect"]
-    assert commands(fake_docker)[3:] == ["cp", "start"]
+    # Then which managers run, for the hint on reading the result.
+    assert commands(fake_docker)[3:] == ["cp", "start", "ps"]
     status = json.loads((orchestration_dir / "status" / "task-001.json").read_text())
     assert (status["state"], status["container"]) == ("starting", "worker-task-001")
 
