@@ -38,6 +38,7 @@ class Settings:
     max_workers: int
     resume_interrupted: int
     storage_quota: bool | None  # None: not known, asked of the engine when it matters
+    login_check: bool = True  # False: run.py was told --no-login-check
 
     @classmethod
     def from_env(
@@ -70,6 +71,7 @@ class Settings:
             max_workers=environment.MAX_WORKERS.whole_number(env),
             resume_interrupted=environment.RESUME_INTERRUPTED.whole_number(env, least=0),
             storage_quota=None if quota not in ("yes", "no") else quota == "yes",
+            login_check=environment.LOGIN_CHECK.require(env) != "no",
         )
 
 

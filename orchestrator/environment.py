@@ -76,6 +76,9 @@ STOP_TIMEOUT = Var("ORCHESTRATOR_STOP_TIMEOUT", "120")
 # Seconds a worker keeps trying a push while the git server cannot be reached, before it saves
 # the work in a bundle instead.
 PUSH_RETRY_SECONDS = Var("ORCHESTRATOR_PUSH_RETRY_SECONDS", "180")
+# "no": run.py was told --no-login-check, and that holds for the whole batch (orch start of a new
+# batch checks the login otherwise).
+LOGIN_CHECK = Var("ORCHESTRATOR_LOGIN_CHECK", "yes")
 
 # --- The control plane and the manager.
 # Where the control plane serves the manager (the channel, the filtered Docker API, endpoints.json);
@@ -120,6 +123,7 @@ MANAGER_SETTINGS = (
     STORAGE_QUOTA,
     STOP_TIMEOUT,
     PUSH_RETRY_SECONDS,
+    LOGIN_CHECK,
 )
 
 # --- Inside a worker, for tests and images of other layouts.

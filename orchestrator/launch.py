@@ -365,6 +365,8 @@ def manager_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[s
             environment.STOP_TIMEOUT.whole_number({environment.STOP_TIMEOUT.name: args.stop_timeout or ""})
         ),
         environment.PUSH_RETRY_SECONDS: env.get(environment.PUSH_RETRY_SECONDS.name),
+        # The choice holds in the manager and its control plane too (orch start checks a new batch).
+        environment.LOGIN_CHECK: "no" if args.no_login_check else None,
     }
     assert set(values) == set(environment.MANAGER_SETTINGS)
     return {var.name: value for var, value in values.items() if value}

@@ -179,7 +179,7 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
         raise InvalidInput("--resume-interrupted must be 0 or more")
     if args.cpus:
         check_with_engine(ctx, cpus=args.cpus)
-    if not args.no_login_check and not dispatcher_running(orch):
+    if not args.no_login_check and ctx.settings.login_check and not dispatcher_running(orch):
         from .login import check_login  # here: its HTTP and TLS modules would slow every command
 
         # A new batch: a refused login stops it here, before any worker spends its time on it.

@@ -222,7 +222,10 @@ def _container_route(method: str, parts: tuple[str, ...]) -> Route:
     if len(parts) >= 3 and parts[2] == "attach":
         raise Refusal(_HIJACK_RULE)
     if len(parts) == 2 and method == "DELETE":
-        raise Refusal(f"the manager may not remove containers: {_ALLOWED_ON_WORKERS}")
+        raise Refusal(
+            "the manager may not remove containers: `orch cleanup` removes finished workers (and keeps one whose work "
+            f"was neither pushed nor bundled); {_ALLOWED_ON_WORKERS}"
+        )
     action = parts[2] if len(parts) >= 3 else "(none)"
     raise Refusal(f"the manager may not {method} {action} on containers: {_ALLOWED_ON_WORKERS}")
 

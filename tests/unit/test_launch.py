@@ -59,6 +59,7 @@ SETTINGS = {
     "ORCHESTRATOR_WORKER_DISK": "10g",
     "ORCHESTRATOR_STORAGE_QUOTA": "no",
     "ORCHESTRATOR_STOP_TIMEOUT": "120",
+    "ORCHESTRATOR_LOGIN_CHECK": "no",  # run() passes --no-login-check: the batch's orch start holds to it
 }
 
 

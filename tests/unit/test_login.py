@@ -75,3 +75,10 @@ def test_orch_start_stops_a_new_batch_and_leaves_its_tasks_submitted(
     assert "orch start: error: the Claude token was refused (401)" in capsys.readouterr().err
     assert main(["status", "--json", *where]) == 0
     assert '"state": "submitted"' in capsys.readouterr().out
+    # run.py told --no-login-check: that holds for the batch's orch start (in the manager, or its
+    # control plane), which goes on to queue the tasks.
+    monkeypatch.setenv("ORCHESTRATOR_LOGIN_CHECK", "no")
+    monkeypatch.setattr("orchestrator.orch_commands.ensure_dispatcher", lambda ctx: True)
+    assert main(["start", "--all", *where]) == 0
+    assert main(["status", "--json", *where]) == 0
+    assert '"state": "queued"' in capsys.readouterr().out
