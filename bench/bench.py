@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator import images, spawn  # noqa: E402
 from orchestrator.limits import WorkerLimits  # noqa: E402
-from tests.helpers import free_port, seed_repo, start_git_daemon  # noqa: E402
-from tests.scripted_api import ScriptedAPI, bash, text  # noqa: E402
+from tests.support.git_servers import seed_repo, start_git_daemon  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+from tests.support.scripted_api import ScriptedAPI, bash, text  # noqa: E402
 
 INSIDE = Path(__file__).with_name("inside.py")
 

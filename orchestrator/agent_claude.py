@@ -98,7 +98,7 @@ def headless_argv(model: str | None, max_turns: int | None = None) -> list[str]:
     """The command line of a headless run; the prompt goes on standard input, which has no
     size limit (Linux refuses a single argument over 128 KiB). Every flag here is in
     ``claude --help``, but ``--max-turns``: the CLI accepts it without listing it
-    (tests/test_images.py checks the real binary takes it)."""
+    (tests/e2e/test_images.py checks the real binary takes it)."""
     return [
         CLAUDE,
         "--print",

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import secrets
 import stat
 import threading
@@ -272,15 +273,19 @@ _UNREACHABLE = ("could not resolve host", "connection refused", "connection time
                 "connection reset", "remote end hung up unexpectedly", "early eof", "failed to connect",
                 "no route to host", "network is unreachable", "could not read from remote repository",
                 "unable to access")  # fmt: skip
-_REFUSED = ("permission denied", "authentication failed", "host key verification failed", "403", "401",
-            "protected branch", "pre-receive hook declined", "rejected")  # fmt: skip
+_REFUSED = ("permission denied", "authentication failed", "host key verification failed", "protected branch",
+            "pre-receive hook declined", "rejected")  # fmt: skip
+# An HTTP refusal in git's words ("The requested URL returned error: 403"); not those digits
+# inside a number, such as the server's port (a URL on port 54035 is not refused).
+_REFUSED_STATUS = re.compile(r"(?<![\d:])(?:401|403)(?!\d)")
 PUSH_BACKOFF = (2.0, 4.0, 8.0, 15.0, 30.0)
 
 
 def unreachable(error: GitError) -> bool:
     """Whether a push failed because the server was away, which may pass, rather than refused."""
     text = str(error).lower()
-    return any(m in text for m in _UNREACHABLE) and not any(m in text for m in _REFUSED)
+    refused = any(m in text for m in _REFUSED) or _REFUSED_STATUS.search(text) is not None
+    return any(m in text for m in _UNREACHABLE) and not refused
 
 
 def hand_back(

@@ -9,7 +9,7 @@ ticket is worthless anywhere else, and within the relay it spends only its accou
 
 What Claude Code 2.1.332 asks of its ANTHROPIC_BASE_URL
 -------------------------------------------------------
-Recorded against the scripted API (tests/scripted_api.py, which records every request, 404s
+Recorded against the scripted API (tests/support/scripted_api.py, which records every request, 404s
 included) with a fresh HOME, an OAuth token and an API key, nonessential traffic allowed:
 - headless (``-p --output-format stream-json --verbose``), a prompt that runs a Bash tool:
   ``HEAD /api/hello`` without credentials, then ``POST /v1/messages?beta=true`` (streamed), one

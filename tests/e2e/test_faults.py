@@ -281,7 +281,7 @@ def worker_oom_killed_writing_its_result(fault: Fault, _: Path) -> Figures:
     worker = f"worker-{task_id}"
     find_runtime = (
         "import os\nfor p in os.listdir('/proc'):\n if p.isdigit():\n  c = open(f'/proc/{p}/cmdline','rb').read()\n"
-        "  if b'orchestrator.worker' in c: print(p)"
+        "  if b'orchestrator.worker' in c and b'tini' not in c.split(b'\\0')[0]: print(p)"
     )
     # Its work pushed, the worker waits for the state lock to write its result.
     wait_until(lambda: waits_for_a_flock(fault.engine, worker), "the worker at the state lock", timeout=180)

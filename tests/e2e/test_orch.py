@@ -35,7 +35,9 @@ def test_twelve_tasks_run_at_most_three_at_a_time(run: Run, manager: Manager, to
         )
         for n in range(12)
     ]
-    assert ids == [f"task-{n:03d}" for n in range(1, 13)]
+    # Ids of the batch orch made for them (named after the first prompt): no other volume's.
+    batch = ids[0].rsplit("-", 1)[0]
+    assert ids == [f"{batch}-{n:02d}" for n in range(1, 13)]
     assert "queued 12 tasks" in manager.orch("start", "--all", "--max-workers", "3").stdout
 
     most = 0
@@ -53,15 +55,15 @@ def test_twelve_tasks_run_at_most_three_at_a_time(run: Run, manager: Manager, to
     assert "12 tasks: 12 success" in waited.stdout
     status = manager.status()
     assert all(task["state"] == "success" and task["cost_usd"] > 0 for task in status.values())
-    last = manager.result("task-012")
+    last = manager.result(ids[-1])
     assert last["output"] == "wrote note 11"
     # The agent's Write made the note; the worker committed and pushed it.
     assert last["files_changed"] == [{"path": "notes/11.txt", "added": 1, "deleted": 0}] and last["pushed"] is True
     table = manager.orch("status").stdout
     assert table.splitlines()[0].split() == ["ID", "STATE", "WORKER", "STARTED", "DURATION", "COST", "BRANCH", "NOTE"]
-    assert "task-007  success  flutter" in table and "12 success" in table.splitlines()[-1]
+    assert f"{ids[6]}  success  flutter" in table and "12 success" in table.splitlines()[-1]
     # The dispatcher had the token in its environment; it never wrote it anywhere.
-    assert "started worker-task-012 for task-012" in run.read("logs/dispatcher.log")
+    assert f"started worker-{ids[-1]} for {ids[-1]}" in run.read("logs/dispatcher.log")
     assert run.volume_contains(token) == []
 
 

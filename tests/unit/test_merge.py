@@ -152,3 +152,14 @@ def test_the_commit_the_result_names_is_merged_not_what_came_after(origin: Origi
     assert [o.state for o in report.outcomes] == ["merged"]
     assert origin.show("orchestrator/integration", "lib/a.dart") == "mine\n"
     assert "late.dart" not in git(origin.bare, "ls-tree", "-r", "--name-only", "orchestrator/integration")
+
+
+def test_a_push_is_refused_by_the_server_s_words_not_by_digits_of_its_port():
+    from orchestrator.delivery import unreachable
+    from orchestrator.git import GitError
+
+    down = "fatal: unable to connect to 127.0.0.1:54035:\n127.0.0.1[0: 127.0.0.1]: errno=Connection refused"
+    assert unreachable(GitError(down))
+    refused = "fatal: unable to access 'http://127.0.0.1:8080/r.git/': The requested URL returned error: 403"
+    assert not unreachable(GitError(refused))
+    assert not unreachable(GitError(refused.replace("error: 403", "error: 401")))
