@@ -98,12 +98,18 @@ class Ledger:
 
     # accounts and tickets
 
-    def issue_ticket(self, account_id: str, budget_usd: float | None = None, parent: str | None = None) -> str:
-        """A new ticket for the account (made on first use; a parent is made too if it is new)."""
+    def issue_ticket(
+        self, account_id: str, budget_usd: float | None = None, parent: str | None = None, *, ticket: str | None = None
+    ) -> str:
+        """A new ticket for the account (made on first use; a parent is made too if it is new).
+        ``ticket``: one this ledger's owner issued before (a control plane restarted keeps its
+        manager's), taken again as it is."""
         if not account_id:
             raise ValueError("an account needs an id")
         budget = _budget(budget_usd)
-        ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
+        if ticket is not None and (not ticket.startswith(TICKET_PREFIX) or len(ticket) < len(TICKET_PREFIX) + 32):
+            raise ValueError("a ticket taken again must be one the relay made")
+        ticket = ticket or TICKET_PREFIX + secrets.token_urlsafe(32)
         with self._changed:
             account = self._ensure(account_id, parent)
             if budget is not None:

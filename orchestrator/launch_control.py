@@ -80,6 +80,9 @@ def control_argv(o: Orchestration, image: str, socket: Path, socket_gid: int, se
     mount, docker_host = socket_mount(socket)
     return [
         "create", "--name", o.control,
+        # A crash is not the end of the batch: the engine starts it again, and it carries on
+        # (its state is on the volumes, its relay's port and ticket in its home).
+        "--restart", "on-failure",
         *labels({config.LABEL_ROLE: "control", config.LABEL_VOLUME: o.volume}),
         *mount,
         # On the command line: the docker client running this must not take it for its own.

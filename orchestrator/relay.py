@@ -134,9 +134,12 @@ class ApiRelay:
 
     # accounts
 
-    def issue_ticket(self, account_id: str, budget_usd: float | None = None, parent: str | None = None) -> str:
-        """A ticket that spends from ``account_id`` (and its parent's budget, given one)."""
-        return self.ledger.issue_ticket(account_id, budget_usd, parent)
+    def issue_ticket(
+        self, account_id: str, budget_usd: float | None = None, parent: str | None = None, *, ticket: str | None = None
+    ) -> str:
+        """A ticket that spends from ``account_id`` (and its parent's budget, given one); ``ticket``
+        takes one issued before again."""
+        return self.ledger.issue_ticket(account_id, budget_usd, parent, ticket=ticket)
 
     def revoke(self, ticket: str) -> None:
         self.ledger.revoke(ticket)

@@ -24,6 +24,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,11 +236,59 @@ def _read(streams: dict[int, str], peer: socket.socket) -> Iterator[tuple[str, b
 # --- The client side (in the manager).
 
 
-def forward(path: Path, request: Request) -> int:
-    """Send ``request`` to the control plane and print what it sends back; its exit code."""
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
+class ChannelCut(Exception):
+    """The control plane went away in the middle of a command (a restart)."""
+
+
+RECONNECT_TIMEOUT = 120.0  # how long a command waits for a control plane that is restarting
+# Commands that only look: run again from the start when the control plane went away meanwhile.
+RERUN_SAFE = frozenset({"status", "wait", "result", "logs"})
+
+
+def forward(path: Path, request: Request, *, reconnect: float = RECONNECT_TIMEOUT) -> int:
+    """Send ``request`` to the control plane and print what it sends back; its exit code. A
+    control plane that is restarting is waited for; a look (status, wait, result, logs) it cut
+    short is asked again."""
+    for _ in range(3):
+        try:
+            return _forward_once(path, request, reconnect)
+        except ChannelCut:
+            if request.command != "orch" or request.argv[:1] == () or request.argv[0] not in RERUN_SAFE:
+                print(f"{request.command}: error: the control plane went away during the command (`orch status` says "
+                      "what it did)", file=sys.stderr)  # fmt: skip
+                return EXIT_FAILURE
+            print(f"{request.command}: the control plane went away; asking again", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+        except (OSError, ValueError) as exc:
+            print(f"{request.command}: error: the control plane cannot be reached at {path}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"{request.command}: error: the control plane kept going away", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _connect(path: Path, reconnect: float) -> socket.socket:
+    """A connection to the channel, waiting for a control plane that is (re)starting."""
+    deadline = time.monotonic() + reconnect
+    told = False
+    while True:
+        sock = socket.socket(socket.AF_UNIX)
+        try:
             sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            if not told:
+                print(f"waiting for the control plane ({path})", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(0.5)
+
+
+def _forward_once(path: Path, request: Request, reconnect: float) -> int:
+    with _connect(path, reconnect) as sock:
+        try:
             sock.sendall(json.dumps(request.to_json()).encode() + b"\n")
             with sock.makefile("rb") as answers:
                 for line in answers:
@@ -249,13 +298,9 @@ def forward(path: Path, request: Request) -> int:
                     out = sys.stdout if "out" in frame else sys.stderr
                     out.write(frame.get("out", frame.get("err", "")))
                     out.flush()
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    except (OSError, ValueError) as exc:
-        print(f"{request.command}: error: the control plane cannot be reached at {path}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    print(f"{request.command}: error: the control plane ended the command without saying how", file=sys.stderr)
-    return EXIT_FAILURE
+        except (ConnectionError, ValueError):  # reset, or a line cut in two
+            raise ChannelCut from None
+    raise ChannelCut
 
 
 def request_for(command: str, argv: Sequence[str], *, stdin_wanted: bool) -> Request:

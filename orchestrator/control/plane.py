@@ -20,12 +20,14 @@ there; a socket can be reached on a read-only mount):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from .. import environment, git
@@ -47,6 +49,7 @@ RUN_DIR = Path("/run/orchestrator")
 CHANNEL = "control.sock"
 DOCKER = "docker.sock"
 ENDPOINTS = "endpoints.json"
+STATE = ".control-state.json"  # in its home: the relay's port and the manager's ticket, kept over a restart
 
 
 def upstream_socket(env: Mapping[str, str]) -> Path:
@@ -111,14 +114,13 @@ class ControlPlane:
             self.run_dir / DOCKER, upstream_socket(ctx.env), WorkerPolicy(settings.volume), mode=0o666,
             on_refused=lambda method, path, reason: self.say(f"refused the manager's {method} {path[:200]}: {reason}"),
         ).start()  # fmt: skip
-        relay = ApiRelay(
-            self.secrets.claude,
-            settings.api_url,
-            on_notice=lambda notice: self.say(notice.message),
-            settings=RelaySettings(host="0.0.0.0", port=0),
-        ).start()
-        ticket = relay.issue_ticket("manager")
+        kept = self.load_state(home)
+        relay = self.start_relay(kept.get("relay_port"))
+        ticket = relay.issue_ticket("manager", ticket=kept.get("manager_ticket"))
         port = relay.url.rsplit(":", 1)[1]
+        # Kept in its own home (the container's, which a restart keeps): a control plane that
+        # is restarted serves the manager where it did, with the ticket its Claude Code holds.
+        self.save_state(home, {"relay_port": int(port), "manager_ticket": ticket})
         write_json(
             self.run_dir / ENDPOINTS,
             {
@@ -137,6 +139,36 @@ class ControlPlane:
         for server in (channel, docker_filter, relay):
             server.stop()
         return 0
+
+    def start_relay(self, port: object) -> ApiRelay:
+        """The API relay, on the port it had before a restart when it can be had again."""
+        assert self.secrets.claude is not None
+        for choice in [port, 0] if isinstance(port, int) and 0 < port < 65536 else [0]:
+            relay = ApiRelay(
+                self.secrets.claude,
+                self.ctx.settings.api_url,
+                on_notice=lambda notice: self.say(notice.message),
+                settings=RelaySettings(host="0.0.0.0", port=choice),
+            )
+            try:
+                return relay.start()
+            except OSError as exc:
+                self.say(f"the relay's port {choice} cannot be had again ({exc.strerror}): the manager's Claude Code "
+                         "needs a new start (its address changes)")  # fmt: skip
+        raise UserError("the API relay cannot listen on any port")
+
+    @staticmethod
+    def load_state(home: Path) -> dict[str, Any]:
+        try:
+            found = json.loads((home / STATE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    @staticmethod
+    def save_state(home: Path, state: Mapping[str, Any]) -> None:
+        write_json(home / STATE, dict(state))
+        os.chmod(home / STATE, 0o600)
 
     def prepare_clone(self, mirror: Mirror, git_env: Mapping[str, str]) -> None:
         """The control plane's own clone, where `orch merge` and `orch push` work: it borrows the

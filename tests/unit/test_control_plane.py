@@ -152,8 +152,9 @@ def test_the_channel_refuses_what_the_policy_refuses_and_runs_nothing(channel: C
 def test_the_client_prints_what_the_command_printed(channel: ChannelServer, capsys: pytest.CaptureFixture) -> None:
     assert forward(channel.path, Request("orch", ("status", "--orchestration-dir", "/x"))) == 2
     assert "--orchestration-dir is the control plane's to choose" in capsys.readouterr().err
-    assert forward(channel.path.with_name("nowhere.sock"), Request("orch", ("status",))) == 1
-    assert "the control plane cannot be reached" in capsys.readouterr().err
+    assert forward(channel.path.with_name("nowhere.sock"), Request("orch", ("status",)), reconnect=0.5) == 1
+    err = capsys.readouterr().err
+    assert "waiting for the control plane" in err and "the control plane cannot be reached" in err
 
 
 def test_a_manager_holding_every_slot_gets_a_refusal_not_the_last_process(tmp_path: Path) -> None:
@@ -311,3 +312,36 @@ def test_the_control_plane_has_help() -> None:
     argv = [sys.executable, "-m", "orchestrator.control.plane", "--help"]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and "control plane" in proc.stdout
+
+
+def test_a_look_cut_short_by_a_restarting_control_plane_is_asked_again(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "c.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+    asked: list[str] = []
+
+    def serve(count: int) -> None:
+        for n in range(count):
+            conn, _ = server.accept()
+            with conn, conn.makefile("rb") as lines:
+                asked.append(json.loads(lines.readline())["argv"][0])
+                if n == 0:
+                    conn.sendall(b'{"out": "half a tab')  # the control plane goes away mid-line
+                else:
+                    conn.sendall(b'{"out": "all of it\\n"}\n{"exit": 0}\n')
+
+    thread = threading.Thread(target=serve, args=(2,))
+    thread.start()
+    assert forward(path, Request("orch", ("status",))) == 0
+    thread.join(10)
+    assert asked == ["status", "status"]
+    captured = capsys.readouterr()
+    assert captured.out == "all of it\n" and "the control plane went away; asking again" in captured.err
+    # What changes something is not asked twice: the manager hears that it was cut, and how to look.
+    thread = threading.Thread(target=serve, args=(1,))
+    thread.start()
+    assert forward(path, Request("orch", ("submit", "--prompt", "p"))) == 1
+    thread.join(10)
+    assert "went away during the command (`orch status` says what it did)" in capsys.readouterr().err
+    server.close()
