@@ -1,11 +1,13 @@
-"""The benchmark's side inside a manager container: fed to `docker exec -i MANAGER python3 -P - COMMAND ...`
-on stdin, so that the timings are taken where the Manager agent runs its commands, without `docker exec`'s
-own cost. It uses the image's orchestrator package (the code under test). Each command prints one JSON
+"""The benchmark's side inside an orchestration's containers: fed to `docker exec -i CONTAINER python3 -P -
+COMMAND ...` on stdin, in its control plane (where the batch's work is done and its files written) or in
+its manager (where the Manager agent runs its commands), so that the timings are taken there, without
+`docker exec`'s own cost. It uses the image's orchestrator package (the code under test). Each command prints one JSON
 document on stdout.
 
     tasks PREFIX N PROMPT           submit N tasks PREFIX-1..N (not started)
     history N                       write N finished tasks straight to the volume's files
     spawn REPS PREFIX               spawn-worker, docker run -d, docker create + cp + start, in turns
+    spawn-channel REPS PREFIX       spawn-worker in the manager, through its control plane (PREFIX-1..REPS+1)
     timed ARGS...                   wall and CPU time (the process and its children) of one command
     states IDS...                   orch status --json of those tasks: {id: state}
 """
@@ -137,6 +139,21 @@ def cmd_spawn(reps: str, prefix: str) -> dict:
     return {side: statistics.median(values) for side, values in times.items()} | {"runs": times}
 
 
+def cmd_spawn_channel(reps: str, prefix: str) -> dict:
+    """In the manager: spawn-worker as its agent runs it, through the control plane, for the tasks
+    PREFIX-1..REPS+1 (made beforehand); the first does not count. The median, and each time."""
+    times = []
+    for n in range(1, int(reps) + 2):
+        t0 = time.perf_counter()
+        proc = subprocess.run(["spawn-worker", "flutter", f"{prefix}-{n}"], capture_output=True, check=False)
+        if proc.returncode:
+            raise SystemExit(f"spawn-worker failed: {proc.stderr.decode().strip()}")
+        if n > 1:
+            times.append(time.perf_counter() - t0)
+        time.sleep(0.3)  # the engine finishes what the last one started
+    return {"spawn": statistics.median(times), "runs": times}
+
+
 def cmd_timed(*argv: str) -> dict:
     t0 = time.monotonic()
     proc = subprocess.run(list(argv), capture_output=True, check=False)
@@ -153,7 +170,14 @@ def cmd_states(*ids: str) -> dict:
     return {task["id"]: task["state"] for task in json.loads(proc.stdout)["tasks"]}
 
 
-COMMANDS = {"tasks": cmd_tasks, "history": cmd_history, "spawn": cmd_spawn, "timed": cmd_timed, "states": cmd_states}
+COMMANDS = {
+    "tasks": cmd_tasks,
+    "history": cmd_history,
+    "spawn": cmd_spawn,
+    "spawn-channel": cmd_spawn_channel,
+    "timed": cmd_timed,
+    "states": cmd_states,
+}
 
 if __name__ == "__main__":
     os.umask(OrchestrationDir.UMASK)

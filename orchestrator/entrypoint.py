@@ -107,6 +107,10 @@ def prepare_without_secrets(env: dict[str, str], control: Path) -> Path:
     home = Path(env.get("HOME") or Path.home())
     endpoints = wait_for(control / "endpoints.json")
     ticket = str(endpoints["ticket"])
+    resumed = endpoints.get("resumed")
+    if isinstance(resumed, int) and resumed > 0:
+        print(f"manager: resuming the batch: {resumed} task(s) queued or running (the control plane's dispatcher "
+              "runs them)", file=sys.stderr, flush=True)  # fmt: skip
     env["ANTHROPIC_BASE_URL"] = str(endpoints["relay"])
     env[API_KEY_ENV if endpoints.get("api_key") else OAUTH_TOKEN_ENV] = ticket
     git.configure_identity(environment.GIT_USER_NAME.get(env), environment.GIT_USER_EMAIL.get(env))

@@ -160,7 +160,13 @@ def start_manager(spec: ManagerSpec) -> int:
     try:
         return run_manager(replace(spec, tasks_folder=tasks_folder, secrets=Secrets()))
     finally:
-        stop_control(spec.control)
+        # A manager that goes on without run.py (the engine restarted under it with live-restore,
+        # `docker restart`) keeps its control plane; one that has ended takes it along.
+        info = inspect_container_quietly(spec.name)
+        if info is not None and (info.get("State") or {}).get("Running"):
+            print(f"run.py: {spec.control.control} keeps serving it", file=sys.stderr)
+        else:
+            stop_control(spec.control)
 
 
 def run_manager(spec: ManagerSpec) -> int:

@@ -121,6 +121,7 @@ class ControlPlane:
         # Kept in its own home (the container's, which a restart keeps): a control plane that
         # is restarted serves the manager where it did, with the ticket its Claude Code holds.
         self.save_state(home, {"relay_port": int(port), "manager_ticket": ticket})
+        resumed = self.resume()
         write_json(
             self.run_dir / ENDPOINTS,
             {
@@ -128,10 +129,10 @@ class ControlPlane:
                 "ticket": ticket,
                 "api_key": self.secrets.claude.is_api_key,
                 "mirror": str(mirror.path) if mirror else None,
+                "resumed": resumed,  # the manager says so to its person
             },
         )
         self.say(f"serving the manager in {self.run_dir} (the API relay on port {port})")
-        self.resume()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stopping.set())
         self.stopping.wait()
@@ -181,14 +182,20 @@ class ControlPlane:
         git.git("fetch", "--quiet", "origin", cwd=clone, timeout=git.CLONE_TIMEOUT, env=git_env,
                 scrub=scrubber(self.secrets.values()))  # fmt: skip
 
-    def resume(self) -> None:
-        """A batch under way (a control plane restarted, a new manager) is taken over."""
+    def resume(self) -> int:
+        """A batch under way (a control plane restarted, a new manager) is taken over; how many of
+        its tasks are queued or running (0: none was under way)."""
+        from ..batch import needs_dispatcher
+        from ..tasks import ACTIVE_STATES, State
+
         views = load_views(self.ctx.orch)
         limit = self.ctx.orch.load_settings().resume_limit(self.ctx.settings.resume_interrupted)
-        from ..batch import needs_dispatcher
-
-        if needs_dispatcher(views, limit) and ensure_dispatcher(self.ctx_for_commands()):
-            self.say("a batch was under way: its dispatcher is started")
+        if not needs_dispatcher(views, limit):
+            return 0
+        pending = [v.id for v in views if v.state is State.QUEUED or v.state in ACTIVE_STATES]
+        if ensure_dispatcher(self.ctx_for_commands()):
+            self.say(f"a batch was under way ({len(pending)} task(s) queued or running): its dispatcher is started")
+        return len(pending)
 
     def ctx_for_commands(self) -> Context:
         return Context(settings=self.ctx.settings, orch=self.ctx.orch, engine=self.ctx.engine, env=self.env)

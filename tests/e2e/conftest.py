@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.end_to_end import PREFIX, Manager, Run, build_test_images, start_manager
+from tests.support.commands import sh
+from tests.support.end_to_end import PREFIX, Bridge, Manager, Run, build_test_images, make_bridge, start_manager
 from tests.support.git_servers import (
     GitServer,
     HttpGitServer,
@@ -78,6 +79,32 @@ def run(test_images: None, api: ScriptedAPI) -> Iterator[Run]:
     run = Run(id=uuid.uuid4().hex[:8], volume=f"{PREFIX}volume-{uuid.uuid4().hex[:8]}", api=api)
     yield run
     run.remove_everything()
+
+
+@pytest.fixture(scope="session")
+def bridge(engine: None) -> Iterator[Bridge]:
+    """A Docker network of the tests' own, for the tests of run.py's default layout, where the
+    manager's own network has no route out and the control plane reaches origin and the API on
+    this one: on its gateway, the servers below."""
+    bridge = make_bridge(f"{PREFIX}bridge-{uuid.uuid4().hex[:8]}")
+    yield bridge
+    sh("docker", "network", "rm", bridge.name, check=False)
+
+
+@pytest.fixture(scope="session")
+def bridge_git(bridge: Bridge, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    """git daemon on the bridge's gateway, no authentication."""
+    with serve_git_daemon(tmp_path_factory.mktemp("bridge-git") / "repos", host=bridge.gateway) as server:
+        yield server
+
+
+@pytest.fixture
+def bridge_run(test_images: None, bridge: Bridge) -> Iterator[Run]:
+    """A run whose scripted API listens on the bridge's gateway."""
+    with ScriptedAPI(host=bridge.gateway) as api:
+        run = Run(id=uuid.uuid4().hex[:8], volume=f"{PREFIX}volume-{uuid.uuid4().hex[:8]}", api=api)
+        yield run
+        run.remove_everything()
 
 
 @pytest.fixture

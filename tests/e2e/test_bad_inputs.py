@@ -61,6 +61,7 @@ def test_a_refused_login_stops_run_py_and_a_new_batch_in_seconds(run: Run, git_s
                                                                  tmp_path):  # fmt: skip
     refused = tmp_path / "refused-token"
     refused.write_text("sk-ant-oat01-refused-" + run.id + "\n")
+    refused.chmod(0o600)
     run.api.refuse(refused.read_text().strip())
     started = time.monotonic()
     proc = run_py(
@@ -70,7 +71,11 @@ def test_a_refused_login_stops_run_py_and_a_new_batch_in_seconds(run: Run, git_s
     assert sh("docker", "ps", "-aq", "--filter", f"name={run.manager}").stdout == ""
     # A manager whose token is refused once it runs (revoked meanwhile): orch start refuses the batch.
     repo = git_server.repo(f"login-{run.id}")
-    manager = start_manager(run, repo, refused, "--no-login-check")
+    revoked = tmp_path / "revoked-token"
+    revoked.write_text("sk-ant-oat01-revoked-" + run.id + "\n")
+    revoked.chmod(0o600)
+    manager = start_manager(run, repo, revoked)
+    run.api.refuse(revoked.read_text().strip())
     try:
         manager.orch("submit", "--id", run.task_id("never"), "--prompt", run.prompt("never", text("no")))
         start = manager.orch("start", "--all", check=False)
@@ -86,7 +91,8 @@ def test_a_full_volume_is_one_clear_line(run: Run, git_server: GitServer, token_
        "--opt", "o=size=2m", run.volume)  # fmt: skip
     manager = start_manager(run, git_server.repo(f"full-{run.id}"), token_file)
     try:
-        sh("docker", "exec", manager.name, "sh", "-c", "dd if=/dev/zero of=/orchestration/filler bs=64k || true")
+        # The manager's one folder of the volume to write (the rest is read-only there) fills it.
+        sh("docker", "exec", manager.name, "sh", "-c", "dd if=/dev/zero of=/orchestration/tasks/filler bs=64k || true")
         proc = manager.orch("submit", "--prompt", "p", check=False)
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert proc.stderr.startswith("orch submit: error: cannot write") and "No space left on device" in proc.stderr

@@ -184,8 +184,13 @@ def test_over_https_the_token_reaches_git_only_through_the_credential_helper(
         secret = http_git_server.token
         assert run.volume_contains(secret) == []
         assert secret not in logs and secret not in sh("docker", "logs", f"worker-{task_id}").stdout
+        # The manager's clone borrows from the control plane's mirror; the control plane's clone and
+        # mirror name the repository, and the token is in neither's configuration.
         config = sh("docker", "exec", manager.name, "sh", "-c", "cat ~/.gitconfig; git -C /workspace/repo remote -v")
-        assert secret not in config.stdout and f"origin\t{url} (push)" in config.stdout
+        assert secret not in config.stdout and "origin\t/mirror/repo.git (push)" in config.stdout
+        control = sh("docker", "exec", f"{manager.name}-control", "sh", "-c", "cat ~/.gitconfig; "
+                     "git -C /workspace/repo remote -v; git -C /mirror/repo.git config --list")  # fmt: skip
+        assert secret not in control.stdout and f"origin\t{url} (push)" in control.stdout
         args = sh("docker", "inspect", "--format", "{{json .Args}} {{json .Config.Cmd}}", f"worker-{task_id}").stdout
         assert secret not in args
     finally:

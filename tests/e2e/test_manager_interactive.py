@@ -82,7 +82,7 @@ def run_py_argv(run: Run, *options: str) -> list[str]:
 
 
 def test_no_dialog_blocks_a_fresh_manager(run: Run, token_file):
-    terminal = Terminal(run_py_argv(run, "--token", str(token_file)))
+    terminal = Terminal(run_py_argv(run, "--no-repo", "--token", str(token_file)))
     try:
         terminal.wait_for("bypass permissions on", timeout=180)
     finally:
@@ -128,7 +128,7 @@ def test_the_smart_manager_splits_a_request_runs_workers_merges_and_summarizes(
         REQUEST,
         reply(
             text("I'll break this into three independent tasks and start a worker for each."),
-            bash(f"{submit} && orch start --all --max-workers 3"),
+            bash(f"orch batch new 'Dark mode' && {submit} && orch start --all --max-workers 3"),
         ),
         reply(text("Workers are running. I'll wait for them."), bash("orch wait --all")),
         bash("orch merge --all --push"),
@@ -150,7 +150,7 @@ def test_the_smart_manager_splits_a_request_runs_workers_merges_and_summarizes(
 
     # The manager ran the commands and saw what they printed.
     submitted, waited, merged = run.api.tool_results(REQUEST)[:3]
-    assert submitted.splitlines()[:3] == [run.task_id(part) for part in parts]
+    assert submitted.splitlines()[1:4] == [run.task_id(part) for part in parts]  # after the batch's id
     assert "3 tasks: 3 success" in waited
     assert "pushed orchestrator/integration to origin" in merged
     # The workers' agents did their parts, and the work is merged on the repository.

@@ -18,6 +18,7 @@ LONG_JOB = busy_for(300)
 
 def running_workers(run: Run) -> list[str]:
     proc = sh("docker", "ps", "--filter", f"label=orchestrator.volume={run.volume}", "--filter", "status=running",
+              "--filter", "label=orchestrator.role=worker",
               "--format", "{{.Names}}")  # fmt: skip
     return proc.stdout.split()
 

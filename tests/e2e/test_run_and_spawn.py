@@ -112,13 +112,14 @@ def test_the_manager_prepares_its_container(run: Run, git_server: GitServer, tok
     repo = git_server.repo(f"m-{run.id}")
     script = (
         "set -eu; id -u; pwd; git log --oneline | wc -l; git config --global user.name; "
-        "stat -c '%a %U' ~/.ssh/id_ed25519 ~/.claude-token; ls /orchestration; stat -c '%a %G' /orchestration; "
+        "ls ~/.ssh/id_ed25519 ~/.claude-token ~/.git-token 2>&1 | grep -c 'No such file'; "
+        "ls /orchestration; stat -c '%a %G' /orchestration; "
         'python3 -c \'import json,os; s=json.load(open(os.path.expanduser("~/.claude.json")));'
         ' print(s["hasCompletedOnboarding"], s["projects"]["/workspace/repo"]["hasTrustDialogAccepted"])\'; '
         "cat ~/.claude/settings.json; docker version --format '{{.Server.Version}}' >/dev/null && echo docker-ok; "
         "command -v spawn-worker orch; "
-        # The commands run here get the token from the file run.py copied in, not from docker's environment.
-        'test "$CLAUDE_CODE_OAUTH_TOKEN" = "$(cat ~/.claude-token)" && echo token-in-env; '
+        # Its Claude Code gets the relay and a ticket of it in place of the token, in its environment.
+        'case "$CLAUDE_CODE_OAUTH_TOKEN" in relay-*) echo ticket-in-env;; esac; echo "$ANTHROPIC_BASE_URL"; '
         "tr '\\0' '\\n' < /proc/1/environ | grep -c CLAUDE_CODE_OAUTH_TOKEN || true"
     )
     proc = run_py(
@@ -128,19 +129,50 @@ def test_the_manager_prepares_its_container(run: Run, git_server: GitServer, tok
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout.splitlines()
     assert out[:3] == ["1000", "/workspace/repo", "1"]
-    assert out[4:6] == ["600 claude", "600 claude"]
-    assert set(out[6:12]) == {"tasks", "results", "status", "logs", "attempts", "bundles"}
-    assert out[12] == "2770 claude"
+    assert out[4] == "3"  # no token, key or git token of the user's: the control plane holds them
+    assert set(out[5:11]) == {"tasks", "results", "status", "logs", "attempts", "bundles"}
+    assert out[11] == "2770 claude"
     assert "True True" in out
     assert '"skipDangerousModePermissionPrompt": true' in proc.stdout
     assert "docker-ok" in out and "/usr/local/bin/spawn-worker" in out and "/usr/local/bin/orch" in out
-    assert out[-2:] == ["token-in-env", "0"]
+    assert out[-3] == "ticket-in-env" and out[-2].startswith("http://127.0.0.1:") and out[-1] == "0"
+    assert token not in proc.stdout + proc.stderr
+
+
+def test_the_manager_docker_socket_layout_gives_the_manager_the_socket_and_the_token(
+    run: Run, git_server: GitServer, token_file, token, ssh_key
+):
+    repo = git_server.repo(f"o-{run.id}")
+    script = (
+        "set -eu; stat -c '%a %U' ~/.ssh/id_ed25519 ~/.claude-token; "
+        "docker run --rm --entrypoint true $(docker inspect --format '{{.Config.Image}}' $(hostname)) && echo ran; "
+        'test "$CLAUDE_CODE_OAUTH_TOKEN" = "$(cat ~/.claude-token)" && echo token-in-env; '
+        "tr '\\0' '\\n' < /proc/1/environ | grep -c CLAUDE_CODE_OAUTH_TOKEN || true"
+    )
+    proc = run_py(
+        run, "--repo", repo, "--token", str(token_file), "--ssh-key", str(ssh_key), "--volume", run.volume,
+        "--name", run.manager, "--manager-docker-socket", "--", "bash", "-c", script,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == ["600 claude", "600 claude", "ran", "token-in-env", "0"]
+    assert sh("docker", "ps", "-aq", "--filter", f"name={run.manager}-control").stdout == ""
     assert token not in proc.stdout + proc.stderr
 
 
 def test_the_manager_command_exit_code_comes_back(run: Run, token_file):
     proc = run_py(
-        run, "--token", str(token_file), "--volume", run.volume, "--name", run.manager, "--", "sh", "-c", "exit 7"
+        run,
+        "--no-repo",
+        "--token",
+        str(token_file),
+        "--volume",
+        run.volume,
+        "--name",
+        run.manager,
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
     )
     assert proc.returncode == 7, proc.stderr
 

@@ -105,9 +105,13 @@ class Run:
         names += sh("docker", "ps", "-aq", "--filter", f"name={self.manager}-").stdout.split()
         if names:
             sh("docker", "rm", "--force", *names, check=False)
-        # The shared volume, and the workspaces of its managers (NAME-workspace).
+        # The shared volume, and the volumes of its managers and control planes (NAME-workspace,
+        # NAME-mirror, ...), and their networks (NAME-net).
         volumes = sh("docker", "volume", "ls", "-q", "--filter", f"name={self.manager}").stdout.split()
         sh("docker", "volume", "rm", "--force", self.volume, *volumes, check=False)
+        networks = sh("docker", "network", "ls", "-q", "--filter", f"name={self.manager}").stdout.split()
+        if networks:
+            sh("docker", "network", "rm", *networks, check=False)
 
 
 def busy_for(seconds: int) -> str:
@@ -121,13 +125,32 @@ def docker_logs_show(container: str, needle: str) -> bool:
     return needle in sh("docker", "logs", container, check=False).stdout
 
 
-def run_py(run: Run, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """bin/run.py as a person would run it, with the test images, the host network and the scripted API."""
+def run_py(
+    run: Run, *args: str, timeout: float = 600, network: str = "host", input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """bin/run.py as a person would run it, with the test images, the host network (or
+    ``network``, whose gateway serves the scripted API) and the scripted API."""
     return subprocess.run(
-        ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host",
+        ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", network,
          "--api-url", run.api.url, *args],
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False,
+        capture_output=True, text=True, timeout=timeout, check=False,
+        **({"input": input} if input is not None else {"stdin": subprocess.DEVNULL}),
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """A Docker network of the tests' own; servers on the host listen on its gateway address,
+    which its containers reach (and nothing else of the host's)."""
+
+    name: str
+    gateway: str
+
+
+def make_bridge(name: str) -> Bridge:
+    sh("docker", "network", "create", "--label", "orchestrator.test=1", name)
+    gateway = sh("docker", "network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", name).stdout
+    return Bridge(name, gateway.strip())
 
 
 def spawn_worker_py(run: Run, task_id: str, *options: str) -> subprocess.CompletedProcess[str]:
@@ -190,11 +213,13 @@ class Manager:
         self.process.wait(60)
 
 
-def start_manager(run: Run, repo: str, token_file: Path, *options: str, name: str | None = None) -> Manager:
+def start_manager(
+    run: Run, repo: str, token_file: Path, *options: str, name: str | None = None, network: str = "host"
+) -> Manager:
     """run.py as a person runs it, with `-- sleep infinity` so that tests can `docker exec` into it."""
     name = name or run.manager
     process = subprocess.Popen(
-        ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", "host",
+        ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", network,
          "--api-url", run.api.url, "--repo", repo, "--token", str(token_file), "--volume", run.volume,
          "--name", name, *options, "--", "sleep", "infinity"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -48,12 +48,14 @@ def seed_repo(path: Path) -> Path:
 # ---- git daemon ----------------------------------------------------------------------------------
 
 
-def start_git_daemon(base: Path, port: int, probe_url: str, *, receive_pack: bool = True) -> subprocess.Popen[bytes]:
-    """``git daemon`` serving the repositories under ``base`` on 127.0.0.1:``port``, once
+def start_git_daemon(
+    base: Path, port: int, probe_url: str, *, receive_pack: bool = True, host: str = "127.0.0.1"
+) -> subprocess.Popen[bytes]:
+    """``git daemon`` serving the repositories under ``base`` on ``host``:``port``, once
     ``git ls-remote probe_url`` answers."""
     daemon = subprocess.Popen(
         ["git", "daemon", "--reuseaddr", "--export-all", *(["--enable=receive-pack"] if receive_pack else []),
-         f"--base-path={base}", "--listen=127.0.0.1", f"--port={port}", str(base)],
+         f"--base-path={base}", f"--listen={host}", f"--port={port}", str(base)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -70,25 +72,36 @@ def start_git_daemon(base: Path, port: int, probe_url: str, *, receive_pack: boo
 
 @dataclass
 class GitServer:
-    """git daemon on 127.0.0.1, reached by containers on the host network."""
+    """git daemon on 127.0.0.1, reached by containers on the host network (or on the gateway of a
+    Docker network of the test's own, reached by its containers)."""
 
     base: Path
     port: int
+    host: str = "127.0.0.1"
 
     def repo(self, name: str) -> str:
         """A new seeded repository; returns its URL."""
         work = seed_repo(self.base.parent / "seeds" / name)
         bare = self.base / f"{name}.git"
         sh("git", "clone", "-q", "--bare", str(work), str(bare))
-        return f"git://127.0.0.1:{self.port}/{name}.git"
+        return f"git://{self.host}:{self.port}/{name}.git"
+
+    def refs(self, name: str) -> dict[str, str]:
+        """The repository's branches, by name, and their commits."""
+        listed = sh("git", "--git-dir", str(self.base / f"{name}.git"), "for-each-ref", "--format=%(refname:short) "
+                    "%(objectname)", "refs/heads").stdout  # fmt: skip
+        return dict(line.split() for line in listed.splitlines())
+
+    def show(self, name: str, ref: str, path: str) -> str:
+        return sh("git", "--git-dir", str(self.base / f"{name}.git"), "show", f"{ref}:{path}", check=False).stdout
 
 
 @contextmanager
-def serve_git_daemon(base: Path) -> Iterator[GitServer]:
+def serve_git_daemon(base: Path, host: str = "127.0.0.1") -> Iterator[GitServer]:
     """A GitServer of the repositories under ``base`` (made here), for as long as the block runs."""
     base.mkdir()
-    server = GitServer(base, free_port())
-    daemon = start_git_daemon(base, server.port, server.repo("probe"))
+    server = GitServer(base, free_port(), host)
+    daemon = start_git_daemon(base, server.port, server.repo("probe"), host=host)
     try:
         yield server
     finally:
