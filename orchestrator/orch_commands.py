@@ -598,7 +598,7 @@ def cmd_push(ctx: Context, args: argparse.Namespace) -> int:
 
 def refresh_mirror(ctx: Context) -> None:
     """In the control plane, the mirror takes what was just pushed (the manager fetches from it)."""
-    folder = ctx.env.get(environment.MIRROR_DIR.name)
+    folder = environment.MIRROR_DIR.get(ctx.env)
     if not folder or not ctx.settings.repo_url or not os.access(folder, os.W_OK):
         return
     from .control.mirror import Mirror

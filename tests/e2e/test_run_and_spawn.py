@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from tests.support.commands import sh
-from tests.support.end_to_end import Run, busy_for, docker_logs_show, run_py, spawn_worker_py
+from tests.support.end_to_end import MANAGER_IMAGE, Run, busy_for, docker_logs_show, run_py, spawn_worker_py
 from tests.support.git_servers import GitServer
 from tests.support.scripted_api import attempts, bash, error, reply, text, write
 from tests.support.waiting import wait_until
@@ -113,7 +113,7 @@ def test_the_manager_prepares_its_container(run: Run, git_server: GitServer, tok
     script = (
         "set -eu; id -u; pwd; git log --oneline | wc -l; git config --global user.name; "
         "ls ~/.ssh/id_ed25519 ~/.claude-token ~/.git-token 2>&1 | grep -c 'No such file'; "
-        "ls /orchestration; stat -c '%a %G' /orchestration; "
+        "ls /orchestration | tr '\\n' ' '; echo; stat -c '%a %G' /orchestration; "
         'python3 -c \'import json,os; s=json.load(open(os.path.expanduser("~/.claude.json")));'
         ' print(s["hasCompletedOnboarding"], s["projects"]["/workspace/repo"]["hasTrustDialogAccepted"])\'; '
         "cat ~/.claude/settings.json; docker version --format '{{.Server.Version}}' >/dev/null && echo docker-ok; "
@@ -130,8 +130,8 @@ def test_the_manager_prepares_its_container(run: Run, git_server: GitServer, tok
     out = proc.stdout.splitlines()
     assert out[:3] == ["1000", "/workspace/repo", "1"]
     assert out[4] == "3"  # no token, key or git token of the user's: the control plane holds them
-    assert set(out[5:11]) == {"tasks", "results", "status", "logs", "attempts", "bundles"}
-    assert out[11] == "2770 claude"
+    assert {"tasks", "results", "status", "logs", "attempts", "bundles", "batches"} <= set(out[5].split())
+    assert out[6] == "2770 claude"
     assert "True True" in out
     assert '"skipDangerousModePermissionPrompt": true' in proc.stdout
     assert "docker-ok" in out and "/usr/local/bin/spawn-worker" in out and "/usr/local/bin/orch" in out
@@ -145,7 +145,7 @@ def test_the_manager_docker_socket_layout_gives_the_manager_the_socket_and_the_t
     repo = git_server.repo(f"o-{run.id}")
     script = (
         "set -eu; stat -c '%a %U' ~/.ssh/id_ed25519 ~/.claude-token; "
-        "docker run --rm --entrypoint true $(docker inspect --format '{{.Config.Image}}' $(hostname)) && echo ran; "
+        f"docker run --rm --entrypoint true {MANAGER_IMAGE} && echo ran; "
         'test "$CLAUDE_CODE_OAUTH_TOKEN" = "$(cat ~/.claude-token)" && echo token-in-env; '
         "tr '\\0' '\\n' < /proc/1/environ | grep -c CLAUDE_CODE_OAUTH_TOKEN || true"
     )

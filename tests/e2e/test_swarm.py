@@ -93,6 +93,14 @@ def test_a_batch_runs_as_swarm_jobs(
             assert spec["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"
             assert spec["TaskTemplate"]["Resources"]["Reservations"]["MemoryBytes"] > 0
         assert "theme done" in swarm.docker("service", "logs", f"worker-{theme}").stdout
+        # From the manager, which holds no socket: its control plane's filtered API shows the jobs'
+        # containers, and their logs; it refuses a service of the manager's own.
+        seen = swarm.docker("exec", manager.name, "docker", "ps", "-a", "--filter", "name=worker-", "--format",
+                            "{{.Names}}").stdout  # fmt: skip
+        assert any(name.startswith(f"worker-{theme}.") for name in seen.split()), seen
+        refused = swarm.docker("exec", manager.name, "docker", "service", "create", "--name", "evil", "busybox",
+                               check=False)  # fmt: skip
+        assert refused.returncode != 0 and "the manager may not use swarm services" in refused.stderr
 
         # No secret in any inspect: services, secrets, task containers.
         secrets = [token, "ghp_swarmTestToken0123456789", ssh_key.read_text().splitlines()[1]]
