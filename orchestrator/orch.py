@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from . import config, environment, merge
+from . import config, environment, merge, orch_git
 from . import orch_commands as commands
 from .cli import HelpFormatter, add_limit_options, run_command
 from .context import Context
@@ -248,7 +248,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=environment.BRANCH_PREFIX.get(env),
         help=argparse.SUPPRESS,
     )
-    p.set_defaults(func=commands.cmd_merge)
+    p.set_defaults(func=orch_git.cmd_merge)
 
     p = command(
         "push",
@@ -265,7 +265,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="the clone to push from (default: /workspace/repo)",
     )
     p.add_argument("--branch-prefix", default=environment.BRANCH_PREFIX.get(env), help=argparse.SUPPRESS)
-    p.set_defaults(func=commands.cmd_push)
+    p.set_defaults(func=orch_git.cmd_push)
 
     p = command(
         "dispatch",
