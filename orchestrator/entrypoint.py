@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from . import environment, git
 from .batch import needs_dispatcher
 from .cli import run_command
 from .context import Context
+from .control.door import listen_tcp
 from .dispatcher import ensure_dispatcher
 from .docker import DaemonUnreachable, DockerMissing, check_daemon
 from .errors import UserError
@@ -111,7 +113,7 @@ def prepare_without_secrets(env: dict[str, str], control: Path) -> Path:
     if isinstance(resumed, int) and resumed > 0:
         print(f"manager: resuming the batch: {resumed} task(s) queued or running (the control plane's dispatcher "
               "runs them)", file=sys.stderr, flush=True)  # fmt: skip
-    env["ANTHROPIC_BASE_URL"] = str(endpoints["relay"])
+    env["ANTHROPIC_BASE_URL"] = open_relay_door(Path(str(endpoints["relay_socket"])))
     env[API_KEY_ENV if endpoints.get("api_key") else OAUTH_TOKEN_ENV] = ticket
     git.configure_identity(environment.GIT_USER_NAME.get(env), environment.GIT_USER_EMAIL.get(env))
     workspace = Path(environment.WORKSPACE.require(env))
@@ -133,6 +135,22 @@ def prepare_without_secrets(env: dict[str, str], control: Path) -> Path:
         (workspace / REPO_MARK).write_text(f"{repo_url} {branch}\n", encoding="utf-8")
     preseed_claude_config(home, workdir, ticket if endpoints.get("api_key") else None)
     return workdir
+
+
+def open_relay_door(relay_socket: Path) -> str:
+    """The manager has no network: its Claude Code reaches the control plane's relay through a
+    door on its own loopback (control/door.py), a process of its own that outlives this one's
+    exec. The relay's address for Claude Code."""
+    listener = listen_tcp("127.0.0.1")
+    port = listener.getsockname()[1]
+    subprocess.Popen(
+        [sys.executable, "-P", "-m", "orchestrator.control.door", "--fd", str(listener.fileno()), "--to",
+         str(relay_socket)],
+        pass_fds=(listener.fileno(),), start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    listener.close()
+    return f"http://127.0.0.1:{port}"
 
 
 def check_clone_of(workspace: Path, repo_url: str, branch: str) -> None:

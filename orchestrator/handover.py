@@ -49,6 +49,10 @@ def make_bundle(clone: Path, branch: str) -> Path:
         dest.unlink()
     if git.try_git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=clone) is None:
         raise UserError(f"your clone ({clone}) has no branch {branch}")
+    new = git.git("rev-list", "--count", f"refs/heads/{branch}", "--not", "--remotes=origin", cwd=clone).strip()
+    if new == "0":
+        raise UserError(f"origin has every commit of your {branch} already: nothing to push (`git fetch origin` "
+                        "shows what it has)")  # fmt: skip
     git.git("bundle", "create", "--quiet", str(dest), f"refs/heads/{branch}", "--not", "--remotes=origin", cwd=clone,
             timeout=git.PUSH_TIMEOUT)  # fmt: skip
     return dest

@@ -7,8 +7,8 @@ manager holds nothing (the default), started in order, and ended together.
 - ``NAME``: the manager. No socket, no credential. The shared volume read-only, but for its
   ``tasks`` folder (the original design writes task files by hand); the mirror read-only (its
   clone borrows from it); ``NAME-run`` read-only (the sockets it talks through); its own clone.
-  On a network of the orchestration's own (``NAME-net``, internal: no route out) where only the
-  control plane is, or on the host's network when ``--network host``.
+  No network at all (``--network none``): what it asks of the control plane goes through the
+  sockets in ``NAME-run``, its Claude Code's API requests included (control/door.py).
 """
 
 from __future__ import annotations
@@ -58,11 +58,6 @@ class Orchestration:
     def control_workspace(self) -> str:
         return f"{self.name}-control-workspace"
 
-    @property
-    def private_network(self) -> str | None:
-        """The manager's network: the orchestration's own, with no route out; none on the host's."""
-        return None if self.network == "host" else f"{self.name}-net"
-
 
 def socket_mount(socket: Path) -> tuple[list[str], str]:
     """The engine socket's folder, when the container's user may pass through it; else the
@@ -97,13 +92,8 @@ def control_argv(o: Orchestration, image: str, socket: Path, socket_gid: int, se
         *flag("--network", o.network),
         *[arg for name in settings for arg in env_pass(name)],
         "--entrypoint", "/usr/bin/tini", image,
-        "--", "python3", "-P", "-m", "orchestrator.control.plane", "--name", control_host(o),
+        "--", "python3", "-P", "-m", "orchestrator.control.plane",
     ]  # fmt: skip
-
-
-def control_host(o: Orchestration) -> str:
-    """How the manager reaches the control plane: by name on their network, or on loopback."""
-    return "127.0.0.1" if o.private_network is None else o.control
 
 
 def manager_mounts(o: Orchestration, tasks_folder: str) -> list[str]:
@@ -114,21 +104,18 @@ def manager_mounts(o: Orchestration, tasks_folder: str) -> list[str]:
         "--volume", f"{o.workspace_volume}:{CONTAINER_WORKSPACE}",
         "--volume", f"{o.mirror_volume}:{MIRROR_DIR}:ro",
         "--volume", f"{o.run_volume}:{CONTROL_RUN_DIR}:ro",
-        "--network", o.private_network or "host",
+        # No network: nothing it runs reaches origin, the API, the host or anything else but
+        # the control plane's sockets.
+        "--network", "none",
         "--env", f"{environment.CONTROL.name}={CONTROL_RUN_DIR}",
         "--env", f"DOCKER_HOST=unix://{CONTROL_RUN_DIR}/docker.sock",
     ]  # fmt: skip
 
 
 def prepare(o: Orchestration) -> str:
-    """The volumes and the network; the engine's folder of the shared volume's tasks."""
+    """The volumes; the engine's folder of the shared volume's tasks."""
     for volume in (o.volume, o.workspace_volume, o.mirror_volume, o.run_volume, o.control_workspace):
         docker("volume", "create", volume, timeout=60)
-    if o.private_network is not None:
-        found = docker("network", "inspect", o.private_network, check=False, timeout=30)
-        if found.returncode:
-            docker("network", "create", "--internal", *labels({config.LABEL_ROLE: "network"}), o.private_network,
-                   timeout=60)  # fmt: skip
     mountpoint = text(docker("volume", "inspect", "--format", "{{.Mountpoint}}", o.volume, timeout=30)).strip()
     if not mountpoint:
         raise UserError(f"the engine does not say where the volume {o.volume} is")
@@ -147,8 +134,6 @@ def start_control(o: Orchestration, argv: list[str], settings: Mapping[str, str]
         ) from None
     try:
         secrets.give(o.control, config.CONTAINER_HOME, uid=config.CONTAINER_UID, gid=config.CONTAINER_GID)
-        if o.private_network is not None:
-            docker("network", "connect", o.private_network, o.control, timeout=60)
         docker("start", o.control, timeout=120)
         wait_ready(o)
     except BaseException:

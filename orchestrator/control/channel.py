@@ -351,8 +351,12 @@ def client_main(command: str, argv: Sequence[str], control: Path) -> int:
 def _hand_over(branch: str) -> str:
     """The manager's side of `orch push`: the branch as a bundle in its workspace, which the
     control plane reads (handover.py); its name there."""
-    from ..handover import HANDOVER_DIR, make_bundle
+    from .. import environment, merge
+    from ..handover import HANDOVER_DIR, check_target, make_bundle
 
+    # Checked here too (the control plane checks again): a branch it would refuse is not bundled.
+    prefix = environment.BRANCH_PREFIX.require(os.environ)
+    check_target(branch, prefix, f"{prefix}{merge.INTEGRATION_BRANCH}")
     clone = Path(os.environ.get("WORKSPACE") or "/workspace") / "repo"
     return f"{HANDOVER_DIR}/{make_bundle(clone, branch).name}"
 

@@ -14,6 +14,8 @@ there; a socket can be reached on a read-only mount):
 
 - ``control.sock``: the channel for ``orch`` and ``spawn-worker``;
 - ``docker.sock``: the filtered Docker API (the manager's ``DOCKER_HOST``);
+- ``relay.sock``: the API relay (the manager has no network; its entrypoint opens a door to this
+  on its own loopback for its Claude Code, door.py);
 - ``endpoints.json``: where the manager's Claude Code finds the relay, and its ticket.
 """
 
@@ -43,13 +45,15 @@ from . import policy
 from .channel import ChannelServer
 from .docker_api import DockerApiFilter
 from .docker_rules import WorkerPolicy
+from .door import Door, listen_unix, tcp
 from .mirror import Mirror
 
 RUN_DIR = Path("/run/orchestrator")
 CHANNEL = "control.sock"
 DOCKER = "docker.sock"
 ENDPOINTS = "endpoints.json"
-STATE = ".control-state.json"  # in its home: the relay's port and the manager's ticket, kept over a restart
+RELAY = "relay.sock"
+STATE = ".control-state.json"  # in its home: the manager's ticket, kept over a restart
 
 
 def upstream_socket(env: Mapping[str, str]) -> Path:
@@ -72,11 +76,10 @@ def commands_env(env: Mapping[str, str], secrets: Secrets) -> dict[str, str]:
 
 
 class ControlPlane:
-    def __init__(self, ctx: Context, secrets: Secrets, run_dir: Path, relay_host: str):
+    def __init__(self, ctx: Context, secrets: Secrets, run_dir: Path):
         self.ctx = ctx
         self.secrets = secrets
         self.run_dir = run_dir
-        self.relay_host = relay_host  # how the manager names this container
         self.env = commands_env(ctx.env, secrets)
         self.stopping = threading.Event()
 
@@ -114,49 +117,39 @@ class ControlPlane:
             self.run_dir / DOCKER, upstream_socket(ctx.env), WorkerPolicy(settings.volume), mode=0o666,
             on_refused=lambda method, path, reason: self.say(f"refused the manager's {method} {path[:200]}: {reason}"),
         ).start()  # fmt: skip
-        kept = self.load_state(home)
-        relay = self.start_relay(kept.get("relay_port"))
-        ticket = relay.issue_ticket("manager", ticket=kept.get("manager_ticket"))
-        port = relay.url.rsplit(":", 1)[1]
-        # Kept in its own home (the container's, which a restart keeps): a control plane that
-        # is restarted serves the manager where it did, with the ticket its Claude Code holds.
-        self.save_state(home, {"relay_port": int(port), "manager_ticket": ticket})
+        relay = ApiRelay(
+            self.secrets.claude,
+            settings.api_url,
+            on_notice=lambda notice: self.say(notice.message),
+            settings=RelaySettings(host="127.0.0.1", port=0),
+        ).start()
+        # Kept in its own home (the container's, which a restart keeps): a control plane that is
+        # restarted takes the ticket the manager's Claude Code holds.
+        ticket = relay.issue_ticket("manager", ticket=self.load_state(home).get("manager_ticket"))
+        self.save_state(home, {"manager_ticket": ticket})
+        port = int(relay.url.rsplit(":", 1)[1])
+        # The manager has no network: it reaches the relay through a Unix socket here.
+        door = Door(listen_unix(self.run_dir / RELAY, 0o666), tcp("127.0.0.1", port)).start()
         resumed = self.resume()
         write_json(
             self.run_dir / ENDPOINTS,
             {
-                "relay": f"http://{self.relay_host}:{port}",
+                "relay_socket": str(self.run_dir / RELAY),
                 "ticket": ticket,
                 "api_key": self.secrets.claude.is_api_key,
                 "mirror": str(mirror.path) if mirror else None,
                 "resumed": resumed,  # the manager says so to its person
             },
         )
-        self.say(f"serving the manager in {self.run_dir} (the API relay on port {port})")
+        self.say(f"serving the manager in {self.run_dir}")
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stopping.set())
         self.stopping.wait()
         self.say("stopping")
+        door.close()
         for server in (channel, docker_filter, relay):
             server.stop()
         return 0
-
-    def start_relay(self, port: object) -> ApiRelay:
-        """The API relay, on the port it had before a restart when it can be had again."""
-        assert self.secrets.claude is not None
-        for choice in [port, 0] if isinstance(port, int) and 0 < port < 65536 else [0]:
-            relay = ApiRelay(
-                self.secrets.claude,
-                self.ctx.settings.api_url,
-                on_notice=lambda notice: self.say(notice.message),
-                settings=RelaySettings(host="0.0.0.0", port=choice),
-            )
-            try:
-                return relay.start()
-            except OSError as exc:
-                self.say(f"the relay's port {choice} cannot be had again ({exc.strerror}): the manager's Claude Code "
-                         "needs a new start (its address changes)")  # fmt: skip
-        raise UserError("the API relay cannot listen on any port")
 
     @staticmethod
     def load_state(home: Path) -> dict[str, Any]:
@@ -210,7 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
         "relay). bin/run.py starts it; configured by the same environment as the manager.",
     )
     parser.add_argument("--run-dir", default=str(RUN_DIR), help=f"where to serve the manager (default: {RUN_DIR})")
-    parser.add_argument("--name", help="how the manager reaches this container (default: its host name)")
     parser.add_argument("--debug", action="store_true", help="tracebacks of expected failures")
     return parser
 
@@ -223,8 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         ctx = Context.build(env)
         secrets = Secrets.take_copy(Path(env.get("HOME") or Path.home()))
-        host = args.name or ("127.0.0.1" if environment.NETWORK.get(env) == "host" else os.uname().nodename)
-        return ControlPlane(ctx, secrets, Path(args.run_dir), host).run()
+        return ControlPlane(ctx, secrets, Path(args.run_dir)).run()
 
     return run_command("control", work, debug=args.debug)
 

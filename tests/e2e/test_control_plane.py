@@ -97,7 +97,7 @@ orch push orchestrator/integration
 echo "== refusals"
 orch push main || echo "rc=$?"
 git checkout -q -B orchestrator/integration origin/main
-echo "rewritten" > notes/manager.txt
+mkdir -p notes && echo "rewritten" > notes/manager.txt
 git add -A && git -c user.name=M -c user.email=m@example.org commit -qm "History rewritten"
 orch push orchestrator/integration || echo "rc=$?"
 orch merge --all --push --repo-dir /tmp || echo "rc=$?"
@@ -154,8 +154,10 @@ def test_the_control_plane_restarted_or_killed_mid_batch_and_the_manager_restart
         # Its relay serves the manager's Claude Code where it did, with the ticket it holds.
         relay = json.loads(endpoints)
         again = json.loads(sh("docker", "exec", manager.name, "cat", "/run/orchestrator/endpoints.json").stdout)
-        assert (again["relay"], again["ticket"]) == (relay["relay"], relay["ticket"])
-        probe = sh("docker", "exec", manager.name, "python3", "-c", PROBE, relay["relay"], relay["ticket"]).stdout
+        assert (again["relay_socket"], again["ticket"]) == (relay["relay_socket"], relay["ticket"])
+        probe = sh(
+            "docker", "exec", manager.name, "python3", "-c", PROBE, relay["relay_socket"], relay["ticket"]
+        ).stdout
         assert probe.strip() not in ("401", "403", "unreachable"), probe
         assert control in sh("docker", "ps", "--filter", "label=orchestrator.role=control", "--format",
                              "{{.Names}}").stdout.split()  # fmt: skip
@@ -171,17 +173,20 @@ def test_the_control_plane_restarted_or_killed_mid_batch_and_the_manager_restart
         manager.remove()
 
 
-# A request of the manager's Claude Code to the relay, with its ticket: the status the relay answers.
+# A request of the manager's Claude Code to the relay (its socket, where the manager's door leads),
+# with its ticket: the status the relay answers.
 PROBE = """
-import sys, urllib.error, urllib.request
-relay, ticket = sys.argv[1:]
-request = urllib.request.Request(f"{relay}/v1/messages/count_tokens?beta=true", method="POST",
-    data=b'{"model": "m", "messages": []}', headers={"authorization": f"Bearer {ticket}", "x-api-key": ticket,
-    "content-type": "application/json"})
+import http.client, socket, sys
+path, ticket = sys.argv[1:]
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
 try:
-    print(urllib.request.urlopen(request, timeout=30).status)
-except urllib.error.HTTPError as exc:
-    print(exc.code)
+    conn = Unix("relay", timeout=30)
+    conn.request("POST", "/v1/messages/count_tokens?beta=true", body=b'{"model": "m", "messages": []}',
+                 headers={"authorization": f"Bearer {ticket}", "x-api-key": ticket, "content-type": "application/json"})
+    print(conn.getresponse().status)
 except OSError:
     print("unreachable")
 """

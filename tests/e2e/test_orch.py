@@ -63,7 +63,7 @@ def test_twelve_tasks_run_at_most_three_at_a_time(run: Run, manager: Manager, to
     assert last["files_changed"] == [{"path": "notes/11.txt", "added": 1, "deleted": 0}] and last["pushed"] is True
     table = manager.orch("status").stdout
     assert table.splitlines()[0].split() == ["ID", "STATE", "WORKER", "STARTED", "DURATION", "COST", "BRANCH", "NOTE"]
-    assert re.search(rf"^{ids[6]} +success +flutter ", table, re.MULTILINE) and "12 success" in table.splitlines()[-1]
+    assert re.search(rf"^{ids[6]} +success +flutter ", table, re.MULTILINE) and "12 tasks: 12 success" in table
     # The dispatcher had the token in its environment; it never wrote it anywhere.
     assert f"started worker-{ids[-1]} for {ids[-1]}" in run.read("logs/dispatcher.log")
     assert run.volume_contains(token) == []

@@ -345,3 +345,33 @@ def test_a_look_cut_short_by_a_restarting_control_plane_is_asked_again(tmp_path:
     thread.join(10)
     assert "went away during the command (`orch status` says what it did)" in capsys.readouterr().err
     server.close()
+
+
+def test_a_door_joins_a_tcp_port_to_a_unix_socket_both_ways(tmp_path: Path) -> None:
+    from orchestrator.control.door import Door, listen_tcp, listen_unix, unix
+
+    backend = listen_unix(tmp_path / "relay.sock", 0o600)
+
+    def echo() -> None:
+        conn, _ = backend.accept()
+        with conn:
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            conn.sendall(b"got " + str(len(data)).encode())
+
+    thread = threading.Thread(target=echo)
+    thread.start()
+    door = Door(listen_tcp("127.0.0.1"), unix(tmp_path / "relay.sock")).start()
+    try:
+        with socket.create_connection(door.listener.getsockname()[:2], timeout=30) as client:
+            client.sendall(b"x" * 1_000_000)
+            client.shutdown(socket.SHUT_WR)  # the end of the request reaches the other side
+            answer = b""
+            while chunk := client.recv(65536):
+                answer += chunk
+        assert answer == b"got 1000000"
+    finally:
+        door.close()
+        thread.join(10)
+        backend.close()

@@ -73,7 +73,6 @@ def test_the_control_plane_holds_the_socket_and_the_secrets_and_the_manager_neit
     for volume in ("orchestration-volume", "claude-manager-workspace", "claude-manager-mirror", "claude-manager-run",
                    "claude-manager-control-workspace"):  # fmt: skip
         assert fake_docker.find("volume", "create", volume)
-    assert fake_docker.find("network", "create", "--internal")[0]["argv"][-1] == "claude-manager-net"
     control = created(fake_docker, "claude-manager-control")["argv"]
     assert f"{host.parent}:/run/host-docker" in control
     assert f"DOCKER_HOST=unix:///run/host-docker/{host.name}" in control
@@ -81,8 +80,8 @@ def test_the_control_plane_holds_the_socket_and_the_secrets_and_the_manager_neit
     assert "orchestration-volume:/orchestration" in control
     assert "claude-manager-workspace:/manager-workspace:ro" in control
     assert control[control.index("--label") + 1] == "orchestrator.role=control"
-    assert control[-7:] == ["--", "python3", "-P", "-m", "orchestrator.control.plane", "--name",
-                            "claude-manager-control"]  # fmt: skip
+    assert control[-5:] == ["--", "python3", "-P", "-m", "orchestrator.control.plane"]
+    assert control[control.index("--restart") + 1] == "on-failure"
     assert created(fake_docker, "claude-manager-control")["env"] == SETTINGS
     # The secrets go to the control plane, as files of its user; the manager gets none.
     copies = fake_docker.find("cp", "-")
@@ -90,9 +89,8 @@ def test_the_control_plane_holds_the_socket_and_the_secrets_and_the_manager_neit
     names = {m["name"]: m for m in copies[0]["tar"]}
     assert (names[".claude-token"]["data"], names[".claude-token"]["mode"]) == (token + "\n", 0o600)
     assert names[".ssh/id_ed25519"]["data"] == ssh_key.read_text()
-    # The control plane is on the manager's network, and ready, before the manager is created.
+    # The control plane is ready before the manager is created.
     order = [c["argv"][:2] for c in fake_docker.calls()]
-    assert order.index(["network", "connect"]) < order.index(["start", "claude-manager-control"])
     manager_created = next(
         i for i, c in enumerate(fake_docker.calls()) if c["argv"][:3] == ["create", "--name", "claude-manager"]
     )
@@ -104,7 +102,8 @@ def test_the_control_plane_holds_the_socket_and_the_secrets_and_the_manager_neit
     tasks = tmp_path / "volumes" / "orchestration-volume" / "tasks"
     assert manager[manager.index("--mount") + 1] == f"type=bind,source={tasks},target=/orchestration/tasks", manager
     assert "claude-manager-mirror:/mirror:ro" in manager and "claude-manager-run:/run/orchestrator:ro" in manager
-    assert manager[manager.index("--network") + 1] == "claude-manager-net"
+    assert manager[manager.index("--network") + 1] == "none"  # it reaches the control plane's sockets alone
+    assert not fake_docker.find("network")
     assert "DOCKER_HOST=unix:///run/orchestrator/docker.sock" in manager
     assert "ORCHESTRATOR_CONTROL=/run/orchestrator" in manager
     assert token not in repr(fake_docker.argvs()) and token not in repr([c["env"] for c in fake_docker.calls()])
@@ -150,10 +149,10 @@ def test_a_command_after_double_dash_replaces_the_agent(fake_docker: FakeDocker,
     assert run("--token", str(token_file), "--network", "host", "--", "bash", "-c", "echo --repo") == 0
     argv = created(fake_docker)["argv"]
     assert argv[-5:] == ["claude-orchestrator", "--", "bash", "-c", "echo --repo"]
-    assert argv[argv.index("--network") + 1] == "host"
     assert "REPO_URL" not in created(fake_docker)["env"]
-    # On the host's network, the manager reaches the control plane on loopback.
-    assert created(fake_docker, "claude-manager-control")["argv"][-1] == "127.0.0.1"
+    # --network is the control plane's (and the workers'); the manager has none, whatever it is.
+    control = created(fake_docker, "claude-manager-control")["argv"]
+    assert control[control.index("--network") + 1] == "host" and argv[argv.index("--network") + 1] == "none"
 
 
 def test_the_manager_s_exit_code_is_returned(fake_docker: FakeDocker, host: Path, token_file: Path, monkeypatch):
