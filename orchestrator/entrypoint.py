@@ -22,6 +22,7 @@ from .batch import needs_dispatcher
 from .cli import run_command
 from .context import Context
 from .control.door import listen_tcp
+from .control.endpoints import ENDPOINTS, Endpoints
 from .dispatcher import ensure_dispatcher
 from .docker import DaemonUnreachable, DockerMissing, check_daemon
 from .errors import UserError
@@ -107,20 +108,18 @@ def prepare_without_secrets(env: dict[str, str], control: Path) -> Path:
     plane (see orch.py, spawn.py, and DOCKER_HOST)."""
     os.umask(OrchestrationDir.UMASK)
     home = Path(env.get("HOME") or Path.home())
-    endpoints = wait_for(control / "endpoints.json")
-    ticket = str(endpoints["ticket"])
-    resumed = endpoints.get("resumed")
-    if isinstance(resumed, int) and resumed > 0:
-        print(f"manager: resuming the batch: {resumed} task(s) queued or running (the control plane's dispatcher "
-              "runs them)", file=sys.stderr, flush=True)  # fmt: skip
-    env["ANTHROPIC_BASE_URL"] = open_relay_door(Path(str(endpoints["relay_socket"])))
-    env[API_KEY_ENV if endpoints.get("api_key") else OAUTH_TOKEN_ENV] = ticket
+    endpoints = wait_for(control)
+    if endpoints.resumed:
+        print(f"manager: resuming the batch: {endpoints.resumed} task(s) queued or running (the control plane's "
+              "dispatcher runs them)", file=sys.stderr, flush=True)  # fmt: skip
+    env["ANTHROPIC_BASE_URL"] = open_relay_door(Path(endpoints.relay_socket))
+    env[API_KEY_ENV if endpoints.api_key else OAUTH_TOKEN_ENV] = endpoints.ticket
     git.configure_identity(environment.GIT_USER_NAME.get(env), environment.GIT_USER_EMAIL.get(env))
     workspace = Path(environment.WORKSPACE.require(env))
     workdir = workspace
     repo_url = environment.REPO_URL.get(env)
-    mirror = endpoints.get("mirror")
-    if repo_url and isinstance(mirror, str):
+    mirror = endpoints.mirror
+    if repo_url and mirror:
         workdir = workspace / "repo"
         branch = environment.REPO_BRANCH.require(env)
         check_clone_of(workspace, repo_url, branch)
@@ -133,7 +132,7 @@ def prepare_without_secrets(env: dict[str, str], control: Path) -> Path:
         # through `orch push`, which the control plane checks and pushes.
         git.git("remote", "set-url", "origin", mirror, cwd=workdir)
         (workspace / REPO_MARK).write_text(f"{repo_url} {branch}\n", encoding="utf-8")
-    preseed_claude_config(home, workdir, ticket if endpoints.get("api_key") else None)
+    preseed_claude_config(home, workdir, endpoints.ticket if endpoints.api_key else None)
     return workdir
 
 
@@ -168,15 +167,16 @@ def check_clone_of(workspace: Path, repo_url: str, branch: str) -> None:
         )
 
 
-def wait_for(path: Path) -> dict[str, Any]:
+def wait_for(control: Path) -> Endpoints:
     """The control plane's endpoints, once it has written them."""
     deadline = time.monotonic() + ENDPOINTS_TIMEOUT
     while time.monotonic() < deadline:
-        found = _load_json_object(path)
-        if found.get("relay") and found.get("ticket"):
+        found = Endpoints.read(control)
+        if found:
             return found
         time.sleep(0.2)
-    raise UserError(f"the control plane did not say where it serves ({path}) within {ENDPOINTS_TIMEOUT:.0f} s")
+    raise UserError(f"the control plane did not say where it serves ({control / ENDPOINTS}) within "
+                    f"{ENDPOINTS_TIMEOUT:.0f} s")  # fmt: skip
 
 
 def prepare(env: dict[str, str]) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import config, environment
 from .config import CONTAINER_ORCHESTRATION_DIR, CONTAINER_WORKSPACE
+from .control.endpoints import ENDPOINTS
 from .docker import NameConflict, docker, env_pass, flag, labels, remove_container, text
 from .errors import UserError
 from .secrets import Secrets
@@ -145,7 +146,7 @@ def wait_ready(o: Orchestration) -> None:
     """Until the control plane has written where it serves; its last words when it ends instead."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        found = docker("exec", o.control, "test", "-e", f"{CONTROL_RUN_DIR}/endpoints.json", check=False, timeout=30)
+        found = docker("exec", o.control, "test", "-e", f"{CONTROL_RUN_DIR}/{ENDPOINTS}", check=False, timeout=30)
         if found.returncode == 0:
             return
         state = docker("inspect", "--format", "{{json .State}}", o.control, check=False, timeout=30)

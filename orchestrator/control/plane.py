@@ -46,12 +46,12 @@ from .channel import ChannelServer
 from .docker_api import DockerApiFilter
 from .docker_rules import WorkerPolicy
 from .door import Door, listen_unix, tcp
+from .endpoints import Endpoints
 from .mirror import Mirror
 
 RUN_DIR = Path("/run/orchestrator")
 CHANNEL = "control.sock"
 DOCKER = "docker.sock"
-ENDPOINTS = "endpoints.json"
 RELAY = "relay.sock"
 STATE = ".control-state.json"  # in its home: the manager's ticket, kept over a restart
 
@@ -131,16 +131,13 @@ class ControlPlane:
         # The manager has no network: it reaches the relay through a Unix socket here.
         door = Door(listen_unix(self.run_dir / RELAY, 0o666), tcp("127.0.0.1", port)).start()
         resumed = self.resume()
-        write_json(
-            self.run_dir / ENDPOINTS,
-            {
-                "relay_socket": str(self.run_dir / RELAY),
-                "ticket": ticket,
-                "api_key": self.secrets.claude.is_api_key,
-                "mirror": str(mirror.path) if mirror else None,
-                "resumed": resumed,  # the manager says so to its person
-            },
-        )
+        Endpoints(
+            relay_socket=str(self.run_dir / RELAY),
+            ticket=ticket,
+            api_key=self.secrets.claude.is_api_key,
+            mirror=str(mirror.path) if mirror else None,
+            resumed=resumed,  # the manager says so to its person
+        ).write(self.run_dir)
         self.say(f"serving the manager in {self.run_dir}")
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stopping.set())

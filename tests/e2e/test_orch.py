@@ -220,7 +220,7 @@ def test_a_new_manager_finishes_the_batch_of_one_that_was_removed(
         assert outputs == [f"done {n}" for n in range(6)]
     finally:
         second.remove()
-    assert second.process.stdout is not None and "resuming the batch" in second.process.stdout.read()
+    assert "resuming the batch" in second.said()
 
 
 def test_a_worker_of_another_batch_with_the_same_name_is_left_alone(run: Run, manager: Manager):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,11 @@ class Manager:
 
     name: str
     process: subprocess.Popen[str]
+    log: Path  # what run.py printed
+
+    def said(self) -> str:
+        """What run.py has printed so far."""
+        return self.log.read_text()
 
     def orch(
         self, *args: str, check: bool = True, timeout: float = 600, tty: bool = False
@@ -218,22 +224,32 @@ def start_manager(
 ) -> Manager:
     """run.py as a person runs it, with `-- sleep infinity` so that tests can `docker exec` into it."""
     name = name or run.manager
+    # run.py's output goes to a file, so that a manager that never starts can say what run.py said.
+    said = tempfile.NamedTemporaryFile("w+", prefix="run-py-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         ["python3", str(ROOT / "bin" / "run.py"), "--image-prefix", PREFIX, "--network", network,
          "--api-url", run.api.url, "--repo", repo, "--token", str(token_file), "--volume", run.volume,
          "--name", name, *options, "--", "sleep", "infinity"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL, stdout=said, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     # Ready when the entrypoint has replaced itself with the command.
     ready = 'for f in /proc/[0-9]*/cmdline; do [ "$(tr "\\0" " " < "$f")" = "sleep infinity " ] && exit 0; done; exit 1'
+
+    def output() -> str:
+        control = sh("docker", "logs", "--tail", "40", f"{name}-control", check=False)
+        manager = sh("docker", "logs", "--tail", "40", name, check=False)
+        return (
+            f"run.py said:\n{Path(said.name).read_text()}\n"
+            f"the control plane's log:\n{control.stdout}{control.stderr}\n"
+            f"the manager's log:\n{manager.stdout}{manager.stderr}"
+        )
 
     def started() -> bool:
         if sh("docker", "exec", name, "sh", "-c", ready, check=False).returncode == 0:
             return True
         if process.poll() is not None:
-            said = process.stdout.read() if process.stdout else ""
-            raise AssertionError(f"the manager exited ({process.returncode}):\n{said}")
+            raise AssertionError(f"the manager exited ({process.returncode}):\n{output()}")
         return False
 
-    wait_until(started, f"the manager {name} to start", timeout=120)
-    return Manager(name, process)
+    wait_until(started, lambda: f"the manager {name} to start:\n{output()}", timeout=120)
+    return Manager(name, process, Path(said.name))
