@@ -209,7 +209,8 @@ class Bench:
         )  # fmt: skip
 
     def running_workers(self, volume: str) -> int:
-        proc = run("docker", "ps", "-q", "--filter", f"label=orchestrator.volume={volume}",
+        proc = run("docker", "ps", "-q", "--filter", f"label=orchestrator.volume={volume}", "--filter",
+                   "label=orchestrator.role=worker",
                    "--filter", "status=running", check=False)  # fmt: skip
         return len(proc.stdout.split())
 

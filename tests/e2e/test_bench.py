@@ -18,7 +18,9 @@ def test_the_benchmark_runs_every_comparison_and_prints_its_table(test_images: N
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = proc.stdout[proc.stdout.index("| comparison") :]
-    for row in ("spawn-worker in the manager vs docker run -d", "bin/spawn-worker.py on the host vs docker run -d",
+    for row in ("spawn-worker in the control plane vs docker run -d there",
+                "spawn-worker in the manager, through the control plane, vs docker run -d there",
+                "bin/spawn-worker.py on the host vs docker run -d",
                 "one-second tasks, 2 at a time", "tasks with --max-workers 3: most running at once",
                 "orch wait on 3 running tasks", "fresh volume: orch wait on 2 running tasks",
                 "orch status over 50 finished tasks", "orch status --json over 50 finished tasks",

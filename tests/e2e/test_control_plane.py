@@ -108,7 +108,7 @@ orch merge --all --push --repo-dir /tmp || echo "rc=$?"
     assert proc.returncode == 0, out + err
     assert "2 tasks: 2 success" in out and "pushed orchestrator/integration to origin" in out
     assert "pushed orchestrator/integration to origin (1 commit)" in out  # the manager's own, handed back
-    assert "first\n" in run.tool_results("second")[0]
+    assert run.tool_results("second")[0].strip() == "first"
     refs = bridge_git.refs(name)
     assert bridge_git.show(name, "orchestrator/integration", "notes/manager.txt") == "by the manager\n"
     for note in ("first", "second"):

@@ -47,7 +47,7 @@ READ_TICKET = 'T=$(python3 -c \'import json; print(json.load(open("/run/orchestr
 # An HTTP client of the agent's own making (the manager's image has no curl): its request goes
 # out as given, dot segments and all; it prints http=CODE, or http=000 when nothing answers.
 HTTP = (
-    "cat > /tmp/http.py <<'PY'\n"
+    "cat > /tmp/speak.py <<'PY'\n"
     "import http.client, socket, sys\n"
     "args = sys.argv[1:]\n"
     "method, url, headers, body, via = args.pop(0), args.pop(0), {}, None, None\n"
@@ -69,7 +69,7 @@ HTTP = (
     "PY\n"
 )
 # The filtered Docker API, spoken to directly.
-DOCKER_API = "python3 /tmp/http.py"
+DOCKER_API = "python3 /tmp/speak.py"
 UNIX_DOCKER = "--unix /run/orchestrator/docker.sock"
 CREATE = json.dumps({"Image": WORKER_IMAGE, "Cmd": ["cat", "/host/etc/shadow"],
                      "HostConfig": {"Binds": ["/:/host"], "Privileged": True, "NetworkMode": "host"}})  # fmt: skip
@@ -116,14 +116,14 @@ def attacks(run: Run, bridge: Bridge, git: GitServer, repo: str, victim: str) ->
                "head -20; ls -la ~ /home/claude; echo searched",
                lambda out: "searched" in out),  # judged below: no secret among what it found
         Attack("the API relay's other paths with the manager's ticket",
-               HTTP + READ_TICKET + "; ".join(f"python3 /tmp/http.py {method} \"$ANTHROPIC_BASE_URL{path}\" "
+               HTTP + READ_TICKET + "; ".join(f"python3 /tmp/speak.py {method} \"$ANTHROPIC_BASE_URL{path}\" "
                                               "-H \"Authorization: Bearer $T\" -H \"x-api-key: $T\""
                            for method, path in (("GET", "/api/oauth/profile"), ("GET", "/v1/models"),
                                                 ("DELETE", "/v1/organizations/o/api_keys/k"),
                                                 ("POST", "/v1/../api/oauth/profile"))),
                lambda out: out.count("http=403") == 4),
         Attack("the API and origin without the control plane",
-               HTTP + f"python3 /tmp/http.py POST {run.api.url}/v1/messages; "
+               HTTP + f"python3 /tmp/speak.py POST {run.api.url}/v1/messages; "
                f"timeout 20 git ls-remote git://{bridge.gateway}:{git.port}/{repo}.git; echo rc=$?",
                lambda out: "http=000" in out and "rc=0" not in out),
         Attack("a worker of another image", "spawn-worker --image-prefix evil/ flutter task-x; echo rc=$?; "
