@@ -186,12 +186,15 @@ def prepare(
     task_id: str = "",
     start_from: Sequence[StartPoint] = (),
     origin_access: OriginAccess = contextlib.nullcontext,
+    mirror: Path | None = None,
 ) -> Workspace:
     """Clone origin for the runtime, create the task's branch, and give the agent its clone.
 
     The branch starts from ``branch``, or from the work of the tasks in ``start_from``: the one
     dependency's head commit, or a merge of several made here (a conflict there: Blocked).
     ``origin_access`` is held while git talks to origin (the SSH key is on disk only then).
+    ``mirror``, a local repository of origin's history (the control plane's), is borrowed from:
+    origin sends only what it lacks.
     """
     make_agent_folder(agent, user)
     # Readable by the agent's user, which clones from it (the runtime's umask keeps the
@@ -199,7 +202,7 @@ def prepare(
     umask = os.umask(0o022)
     try:
         with origin_access():
-            git.clone(url, branch, own, scrub=scrub, env=git_env)
+            git.clone(url, branch, own, scrub=scrub, env=git_env, reference=mirror)
         start = _start(own, task_id, start_from, say) if start_from else git.head(own)
         # An attempt that carries on from an interrupted one counts its work from where that
         # one started: its branch holds the whole of it.

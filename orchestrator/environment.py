@@ -86,6 +86,9 @@ LOGIN_CHECK = Var("ORCHESTRATOR_LOGIN_CHECK", "yes")
 CONTROL = Var("ORCHESTRATOR_CONTROL")
 # The control plane's mirror of origin, which the manager (and the workers) read.
 MIRROR_DIR = Var("ORCHESTRATOR_MIRROR_DIR", "/mirror")
+# In the control plane: the volume that holds its mirror, which its workers mount read-only to
+# clone from (their clones fetch from origin only what the mirror lacks).
+MIRROR_VOLUME = Var("ORCHESTRATOR_MIRROR_VOLUME")
 # In the control plane: the manager's workspace, read-only, where `orch push` finds its hand-over.
 MANAGER_WORKSPACE = Var("ORCHESTRATOR_MANAGER_WORKSPACE")
 
@@ -135,6 +138,7 @@ ALL = (
     *MANAGER_SETTINGS,
     CONTROL,
     MIRROR_DIR,
+    MIRROR_VOLUME,
     MANAGER_WORKSPACE,
     MAX_WORKERS,
     RESUME_INTERRUPTED,

@@ -110,8 +110,19 @@ def configure_credentials() -> None:
     git("config", "--global", "credential.useHttpPath", "true")
 
 
-def clone(url: str, branch: str, dest: Path, scrub: Callable[[str], str], env: Mapping[str, str] | None = None) -> None:
-    git("clone", "--branch", branch, "--", url, str(dest), timeout=CLONE_TIMEOUT, scrub=scrub, env=env)
+def clone(
+    url: str,
+    branch: str,
+    dest: Path,
+    scrub: Callable[[str], str],
+    env: Mapping[str, str] | None = None,
+    reference: Path | None = None,
+) -> None:
+    """Clone ``url``; with ``reference`` (a local repository of the same history, the control
+    plane's mirror), only what it lacks comes from origin, and the clone keeps a copy of what it
+    borrowed (--dissociate): it never depends on the reference after."""
+    borrow = ["--reference-if-able", str(reference), "--dissociate"] if reference else []
+    git("clone", *borrow, "--branch", branch, "--", url, str(dest), timeout=CLONE_TIMEOUT, scrub=scrub, env=env)
 
 
 def task_branch(prefix: str, task_id: str, attempt: int | None) -> str:

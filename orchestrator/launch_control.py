@@ -84,6 +84,8 @@ def control_argv(o: Orchestration, image: str, socket: Path, socket_gid: int, se
         # On the command line: the docker client running this must not take it for its own.
         "--env", f"DOCKER_HOST={docker_host}",
         "--env", f"{environment.MANAGER_WORKSPACE.name}={MANAGER_WORKSPACE_IN_CONTROL}",
+        # Its workers mount the mirror read-only and clone from it (one fetch from origin per batch).
+        "--env", f"{environment.MIRROR_VOLUME.name}={o.mirror_volume}",
         "--group-add", str(socket_gid),
         "--volume", f"{o.volume}:{CONTAINER_ORCHESTRATION_DIR}",
         "--volume", f"{o.mirror_volume}:{MIRROR_DIR}",

@@ -36,6 +36,7 @@ from . import agent, delivery, environment, git, sandbox
 from .agents import agent_cli
 from .cli import HelpFormatter, run_command
 from .config import DEFAULT_TASK_TIMEOUT
+from .control.mirror import MIRROR_NAME
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
 from .relay import DEFAULT_UPSTREAM, ApiRelay
 from .sandbox import RUNTIME_PATH, AgentUser
@@ -97,6 +98,7 @@ class WorkerConfig:
     git_user_email: str
     branch_prefix: str
     agent_cli: str  # which agent CLI runs the task (agents.py)
+    mirror: Path | None = None  # the control plane's mirror of origin, when mounted: the clone borrows from it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], task_id: str | None = None) -> WorkerConfig:
@@ -123,6 +125,8 @@ class WorkerConfig:
             git_user_email=environment.GIT_USER_EMAIL.require(env),
             branch_prefix=environment.BRANCH_PREFIX.require(env),
             agent_cli=environment.AGENT_CLI.require(env),
+            # Set by the spec only where the mirror is mounted (MIRROR_DIR has a default elsewhere).
+            mirror=Path(mirror) / MIRROR_NAME if (mirror := env.get(environment.MIRROR_DIR.name)) else None,
         )
 
 
@@ -302,7 +306,9 @@ class Worker:
         git.prepare_ssh(config.home)
         self.prepare_agent_folders(user)
         start_from = delivery.start_points(task, config.orch, config.attempt, self.say)
-        self.say(f"cloning {config.repo_url} (branch {config.branch})")
+        mirror = config.mirror if config.mirror and (config.mirror / "HEAD").is_file() else None
+        borrowing = ", borrowing from the control plane's mirror" if mirror else ""
+        self.say(f"cloning {config.repo_url} (branch {config.branch}{borrowing})")
         self.workspace = delivery.prepare(
             url=config.repo_url,
             branch=config.branch,
@@ -317,6 +323,7 @@ class Worker:
             task_id=config.task_id,
             start_from=start_from,
             origin_access=self.origin_access,
+            mirror=mirror,
         )
         return user
 

@@ -24,6 +24,7 @@ from .tasks import validate_task_id
 
 # The runtime's capabilities: to start the agent as its own user, and to end its processes.
 RUNTIME_CAPABILITIES = ("SETUID", "SETGID", "KILL")
+WORKER_MIRROR_DIR = "/mirror"  # where a worker finds the control plane's mirror, read-only
 
 
 class WorkerDidNotStart(UserError):
@@ -63,6 +64,7 @@ class WorkerSpec:
     push_retry: str | None = None  # seconds a push waits for an unreachable server
     engine: str = config.ENGINE_DOCKER  # what runs it: a container, or a swarm job
     storage_quota: bool = False  # the engine bounds a container's writable layer (see limits.py)
+    mirror_volume: str | None = None  # the control plane's mirror of origin, mounted read-only to clone from
 
     @property
     def container(self) -> str:
@@ -85,6 +87,7 @@ class WorkerSpec:
             environment.TASK_ATTEMPT.name: str(self.attempt) if self.attempt else "",
             environment.BRANCH_PREFIX.name: self.branch_prefix,
             environment.PUSH_RETRY_SECONDS.name: self.push_retry or "",
+            environment.MIRROR_DIR.name: WORKER_MIRROR_DIR if self.mirror_volume else "",
         }
         return {name: value for name, value in env.items() if value}
 
@@ -103,6 +106,7 @@ class WorkerSpec:
             "--name", self.container,
             *labels(self.labels()),
             "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
+            *(["--volume", f"{self.mirror_volume}:{WORKER_MIRROR_DIR}:ro"] if self.mirror_volume else []),
             *flag("--network", self.network),
             *self.limits.argv(),
             *self.limits.disk_argv(self.storage_quota),
@@ -176,6 +180,8 @@ def worker_spec(
         branch_prefix=check_branch_prefix(branch_prefix or environment.BRANCH_PREFIX.require(env)),
         engine=engine,
         storage_quota=engine == config.ENGINE_DOCKER and limits.bounded and quota_of(storage_quota, env),
+        # A volume is on one node: a swarm job elsewhere would find it empty.
+        mirror_volume=environment.MIRROR_VOLUME.get(env) if engine == config.ENGINE_DOCKER else None,
     )
 
 

@@ -58,13 +58,18 @@ def test_the_original_manual_worker_control_works_as_written_and_the_manager_run
     try:
         proc = run_py(run, "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", run.manager,
                       "--", "bash", "-c", script, network=bridge.name)  # fmt: skip
+        mounts = json.loads(sh("docker", "inspect", "--format", "{{json .Mounts}}", "worker-task-001").stdout)
     finally:
         sh("docker", "rm", "--force", "worker-task-001", check=False)
+    # The mirror is mounted read-only in the worker: nothing there can change it for the next one.
+    assert [m["RW"] for m in mounts if m["Destination"] == "/mirror"] == [False]
     out, err = proc.stdout, proc.stderr
     assert proc.returncode == 0, out + err
     answer = json.loads(out[out.index('{\n  "task_id": "task-001"') : out.index("== refusals")])
     assert (answer["status"], answer["output"]) == ("success", "lib/main.dart")
     assert "[worker task-001]" in out  # docker logs -f, through the control plane's filter
+    # The worker's clone borrowed from the control plane's mirror: origin sent only what it lacked.
+    assert "borrowing from the control plane's mirror" in out
     refusals = out[out.index("== refusals") :]
     assert refusals.count("rc=125") == 2 and "the manager may not create containers" in err, out + err
     assert "orch-test" not in refusals.replace("worker-task-001", "")  # docker ps: its workers alone

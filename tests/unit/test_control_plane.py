@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import git as orchestrator_git
 from orchestrator import handover
 from orchestrator.control import policy
 from orchestrator.control.channel import MAX_COMMANDS, ChannelServer, Request, forward
@@ -306,6 +307,27 @@ def test_the_mirror_holds_origins_branches_and_refuses_another_repository(repos:
     other = Mirror(tmp_path / "mirror", str(tmp_path / "another.git"), env={}, scrub=str)
     with pytest.raises(UserError, match=r"the mirror kept for this orchestration is of .*origin\.git, not of"):
         other.refresh()
+
+
+def test_a_workers_clone_borrows_from_the_mirror_and_stands_alone(repos: Repos, tmp_path: Path) -> None:
+    mirror = Mirror(tmp_path / "mirror", str(repos.origin), env={}, scrub=str)
+    mirror.refresh()
+    # origin moves on after the mirror's fetch: the clone gets that from origin, the rest from the mirror.
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(repos.origin), str(work)], check=True)
+    (work / "later.txt").write_text("later")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "Later")
+    git(work, "push", "-q", "origin", "HEAD:main")
+    trace = tmp_path / "packets"
+    clone = tmp_path / "clone"
+    env = {**os.environ, "GIT_TRACE_PACKET": str(trace)}
+    orchestrator_git.clone(f"file://{repos.origin}", "main", clone, scrub=str, env=env, reference=mirror.path)
+    assert git(clone, "rev-parse", "HEAD") == git(repos.origin, "rev-parse", "main")
+    # It told origin what the mirror has (so origin sent only the rest), and needs the mirror no more.
+    assert "have " in trace.read_text()
+    assert not (clone / ".git" / "objects" / "info" / "alternates").exists()
+    git(clone, "fsck", "--no-dangling")
 
 
 def test_the_control_plane_has_help() -> None:

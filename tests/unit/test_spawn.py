@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator import spawn
+from orchestrator.limits import WorkerLimits
+from orchestrator.workerspec import worker_spec
 from tests.support.fake_docker import FakeDocker
 
 
@@ -417,3 +419,30 @@ def test_a_job_s_task_reads_as_a_container_s_state(task, state):
     if state.get("ExitCode") is None and "Error" in state:
         assert death_notice("worker-x", state).startswith("the worker worker-x never ran: ")
     assert interrupted(state) == (state.get("ExitCode") in (143, 255))
+
+
+def test_in_the_control_plane_a_worker_mounts_its_mirror_read_only(
+    fake_docker: FakeDocker, orchestration_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The control plane names its mirror's volume: the worker clones borrowing from it, read-only.
+    monkeypatch.setenv("ORCHESTRATOR_MIRROR_VOLUME", "app-mirror")
+    assert run("flutter", "task-001") == 0
+    create = fake_docker.find("create")[0]
+    assert "app-mirror:/mirror:ro" in create["argv"]
+    assert create["env"]["ORCHESTRATOR_MIRROR_DIR"] == "/mirror"
+
+
+def test_without_a_control_plane_or_on_swarm_no_mirror_is_mounted(
+    fake_docker: FakeDocker, orchestration_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    assert run("flutter", "task-001") == 0
+    create = fake_docker.find("create")[0]
+    assert not any("/mirror" in arg for arg in create["argv"])
+    assert "ORCHESTRATOR_MIRROR_DIR" not in create["env"]
+    # A volume lives on one node: a job placed on another would find it empty.
+    monkeypatch.setenv("ORCHESTRATOR_MIRROR_VOLUME", "app-mirror")
+    env = {"ORCHESTRATOR_MIRROR_VOLUME": "app-mirror", "CLAUDE_CODE_OAUTH_TOKEN": "t", "HOME": "/nonexistent"}
+    limits = WorkerLimits.parse(None, None, None)
+    spec = worker_spec("flutter", "task-002", env=env, repo="git://x/y.git", branch="main", model="m", api_url=None,
+                       volume="v", network=None, image_prefix="claude-", limits=limits, engine="swarm")  # fmt: skip
+    assert spec.mirror_volume is None
