@@ -12,24 +12,28 @@ volumes. See bench/README.md for what each row measures and why.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator import images, spawn  # noqa: E402
+from orchestrator import config, images, spawn  # noqa: E402
 from orchestrator.limits import WorkerLimits  # noqa: E402
 from tests.support.git_servers import seed_repo, start_git_daemon  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
@@ -51,18 +55,25 @@ class Sizes:
     wait_seconds: int  # how long each of them runs
     hold_seconds: int  # how long each of the at_once tasks runs
     rounds: int  # of the throughput comparison, each side
+    clone_mb: int  # the clone comparison: a repository with this many MB of history ...
+    clone_workers: int  # ... cloned by this many workers at once
 
 
 FULL = Sizes(spawn_reps=15, tasks=40, parallel=8, at_once=50, history=10_000, waited=4, wait_seconds=30,
-             hold_seconds=60, rounds=2)  # fmt: skip
+             hold_seconds=60, rounds=2, clone_mb=200, clone_workers=20)  # fmt: skip
 SMOKE = Sizes(spawn_reps=2, tasks=4, parallel=2, at_once=3, history=50, waited=2, wait_seconds=3, hold_seconds=5,
-              rounds=1)  # fmt: skip
+              rounds=1, clone_mb=2, clone_workers=2)  # fmt: skip
 
 
 def run(
-    *argv: str, input: bytes | None = None, timeout: float = 600, check: bool = True, env: dict | None = None
+    *argv: str,
+    input: bytes | None = None,
+    timeout: float = 600,
+    check: bool = True,
+    env: dict | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=env, check=False)
+    proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=env, cwd=cwd, check=False)
     if check and proc.returncode:
         raise RuntimeError(f"{' '.join(argv[:6])} ... failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
     return proc
@@ -124,13 +135,13 @@ class Bench:
         person running it."""
         return {"PATH": os.environ["PATH"], "HOME": str(self.tmp), "LANG": "C.UTF-8"}
 
-    def start_manager(self, what: str) -> Manager:
+    def start_manager(self, what: str, repo_url: str | None = None) -> Manager:
         assert self.api is not None
         name, volume = self.name(f"manager-{what}"), self.name(f"volume-{what}")
         self.volumes.append(volume)
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "bin" / "run.py"), "--image-prefix", self.image_prefix,
-             "--network", "host", "--api-url", self.api.url, "--repo", self.repo_url,
+             "--network", "host", "--api-url", self.api.url, "--repo", repo_url or self.repo_url,
              "--token", str(self.token_file), "--volume", volume, "--name", name, "--no-login-check",
              "--", "sleep", "infinity"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.host_env,
@@ -411,6 +422,40 @@ class Bench:
         self.add(f"{what}: CPU of orch wait", "-", f"{share:.2f}% of a core ({timed['cpu']:.2f} s in "
                  f"{timed['wall']:.0f} s)", None, f"< {limit:g}%", share < limit)  # fmt: skip
 
+    def clone(self) -> None:
+        """N workers of one batch on a repository of real size: what the batch reads from origin, and
+        when every workspace is ready (its agent's first request), against one plain `git clone`."""
+        n, size = self.sizes.clone_workers, self.sizes.clone_mb
+        base = self.tmp / "git"
+        make_history(base / "big.git", self.tmp / "big-work", size)
+        proxy = CountingProxy(int(self.repo_url.rsplit(":", 1)[1].split("/")[0]))
+        url = f"git://127.0.0.1:{proxy.port}/big.git"
+        t0 = time.monotonic()
+        run("git", "clone", "--quiet", url, str(self.tmp / "one-clone"), env=self.host_env, timeout=1800)
+        one_time, one_bytes = time.monotonic() - t0, proxy.take()
+        shutil.rmtree(self.tmp / "one-clone")
+        assert self.api is not None
+        for k in range(1, n + 1):
+            self.api.script(f"bench-clone-{k}", text("done"))
+        manager = self.start_manager("clone", repo_url=url)  # its control plane fetches the mirror: counted
+        try:
+            ids = manager.inside("tasks-numbered", f"{self.run_id}-c", str(n), "bench-clone")["ids"]
+            started = time.time()  # the engine's log timestamps are wall-clock times
+            manager.orch("start", "--all", "--max-workers", str(n))
+            manager.inside("timed", "orch", "wait", *ids, timeout=3600)
+            batch_bytes = proxy.take()
+            # A workspace is ready when its runtime starts the agent: the worker's log says so.
+            ready = max(agent_started(config.container_name(task_id)) for task_id in ids) - started
+        finally:
+            proxy.close()
+            self.discard(manager.volume)
+        mb = 1024 * 1024
+        self.add(f"{n} workers on {size} MB of history: bytes read from origin vs one git clone",
+                 f"{one_bytes / mb:.1f} MB", f"{batch_bytes / mb:.1f} MB", batch_bytes / one_bytes, "<= 1.10x",
+                 batch_bytes <= 1.10 * one_bytes)  # fmt: skip
+        self.add(f"{n} workers on {size} MB of history: every workspace ready vs one git clone",
+                 f"{one_time:.1f} s", f"{ready:.1f} s", ready / one_time, "<= 2x", ready <= 2 * one_time)  # fmt: skip
+
     def wait_fresh(self) -> None:
         manager = self.start_manager("wait")
         try:
@@ -506,6 +551,79 @@ def alternate(
     return median(times["ours"]), median(times["plain"])
 
 
+def agent_started(container: str) -> float:
+    """When the worker's runtime started its agent (its workspace ready), from the engine's
+    timestamp of that log line."""
+    logs = run("docker", "logs", "--timestamps", container, check=False)
+    for line in (logs.stdout + logs.stderr).decode("utf-8", "replace").splitlines():
+        stamp, _, said = line.partition(" ")
+        if "] running the agent" in said:
+            # 2026-12-01T06:55:01.123456789Z: Python reads microseconds at most.
+            whole, _, fraction = stamp.rstrip("Z").partition(".")
+            return datetime.fromisoformat(f"{whole}.{fraction[:6] or '0'}+00:00").timestamp()
+    raise RuntimeError(f"{container} never started its agent: {logs.stdout.decode()[-500:]}")
+
+
+def make_history(bare: Path, work: Path, megabytes: int) -> None:
+    """A bare repository with ``megabytes`` of history that does not compress (random files, a
+    tenth in each of ten commits), as a real application's assets are."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+           "GIT_COMMITTER_EMAIL": "b@b"}  # fmt: skip
+    run("git", "init", "-q", "-b", "main", str(work), env=env)
+    for n in range(10):
+        (work / f"asset-{n}.bin").write_bytes(os.urandom(megabytes * 1024 * 1024 // 10))
+        run("git", "add", "-A", env=env, cwd=work)
+        run("git", "commit", "-qm", f"Assets {n}", env=env, cwd=work)
+    run("git", "clone", "-q", "--bare", str(work), str(bare), env=env, timeout=1800)
+    shutil.rmtree(work)
+
+
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1 in front of the benchmark's git server: it counts the bytes the
+    server sends, which is what clones and fetches read from origin."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sent = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def take(self) -> int:
+        """The bytes sent since the last take."""
+        with self.lock:
+            sent, self.sent = self.sent, 0
+        return sent
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, dest: socket.socket, count: bool) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                dest.sendall(data)
+                if count:
+                    with self.lock:
+                        self.sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, dest):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+
 def pause(seconds: int) -> str:
     """A command that takes ``seconds``."""
     return f"python3 -c 'import time; time.sleep({seconds})'"
@@ -552,6 +670,7 @@ STEPS: dict[str, Callable[[Bench], None]] = {
     "at-once": Bench.at_once_and_wait,
     "wait": Bench.wait_fresh,
     "history": Bench.history,
+    "clone": Bench.clone,
 }
 
 

@@ -47,6 +47,14 @@ def cmd_tasks(prefix: str, count: str, prompt: str) -> dict:
     return {"ids": ids}
 
 
+def cmd_tasks_numbered(prefix: str, count: str, marker: str) -> dict:
+    """Tasks each with a marker of its own ([MARKER-1] ...), so that each agent's requests are told apart."""
+    ids = [f"{prefix}-{n}" for n in range(1, int(count) + 1)]
+    for n, task_id in enumerate(ids, 1):
+        submit(task_id, f"[{marker}-{n}] Done.")
+    return {"ids": ids}
+
+
 def cmd_history(count: str) -> dict:
     """Finished tasks as a long-lived volume holds them: task, status and result files, an attempt
     kept now and then. Written plainly (no fsync): this is the benchmark's set-up, not what it measures."""
@@ -172,6 +180,7 @@ def cmd_states(*ids: str) -> dict:
 
 COMMANDS = {
     "tasks": cmd_tasks,
+    "tasks-numbered": cmd_tasks_numbered,
     "history": cmd_history,
     "spawn": cmd_spawn,
     "spawn-channel": cmd_spawn_channel,

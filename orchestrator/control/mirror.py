@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -47,7 +48,10 @@ class Mirror:
         that names it."""
         with self._locked():
             if not (self.path / "HEAD").exists():
-                git.git("init", "--quiet", "--bare", str(self.path), scrub=self.scrub)
+                # Readable by all (the control plane's umask keeps its files from others): a
+                # worker's agent borrows its objects through its clone's alternates. It holds
+                # origin's branches, what any clone of origin holds.
+                git.git("init", "--quiet", "--bare", "--shared=0644", str(self.path), scrub=self.scrub)
                 git.git("config", "remote.origin.url", self.url, cwd=self.path)
                 git.git("config", "remote.origin.fetch", REFSPEC, cwd=self.path)
                 # Readers clone from it with the pack protocol; bitmaps make that cheap.
@@ -56,11 +60,22 @@ class Mirror:
                 # Clones borrow its objects (alternates): none may ever be pruned from under them.
                 git.git("config", "gc.pruneExpire", "never", cwd=self.path)
             self._check_of_url()
+            self._readable_by_all()
             try:
                 git.git("fetch", "--quiet", "--prune", "--no-tags", "origin", cwd=self.path, timeout=git.CLONE_TIMEOUT,
                         scrub=self.scrub, env=self.env)  # fmt: skip
             except git.GitError as exc:
                 raise UserError(f"the control plane cannot fetch {self.scrub(self.url)}: {exc}") from None
+
+    def _readable_by_all(self) -> None:
+        """A mirror made before it was shared (0660 files) is made readable by all, once."""
+        if git.try_git("config", "--get", "core.sharedRepository", cwd=self.path):
+            return
+        for folder, _, files in os.walk(self.path):
+            os.chmod(folder, 0o755)
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o644)
+        git.git("config", "core.sharedRepository", "0644", cwd=self.path)
 
     def _check_of_url(self) -> None:
         """The mirror kept on its volume must be of the repository given: an orchestration of

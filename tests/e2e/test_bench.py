@@ -24,7 +24,9 @@ def test_the_benchmark_runs_every_comparison_and_prints_its_table(test_images: N
                 "one-second tasks, 2 at a time", "tasks with --max-workers 3: most running at once",
                 "orch wait on 3 running tasks", "fresh volume: orch wait on 2 running tasks",
                 "orch status over 50 finished tasks", "orch status --json over 50 finished tasks",
-                "50 finished tasks: orch wait --all"):  # fmt: skip
+                "50 finished tasks: orch wait --all",
+                "2 workers on 2 MB of history: bytes read from origin vs one git clone",
+                "2 workers on 2 MB of history: every workspace ready vs one git clone"):  # fmt: skip
         assert row in table, table
     assert "failed" not in table
     # It leaves nothing behind.

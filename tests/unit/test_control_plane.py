@@ -309,9 +309,13 @@ def test_the_mirror_holds_origins_branches_and_refuses_another_repository(repos:
         other.refresh()
 
 
-def test_a_workers_clone_borrows_from_the_mirror_and_stands_alone(repos: Repos, tmp_path: Path) -> None:
+def test_a_workers_clone_borrows_from_the_mirror_which_all_may_read(repos: Repos, tmp_path: Path) -> None:
     mirror = Mirror(tmp_path / "mirror", str(repos.origin), env={}, scrub=str)
-    mirror.refresh()
+    umask = os.umask(0o007)  # the control plane's
+    try:
+        mirror.refresh()
+    finally:
+        os.umask(umask)
     # origin moves on after the mirror's fetch: the clone gets that from origin, the rest from the mirror.
     work = tmp_path / "work"
     subprocess.run(["git", "clone", "-q", str(repos.origin), str(work)], check=True)
@@ -324,10 +328,14 @@ def test_a_workers_clone_borrows_from_the_mirror_and_stands_alone(repos: Repos, 
     env = {**os.environ, "GIT_TRACE_PACKET": str(trace)}
     orchestrator_git.clone(f"file://{repos.origin}", "main", clone, scrub=str, env=env, reference=mirror.path)
     assert git(clone, "rev-parse", "HEAD") == git(repos.origin, "rev-parse", "main")
-    # It told origin what the mirror has (so origin sent only the rest), and needs the mirror no more.
+    # It told origin what the mirror has (so origin sent only the rest), and borrows the rest.
     assert "have " in trace.read_text()
-    assert not (clone / ".git" / "objects" / "info" / "alternates").exists()
+    alternates = (clone / ".git" / "objects" / "info" / "alternates").read_text().split()
+    assert alternates == [str(mirror.path / "objects")]
     git(clone, "fsck", "--no-dangling")
+    # Its objects are readable by others: a worker's agent borrows them through its clone.
+    objects = [os.path.join(d, f) for d, _, fs in os.walk(mirror.path / "objects") for f in fs]
+    assert objects and all(os.stat(path).st_mode & 0o004 for path in objects)
 
 
 def test_the_control_plane_has_help() -> None:
