@@ -11,11 +11,8 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 from .errors import UserError
+from .settled_index import SettledIndex, SettledTask
 from .store import OrchestrationDir
-from .tasks import (
-    SettledIndex,
-    SettledTask,
-)
 from .views import TaskView, load_view
 
 log = logging.getLogger("orchestrator.settled")
@@ -26,7 +23,7 @@ _Signature = tuple[tuple[int, int, int] | None, ...]
 class ViewCache:
     """The batch's views for a process that looks again and again (orch wait, the dispatcher,
     orch status --watch), or once over a long history (orch status). A task that has a result is
-    read from its files once, then taken from the settled index (tasks.SettledIndex), which this
+    read from its files once, then taken from the settled index (settled_index.SettledIndex), which this
     cache keeps up to date on the volume; the files of the other tasks are read again only when
     they changed. Call ``views`` holding the state lock: the index is written under it, and
     ``orch retry`` takes tasks out of it under it."""

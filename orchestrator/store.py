@@ -1,5 +1,5 @@
 """The shared volume as a store (pre-commit's store.py owns its folder the same way): every path
-on it, atomic writes, the locks, and the settled index's files. The formats are tasks.py.
+on it, atomic writes, the locks, and the settled index's files. The formats are tasks.py and settled_index.py.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from typing import IO, Any
 
 from . import config
 from .errors import InvalidInput, UserError
+from .settled_index import SettledIndex, SettledTask
 from .tasks import (
     Batch,
     BatchSettings,
-    SettledIndex,
-    SettledTask,
     State,
     Task,
     TaskResult,

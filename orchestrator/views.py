@@ -10,11 +10,11 @@ from typing import Any
 
 from . import config
 from .errors import InvalidInput, UserError
+from .settled_index import SettledTask
 from .store import OrchestrationDir, read_json
 from .tasks import (
     ACTIVE_STATES,
     TASK_ID_PATTERN,
-    SettledTask,
     State,
     Task,
     TaskResult,

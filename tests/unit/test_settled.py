@@ -13,8 +13,9 @@ import pytest
 from orchestrator import batch, settled
 from orchestrator.errors import InvalidInput, UserError
 from orchestrator.settled import ViewCache
+from orchestrator.settled_index import SettledIndex, SettledTask
 from orchestrator.store import OrchestrationDir
-from orchestrator.tasks import SettledIndex, SettledTask, State
+from orchestrator.tasks import State
 from orchestrator.views import TaskView, load_view
 from tests.support.batch_helpers import FakeEngine, finish, queue_all, submit
 
