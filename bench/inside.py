@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from orchestrator import batch, environment, spawn
+from orchestrator.engine_docker import DockerEngine
 from orchestrator.limits import WorkerLimits
 from orchestrator.store import OrchestrationDir
 
@@ -90,7 +91,7 @@ def cmd_spawn(reps: str, prefix: str) -> dict:
     needs for the same work, secrets included: `docker create`, `docker cp -`, `docker start`. In
     turns, the order rotated each round; the containers are removed after each round."""
     env = os.environ
-    sides = ("spawn", "plain", "floor")
+    sides = ("spawn", "plain", "floor", "dispatcher", "channel")
     for n in range(int(reps) + 1):
         for side in sides:
             submit(f"{prefix}-{side}-{n}", "[bench-idle] Nothing to do.")
@@ -114,6 +115,21 @@ def cmd_spawn(reps: str, prefix: str) -> dict:
     def spawn_worker(n: int) -> float:
         return timed((["spawn-worker", "flutter", f"{prefix}-spawn-{n}"], None, None))
 
+    engine = DockerEngine(environment.VOLUME.require(env))
+    # The manager's way, from here: the same image's client (orchestrator/entry.py) to the control
+    # plane's channel, which spawns in its own process; taken in the same rounds as docker run -d.
+    channel_env = {**env, environment.CONTROL.name: "/run/orchestrator"}
+
+    def through_channel(n: int) -> float:
+        return timed((["spawn-worker", "flutter", f"{prefix}-channel-{n}"], channel_env, None))
+
+    def dispatcher(n: int) -> float:
+        """What the control plane's running dispatcher does for a task: its spec (the tickets made),
+        the claim, one docker run -d."""
+        t0 = time.perf_counter()
+        spawn.spawn(spec(f"{prefix}-dispatcher-{n}"), str(ORCH.root), engine)
+        return time.perf_counter() - t0
+
     def docker_run(n: int) -> float:
         plain = spec(f"{prefix}-plain-{n}")
         return timed((["docker", "run", "--detach", *plain.create_argv()[1:]], {**env, **plain.environment()}, None))
@@ -132,10 +148,11 @@ def cmd_spawn(reps: str, prefix: str) -> dict:
             (["docker", "start", floor.container], None, None),
         )
 
-    measures = {"spawn": spawn_worker, "plain": docker_run, "floor": by_hand}
+    measures = {"spawn": spawn_worker, "plain": docker_run, "floor": by_hand, "dispatcher": dispatcher,
+                "channel": through_channel}  # fmt: skip
     times: dict[str, list[float]] = {side: [] for side in sides}
     for n in range(int(reps) + 1):  # the first round warms up and does not count
-        order = sides[n % 3 :] + sides[: n % 3]
+        order = sides[n % len(sides) :] + sides[: n % len(sides)]
         for side in order:
             elapsed = measures[side](n)
             if n:

@@ -14,10 +14,13 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 TICKET_PREFIX = "relay-"
+# A ticket the ledger did not issue -> (its account, the account's parent), or None to refuse it.
+TicketResolver = Callable[[str], tuple[str, str | None] | None]
 
 
 @dataclass
@@ -38,7 +41,8 @@ class _Account:
     overloaded: int = 0  # 529s the API gave
     queued_seconds: float = 0.0
     in_flight: int = 0
-    queued: int = 0
+    queued: int = 0  # requests waiting for one of the account's places in flight
+    held: int = 0  # requests waiting at the relay's gate to the API (its bound, the API's rate limit)
     spent_told: bool = False
     unknown_models: set[str] = field(default_factory=set)
 
@@ -62,6 +66,7 @@ class AccountView:
     queued_seconds: float
     in_flight: int
     queued: int
+    held: int
     state: str  # "open", or "spent" once its budget (or a parent's) is spent
     unknown_models: tuple[str, ...]
 
@@ -88,13 +93,16 @@ def _budget(usd: float | None) -> float | None:
 class Ledger:
     """Accounts, their tickets, budgets and counters, and the bound on each one's requests in flight."""
 
-    def __init__(self, account_in_flight: int):
+    def __init__(self, account_in_flight: int, resolver: TicketResolver | None = None):
         if account_in_flight < 1:
             raise ValueError("the bound on an account's requests in flight must be at least 1")
         self.account_in_flight = account_in_flight
         self._accounts: dict[str, _Account] = {}
         self._tickets: dict[bytes, str] = {}
         self._changed = threading.Condition()
+        # Tickets the ledger did not issue but may take: a control plane's workers' (tickets.py),
+        # asked on every request, never remembered, so that a ticket is refused once revoked.
+        self.resolver = resolver
 
     # accounts and tickets
 
@@ -124,7 +132,44 @@ class Ledger:
 
     def account_for(self, ticket: str) -> str | None:
         with self._changed:
-            return self._tickets.get(_digest(ticket))
+            found = self._tickets.get(_digest(ticket))
+        if found is not None or self.resolver is None:
+            return found
+        resolved = self.resolver(ticket)
+        if resolved is None:
+            return None
+        account_id, parent = resolved
+        with self._changed:
+            self._ensure(account_id, parent)
+        return account_id
+
+    def open_account(self, account_id: str, parent: str | None, budget_usd: float | None) -> None:
+        """The account (made when new, under ``parent``) with this budget; a budget that changes
+        opens a spent account again when it is raised past what it spent."""
+        budget = _budget(budget_usd)
+        with self._changed:
+            account = self._ensure(account_id, parent)
+            if account.budget_usd != budget:
+                account.budget_usd = budget
+                account.spent_told = False
+
+    _RESTORED = (
+        "cost_usd", "requests", "retried", "input_tokens", "output_tokens", "cache_creation_tokens",
+        "cache_read_tokens", "refused", "over_budget", "rate_limited", "overloaded", "queued_seconds",
+    )  # fmt: skip
+
+    def restore(self, view: Mapping[str, Any]) -> None:
+        """An account's figures as an earlier relay left them (``AccountView.to_json``), added to
+        this one's: a restarted control plane forgets no spending."""
+        account_id, parent = str(view["id"]), view.get("parent")
+        with self._changed:
+            account = self._ensure(account_id, str(parent) if parent else None)
+            for name in self._RESTORED:
+                value = view.get(name)
+                if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+                    setattr(account, name, type(getattr(account, name))(getattr(account, name) + value))
+            if view.get("state") == "spent":
+                account.spent_told = True
 
     def set_budget(self, account_id: str, usd: float | None) -> None:
         budget = _budget(usd)
@@ -258,6 +303,7 @@ class Ledger:
                 queued_seconds=account.queued_seconds,
                 in_flight=account.in_flight,
                 queued=account.queued,
+                held=account.held,
                 state="spent" if spent else "open",
                 unknown_models=tuple(sorted(account.unknown_models)),
             )

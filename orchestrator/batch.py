@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import config, limits
 from .batches import current_or_new, next_task_id
 from .dependencies import unstarted_dependencies
+from .egress_choice import check_hosts, check_policy
 from .engine import Engine
 from .errors import InvalidInput, UserError
 from .reconcile import reconcile, record_outcome
@@ -28,6 +29,7 @@ from .tasks import (
     State,
     Task,
     TaskResult,
+    check_budget,
     check_prompt,
     validate_task_id,
 )
@@ -108,11 +110,14 @@ def submit(
     timeout: int | None,
     max_turns: int | None,
     model: str | None,
+    budget_usd: float | None = None,
     memory: str | None = None,
     cpus: str | None = None,
     pids_limit: str | None = None,
     disk: str | None = None,
     batch: Batch | None = None,
+    egress: str | None = None,
+    allow_hosts: Sequence[str] = (),
 ) -> Task:
     """Write a new task (never over an existing one) into ``batch`` (default: the current one, or a
     new one named after the prompt) and mark it submitted."""
@@ -141,6 +146,9 @@ def submit(
         worker=worker,
         depends_on=tuple(deps),
         max_turns=max_turns,
+        budget_usd=check_budget(budget_usd, "--budget-usd"),
+        egress=check_policy(egress, "--egress"),
+        allow_hosts=check_hosts(allow_hosts, "--allow-host"),
         memory=limits.check_memory(memory) if memory else None,
         cpus=limits.check_cpus(cpus) if cpus else None,
         pids_limit=limits.check_pids(pids_limit) if pids_limit else None,

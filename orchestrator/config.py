@@ -29,6 +29,7 @@ LABEL_ROLE = "orchestrator.role"
 LABEL_TASK_ID = "orchestrator.task-id"
 LABEL_WORKER_TYPE = "orchestrator.worker-type"
 LABEL_VOLUME = "orchestrator.volume"  # which batch a worker belongs to (its shared volume)
+LABEL_EGRESS_ALLOW = "orchestrator.egress-allow"  # a worker image's default egress policy (its type's file)
 
 WORKER_TYPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,40}")
 

@@ -49,6 +49,7 @@ _SNAPSHOT_IDENTITY = {
     "GIT_COMMITTER_NAME": "orchestrator", "GIT_COMMITTER_EMAIL": "orchestrator@localhost",
 }  # fmt: skip
 OriginAccess = Callable[[], contextlib.AbstractContextManager[object]]
+Pusher = Callable[[Path, str], None]  # (the runtime's clone, the task's branch): to origin, or a GitError
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ def prepare(
     start_from: Sequence[StartPoint] = (),
     origin_access: OriginAccess = contextlib.nullcontext,
     mirror: Path | None = None,
+    mirror_only: bool = False,
 ) -> Workspace:
     """Clone origin for the runtime, create the task's branch, and give the agent its clone.
 
@@ -194,15 +196,19 @@ def prepare(
     dependency's head commit, or a merge of several made here (a conflict there: Blocked).
     ``origin_access`` is held while git talks to origin (the SSH key is on disk only then).
     ``mirror``, a local repository of origin's history (the control plane's), is borrowed from:
-    origin sends only what it lacks.
+    origin sends only what it lacks; with ``mirror_only``, the clone is of the mirror alone (made
+    as origin is now by the control plane), and origin is never asked.
     """
     make_agent_folder(agent, user)
     # Readable by the agent's user, which clones from it (the runtime's umask keeps the
     # shared volume's files from it).
     umask = os.umask(0o022)
     try:
-        with origin_access():
-            git.clone(url, branch, own, scrub=scrub, env=git_env, reference=mirror)
+        if mirror_only and mirror is not None:
+            git.clone_of_mirror(mirror, branch, own, url)
+        else:
+            with origin_access():
+                git.clone(url, branch, own, scrub=scrub, env=git_env, reference=mirror)
         start = _start(own, task_id, start_from, say) if start_from else git.head(own)
         # An attempt that carries on from an interrupted one counts its work from where that
         # one started: its branch holds the whole of it.
@@ -304,6 +310,7 @@ def hand_back(
     stopping: threading.Event | None = None,
     scratch: Path | None = None,
     origin_access: OriginAccess = contextlib.nullcontext,
+    pusher: Pusher | None = None,
 ) -> Delivery:
     """Take the agent's commits and working tree into the runtime's clone, commit what was left
     uncommitted, and push the task's branch; bundle it when the push fails.
@@ -324,7 +331,7 @@ def hand_back(
     say(f"pushing {branch} ({commits} commit{'s' if commits != 1 else ''}, {len(files)} file(s) changed)")
     try:
         with origin_access():
-            _push(own, url, branch, scrub, git_env, say, retry_for, stopping or threading.Event())
+            _push(own, url, branch, scrub, git_env, say, retry_for, stopping or threading.Event(), pusher)
     except GitError as exc:
         push_error = f"the push of {branch} failed: {exc}"
         try:
@@ -346,13 +353,17 @@ def _push(
     say: Callable[[str], None],
     retry_for: float,
     stopping: threading.Event,
+    pusher: Pusher | None = None,
 ) -> None:
     """Push, and while the server cannot be reached, try again for up to ``retry_for`` seconds
     (a server that restarts, a network that comes back); never once the worker is stopping."""
     deadline = time.monotonic() + retry_for
     for attempt in itertools.count():
         try:
-            git.push(repo, url, branch, scrub=scrub, env=env)
+            if pusher is not None:
+                pusher(repo, branch)  # through the control plane's git channel
+            else:
+                git.push(repo, url, branch, scrub=scrub, env=env)
             return
         except GitError as exc:
             pause = PUSH_BACKOFF[min(attempt, len(PUSH_BACKOFF) - 1)]

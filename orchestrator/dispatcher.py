@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
-from . import config
+from . import config, spending
 from .batch import needs_dispatcher, resumable, resume
 from .context import Context
 from .dependencies import blocking_reasons, unstarted_dependencies
@@ -198,6 +198,15 @@ class Dispatcher:
                 return None
             by_id = {v.id: v for v in views}
             ready = [v for v in queued if self.ready(v, by_id)]
+            spent = spending.spent_line(spending.load(self.orch), self.orch, self.ctx.env) if ready else None
+            if spent:
+                # No new task starts once a budget above them is spent: they end, saying why.
+                for view in ready:
+                    self.say(f"not starting {view.id}: {spent}")
+                    why = f"not started: {spent} (raise it: orch start --budget-usd N; then orch retry)"
+                    record_outcome(self.orch, view, State.BUDGET_EXCEEDED, why)
+                self.wake()
+                return []
             # Starting counts as active: a slot is taken from the moment its task is marked.
             slots = max(0, (settings.max_workers or self.ctx.settings.max_workers) - len(active))
             to_start = ready[:slots]

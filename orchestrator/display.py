@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from .tasks import SETTLED_STATES, State
 from .views import TaskView
@@ -71,7 +72,13 @@ def status_table(views: Sequence[TaskView]) -> str:
     return "\n".join(line.rstrip() for line in lines) + "\n" + summary(views)
 
 
-def status_json(views: Sequence[TaskView], batch: str | None = None) -> str:
+def status_json(
+    views: Sequence[TaskView],
+    batch: str | None = None,
+    accounts: Mapping[str, Mapping[str, Any]] | None = None,
+    gate: Mapping[str, Any] | None = None,
+    egress: Mapping[str, Mapping[str, int]] | None = None,
+) -> str:
     """The document, one task a line: json's C encoder writes each, where an indented dump would
     go through its Python one, slower by far over thousands of tasks. ``batch``: whose tasks
     these are (None: the tasks named, or every task)."""
@@ -82,7 +89,9 @@ def status_json(views: Sequence[TaskView], batch: str | None = None) -> str:
     listed = f"[\n{tasks}\n  ]" if views else "[]"
     return (
         f'{{\n  "batch": {json.dumps(batch)},\n  "tasks": {listed},\n  "counts": {counts},\n'
-        f'  "total_cost_usd": {total}\n}}'
+        f'  "total_cost_usd": {total},\n  "relay": {json.dumps({"accounts": accounts or {}, "gate": gate})},\n'
+        # Connections through the egress proxy, a task's allowed and refused (its worker made one at least).
+        f'  "egress": {json.dumps(egress or {})}\n}}'
     )
 
 

@@ -31,7 +31,7 @@ from .docker import (
 )
 from .engine_events import EngineEvents
 from .errors import UserError
-from .workerspec import WorkerDidNotStart, WorkerExists, WorkerSpec
+from .workerspec import WorkerDidNotStart, WorkerExists, WorkerOfAnotherBatch, WorkerSpec
 
 
 class DockerEngine:
@@ -47,7 +47,24 @@ class DockerEngine:
     def launch(self, spec: WorkerSpec, claim: Callable[[], object]) -> str:
         """Create the container, claim the task (the name is the lock: of two spawns for one task,
         only the one that created the container marks it starting) while the secrets travel, then
-        start it."""
+        start it. A worker that holds no secret (a control plane's) is one ``docker run -d``,
+        after the claim, which is undone when it does not start."""
+        if not spec.secrets.files():
+            undo = claim()
+            try:
+                create(spec, run=True)
+            except WorkerExists:
+                raise  # another spawn's worker: its claim stands
+            except WorkerOfAnotherBatch:
+                if callable(undo):  # the name is another batch's: its container is left alone
+                    undo()
+                raise
+            except BaseException:
+                remove_container(spec.container)  # made, perhaps, but not started
+                if callable(undo):
+                    undo()
+                raise
+            return spec.container
         create(spec)
         try:
             with ThreadPoolExecutor(1) as pool:
@@ -124,14 +141,20 @@ class DockerEngine:
         return []
 
 
-def create(spec: WorkerSpec) -> None:
-    """``docker create`` of the worker; a refusal becomes the error that says what to do."""
+def create(spec: WorkerSpec, *, run: bool = False) -> None:
+    """``docker create`` of the worker (``docker run -d`` with ``run``); a refusal becomes the
+    error that says what to do."""
+
+    def argv(of: WorkerSpec) -> list[str]:
+        made = of.create_argv()
+        return ["run", "--detach", *made[1:]] if run else made
+
     try:
         try:
-            docker(*spec.create_argv(), env=spec.environment(), timeout=120)
+            docker(*argv(spec), env=spec.environment(), timeout=120)
         except StorageQuotaRefused:
             # The driver said no (overlay2 on XFS without pquota): the workspace is a tmpfs instead.
-            docker(*replace(spec, storage_quota=False).create_argv(), env=spec.environment(), timeout=120)
+            docker(*argv(replace(spec, storage_quota=False)), env=spec.environment(), timeout=120)
     except NameConflict:
         raise existing_worker(spec) from None
     except NoSuchImage:
@@ -152,7 +175,7 @@ def existing_worker(spec: WorkerSpec) -> UserError:
     state = existing.get("State") or {}
     owner = container_label(existing, config.LABEL_VOLUME)
     if owner and owner != spec.volume:
-        return UserError(
+        return WorkerOfAnotherBatch(
             f"{spec.container} is a worker of the batch on the volume {owner}: two batches on one engine cannot "
             f"both have a task {spec.task_id} at once. Give this one another id (orch submit --id, or the task "
             f"file's name and id), or run it once that worker is gone (`orch cleanup --volume {owner}` removes the "

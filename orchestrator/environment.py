@@ -89,8 +89,36 @@ MIRROR_DIR = Var("ORCHESTRATOR_MIRROR_DIR", "/mirror")
 # In the control plane: the volume that holds its mirror, which its workers mount read-only to
 # clone from (their clones fetch from origin only what the mirror lacks).
 MIRROR_VOLUME = Var("ORCHESTRATOR_MIRROR_VOLUME")
+# In the control plane: the volume of the folder it serves its workers from (the relay and the git
+# channel), which they mount read-only; a worker started with it holds no credential.
+DOORS_VOLUME = Var("ORCHESTRATOR_DOORS_VOLUME")
+# In the control plane: the folder of the key its workers' tickets are made with (on a volume of
+# the orchestration's own, so that a control plane made anew, by another manager too, takes it;
+# default: its workspace).
+KEYS_DIR = Var("ORCHESTRATOR_KEYS_DIR")
+# In such a worker: where that folder is, and its task's tickets (tickets.py: good for this task's
+# attempt only, and only there; not credentials).
+DOORS_DIR = Var("ORCHESTRATOR_DOORS_DIR")
+RELAY_TICKET = Var("ORCHESTRATOR_RELAY_TICKET")
+GIT_TICKET = Var("ORCHESTRATOR_GIT_TICKET")
+EGRESS_TICKET = Var("ORCHESTRATOR_EGRESS_TICKET")  # the agent's, in its proxy URL
+CREDENTIAL_KIND = Var("ORCHESTRATOR_CREDENTIAL_KIND")  # "api-key" or "oauth": where the agent puts its ticket
+# In the control plane: what the batch's agents may spend together, in USD (run.py --budget-usd);
+# orch start --budget-usd sets the batch's own.
+BUDGET_USD = Var("ORCHESTRATOR_BUDGET_USD")
+# In the control plane: at most this many requests of the whole batch in flight to the API at
+# once (run.py --api-in-flight); the API's rate limits lower it for a while.
+API_IN_FLIGHT = Var("ORCHESTRATOR_API_IN_FLIGHT", "8")
+# The orchestration's egress policy for its workers (run.py --egress, --allow-host; egress_choice.py).
+EGRESS = Var("ORCHESTRATOR_EGRESS")
+ALLOW_HOSTS = Var("ORCHESTRATOR_ALLOW_HOSTS")  # HOST[:PORT] patterns, separated by spaces
 # In the control plane: the manager's workspace, read-only, where `orch push` finds its hand-over.
 MANAGER_WORKSPACE = Var("ORCHESTRATOR_MANAGER_WORKSPACE")
+# On the host: run.py's --dashboard-port ("auto", a port, or "off"). In the control plane: the port
+# it serves the board on, which run.py publishes on the host's loopback (unset: no board).
+DASHBOARD_PORT = Var("ORCHESTRATOR_DASHBOARD_PORT")
+# In the control plane: its own container's name, which it names to the person (docker exec NAME ...).
+CONTROL_NAME = Var("ORCHESTRATOR_CONTROL_NAME")
 
 # --- Host only.
 CA_CERTS = Var("ORCHESTRATOR_CA_CERTS")  # extra CA certificates for the image builds, separated by ':'
@@ -127,6 +155,10 @@ MANAGER_SETTINGS = (
     STOP_TIMEOUT,
     PUSH_RETRY_SECONDS,
     LOGIN_CHECK,
+    BUDGET_USD,
+    API_IN_FLIGHT,
+    EGRESS,
+    ALLOW_HOSTS,
 )
 
 # --- Inside a worker, for tests and images of other layouts.
@@ -139,7 +171,16 @@ ALL = (
     CONTROL,
     MIRROR_DIR,
     MIRROR_VOLUME,
+    DOORS_VOLUME,
+    KEYS_DIR,
+    DOORS_DIR,
+    RELAY_TICKET,
+    GIT_TICKET,
+    EGRESS_TICKET,
+    CREDENTIAL_KIND,
     MANAGER_WORKSPACE,
+    DASHBOARD_PORT,
+    CONTROL_NAME,
     MAX_WORKERS,
     RESUME_INTERRUPTED,
     CA_CERTS,

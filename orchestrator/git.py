@@ -126,6 +126,17 @@ def clone(
     git("clone", *borrow, "--branch", branch, "--", url, str(dest), timeout=CLONE_TIMEOUT, scrub=scrub, env=env)
 
 
+def clone_of_mirror(mirror: Path, branch: str, dest: Path, url: str) -> None:
+    """A clone of the control plane's mirror alone, borrowing its objects (``--shared``: no copy
+    of the history), whose ``origin`` names ``url`` as any clone of origin would; its
+    remote-tracking branches are origin's as the mirror holds them."""
+    # The mirror is the control plane's (another user's), read through upload-pack, which git
+    # otherwise refuses as "dubious ownership"; upload-pack is made to serve repositories of others.
+    git("clone", "--quiet", "--shared", "--upload-pack=git -c safe.directory=* upload-pack", "--branch", branch,
+        "--", str(mirror), str(dest), timeout=CLONE_TIMEOUT)  # fmt: skip
+    git("remote", "set-url", "origin", url, cwd=dest)
+
+
 def task_branch(prefix: str, task_id: str, attempt: int | None) -> str:
     """orchestrator/task-001; a retry pushes a branch of its own (never over the earlier one)."""
     name = f"{prefix}{task_id}"

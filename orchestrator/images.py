@@ -7,13 +7,15 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .docker import docker, flag
+from .config import LABEL_EGRESS_ALLOW
+from .docker import docker, flag, labels
 from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MANAGER_CONTEXT = REPO_ROOT / "orchestrator"
 BUILD_TIMEOUT = 3600.0
 CA_FOLDER = "ca-certificates"
+EGRESS_ALLOW_FILE = "egress-allow.txt"  # in a worker type's folder: its default egress policy
 
 
 def read_ca_cert(path: str | Path) -> Path:
@@ -37,6 +39,7 @@ def build_image(
     ca_certs: Sequence[Path] = (),
     target: str | None = None,
     show_progress: bool = True,
+    image_labels: Mapping[str, str] | None = None,
 ) -> None:
     """``docker build`` of ``context``; extra CA certificates join a copy of it, never the tree."""
     with tempfile.TemporaryDirectory(prefix="orchestrator-build-") as tmp:
@@ -49,7 +52,7 @@ def build_image(
             context = copy
         args = [arg for name, value in (build_args or {}).items() for arg in ("--build-arg", f"{name}={value}")]
         docker(
-            "build", "--tag", tag, *args, *flag("--target", target), str(context),
+            "build", "--tag", tag, *args, *flag("--target", target), *labels(image_labels or {}), str(context),
             timeout=BUILD_TIMEOUT, capture=not show_progress,
         )  # fmt: skip
 
@@ -80,4 +83,8 @@ def build_worker_image(
     if not (context / "Dockerfile").is_file():
         raise UserError(f"no worker type {worker_type!r}: {context / 'Dockerfile'} does not exist")
     args = {"RUNTIME_IMAGE": manager_image, **(build_args or {})}
-    build_image(tag, context, build_args=args, show_progress=show_progress)
+    # The worker type's default egress policy travels with its image, where the control plane
+    # reads it (control/egress_service.py): a new worker type brings its own list.
+    allow = context / EGRESS_ALLOW_FILE
+    allowed = {LABEL_EGRESS_ALLOW: allow.read_text(encoding="utf-8")} if allow.is_file() else {}
+    build_image(tag, context, build_args=args, show_progress=show_progress, image_labels=allowed)

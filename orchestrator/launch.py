@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import socket
 import stat
 import sys
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from . import config, environment, images
+from . import config, egress_choice, environment, images
 from .cli import (
     HelpFormatter,
     add_api_option,
@@ -41,6 +42,7 @@ from .errors import InvalidInput, UserError
 from .git import host_config
 from .launch_control import (
     Orchestration,
+    board_link,
     control_argv,
     manager_mounts,
     remove_ended,
@@ -52,6 +54,7 @@ from .launch_control import prepare as prepare_orchestration
 from .limits import WorkerLimits
 from .login import check_login
 from .secrets import DEFAULT_TOKEN_FILE, Secrets
+from .tasks import check_budget
 
 DEFAULT_NAME = "claude-manager"
 
@@ -157,6 +160,8 @@ def start_manager(spec: ManagerSpec) -> int:
     remove_ended(spec.name, "manager")
     control = control_argv(spec.control, spec.image, spec.socket, spec.socket_gid, spec.environment())
     start_control(spec.control, control, spec.environment(), spec.secrets)
+    if spec.control.dashboard_port is not None:
+        announce_board(spec.control)
     try:
         return run_manager(replace(spec, tasks_folder=tasks_folder, secrets=Secrets()))
     finally:
@@ -167,6 +172,34 @@ def start_manager(spec: ManagerSpec) -> int:
             print(f"run.py: {spec.control.control} keeps serving it", file=sys.stderr)
         else:
             stop_control(spec.control)
+
+
+def announce_board(o: Orchestration) -> None:
+    """The board's login link, on the person's terminal (never in a log: it holds the secret)."""
+    try:
+        link = board_link(o)
+    except UserError as exc:
+        print(f"run.py: no board: {exc}", file=sys.stderr)
+        return
+    # On standard error, with run.py's other words to the person: standard output is the manager
+    # command's (`run.py -- CMD` is scripted).
+    again = f"`docker exec {o.control} orch dashboard --login` prints it again"
+    print(f"run.py: the board: {link}\n  (the link holds its secret: keep it to yourself; {again})", file=sys.stderr,
+          flush=True)  # fmt: skip
+
+
+def dashboard_port(given: str | None) -> int | None:
+    """--dashboard-port: a port of the host's loopback, "auto" (a free one, found now), or "off"."""
+    value = (given or "auto").strip().lower()
+    if value == "off":
+        return None
+    if value == "auto":
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise InvalidInput(f"--dashboard-port must be a port (1-65535), auto or off, not {given!r}")
+    return int(value)
 
 
 def run_manager(spec: ManagerSpec) -> int:
@@ -288,6 +321,38 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     add_limit_options(parser, env)
     parser.add_argument(
+        "--budget-usd",
+        type=float,
+        metavar="USD",
+        default=environment.BUDGET_USD.get(env),
+        help="what the whole orchestration (the manager and every worker) may spend on the API, as the control "
+        "plane's relay measures it; once spent, no request goes upstream and no new task starts "
+        f"(default: ${environment.BUDGET_USD.name}, else no limit)",
+    )
+    parser.add_argument(
+        "--api-in-flight",
+        metavar="N",
+        default=environment.API_IN_FLIGHT.get(env),
+        help="at most N requests of the whole orchestration in flight to the API at once, through the control "
+        "plane's relay; a rate limit (429, 529) lowers it for a while and holds the requests back for the pause the "
+        f"API asks for (default: ${environment.API_IN_FLIGHT.name}, else {environment.API_IN_FLIGHT.default})",
+    )
+    parser.add_argument(
+        "--egress",
+        metavar="POLICY",
+        default=environment.EGRESS.get(env),
+        help="what the workers' agents may reach, through the control plane's egress proxy (their only way out): "
+        "none, default (the worker type's egress-allow.txt), open (any public address) or a policy FILE; orch start "
+        f"and orch submit may name another for a batch or a task (default: ${environment.EGRESS.name}, else default)",
+    )
+    parser.add_argument(
+        "--allow-host",
+        metavar="HOST[:PORT]",
+        action="append",
+        help="a host (name, *.DOMAIN or address; ports 80 and 443 unless given) added to the egress policy; "
+        f"repeatable (default: ${environment.ALLOW_HOSTS.name}, separated by spaces)",
+    )
+    parser.add_argument(
         "--stop-timeout",
         metavar="SECONDS",
         default=environment.STOP_TIMEOUT.get(env),
@@ -333,6 +398,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="the volume of the manager's own clone, kept when the container goes (default: NAME-workspace, "
         f"{DEFAULT_NAME}-workspace)",
     )
+    parser.add_argument(
+        "--dashboard-port",
+        metavar="PORT",
+        default=environment.DASHBOARD_PORT.get(env),
+        help="the port of the board (the batch in a browser) on this host's loopback, 127.0.0.1:PORT; 'auto' for "
+        "a free one, 'off' for no board; run.py prints its login link (default: "
+        f"${environment.DASHBOARD_PORT.name}, else auto)",
+    )
     add_placement_options(parser, env)
     return parser
 
@@ -348,6 +421,8 @@ def split_command(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def manager_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
     """What the manager is told, and tells every worker it starts (environment.MANAGER_SETTINGS)."""
     limits = WorkerLimits.parse(args.memory, args.cpus, args.pids_limit, args.disk)
+    hosts = args.allow_host if args.allow_host is not None else (environment.ALLOW_HOSTS.get(env) or "").split()
+    egress = egress_choice.to_environment(egress_choice.from_options(args.egress, hosts))
     values = {
         environment.REPO_URL: args.repo,
         environment.REPO_BRANCH: args.branch,
@@ -373,6 +448,14 @@ def manager_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[s
         environment.PUSH_RETRY_SECONDS: env.get(environment.PUSH_RETRY_SECONDS.name),
         # The choice holds in the manager and its control plane too (orch start checks a new batch).
         environment.LOGIN_CHECK: "no" if args.no_login_check else None,
+        environment.BUDGET_USD: f"{check_budget(args.budget_usd, '--budget-usd')}"
+        if args.budget_usd is not None
+        else None,
+        environment.API_IN_FLIGHT: str(
+            environment.API_IN_FLIGHT.whole_number({environment.API_IN_FLIGHT.name: args.api_in_flight or ""})
+        ),
+        environment.EGRESS: egress[0],
+        environment.ALLOW_HOSTS: egress[1],
     }
     assert set(values) == set(environment.MANAGER_SETTINGS)
     return {var.name: value for var, value in values.items() if value}
@@ -420,7 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             command=tuple(command),
             tty=sys.stdin.isatty(),
             control=None if args.manager_docker_socket else Orchestration(
-                args.name, args.volume, args.workspace_volume or f"{args.name}-workspace", args.network
+                args.name, args.volume, args.workspace_volume or f"{args.name}-workspace", args.network,
+                dashboard_port(args.dashboard_port),
             ),
         )  # fmt: skip
         return start_manager(spec)

@@ -27,6 +27,8 @@ from .errors import UserError
 from .secrets import Secrets
 
 CONTROL_RUN_DIR = "/run/orchestrator"
+CONTROL_DOORS_DIR = "/run/orchestrator-workers"  # control/plane.py's DOORS_DIR
+CONTROL_KEYS_DIR = "/run/orchestrator-keys"
 CONTROL_WORKSPACE = "/workspace"
 MIRROR_DIR = "/mirror"
 MANAGER_WORKSPACE_IN_CONTROL = "/manager-workspace"
@@ -42,6 +44,7 @@ class Orchestration:
     volume: str
     workspace_volume: str
     network: str | None  # where origin and the API are reached (None: Docker's default)
+    dashboard_port: int | None = None  # the board's, on the host's loopback (None: no board)
 
     @property
     def control(self) -> str:
@@ -50,6 +53,16 @@ class Orchestration:
     @property
     def mirror_volume(self) -> str:
         return f"{self.name}-mirror"
+
+    # The doors and the ticket key are the shared volume's, not the manager's: the workers of a
+    # manager that was removed are served by the control plane of the next one on the volume.
+    @property
+    def doors_volume(self) -> str:
+        return f"{self.volume}-doors"
+
+    @property
+    def keys_volume(self) -> str:
+        return f"{self.volume}-keys"
 
     @property
     def run_volume(self) -> str:
@@ -86,17 +99,48 @@ def control_argv(o: Orchestration, image: str, socket: Path, socket_gid: int, se
         "--env", f"{environment.MANAGER_WORKSPACE.name}={MANAGER_WORKSPACE_IN_CONTROL}",
         # Its workers mount the mirror read-only and clone from it (one fetch from origin per batch).
         "--env", f"{environment.MIRROR_VOLUME.name}={o.mirror_volume}",
+        # And the folder of its doors for them, read-only: the relay and the git channel (no credential in a worker).
+        "--env", f"{environment.DOORS_VOLUME.name}={o.doors_volume}",
+        "--env", f"{environment.KEYS_DIR.name}={CONTROL_KEYS_DIR}",
         "--group-add", str(socket_gid),
         "--volume", f"{o.volume}:{CONTAINER_ORCHESTRATION_DIR}",
         "--volume", f"{o.mirror_volume}:{MIRROR_DIR}",
         "--volume", f"{o.run_volume}:{CONTROL_RUN_DIR}",
+        "--volume", f"{o.doors_volume}:{CONTROL_DOORS_DIR}",
+        "--volume", f"{o.keys_volume}:{CONTROL_KEYS_DIR}",
         "--volume", f"{o.control_workspace}:{CONTROL_WORKSPACE}",
         "--volume", f"{o.workspace_volume}:{MANAGER_WORKSPACE_IN_CONTROL}:ro",
         *flag("--network", o.network),
+        *board_options(o),
         *[arg for name in settings for arg in env_pass(name)],
         "--entrypoint", "/usr/bin/tini", image,
         "--", "python3", "-P", "-m", "orchestrator.control.plane",
     ]  # fmt: skip
+
+
+def board_options(o: Orchestration) -> list[str]:
+    """The board's port, published on the host's loopback alone (on the host's network the control
+    plane listens there itself: Docker publishes nothing there)."""
+    if o.dashboard_port is None:
+        return ["--env", f"{environment.CONTROL_NAME.name}={o.control}"]
+    port = o.dashboard_port
+    publish = [] if o.network == "host" else ["--publish", f"127.0.0.1:{port}:{port}"]
+    return [
+        "--env", f"{environment.CONTROL_NAME.name}={o.control}",
+        "--env", f"{environment.DASHBOARD_PORT.name}={port}",
+        *publish,
+    ]  # fmt: skip
+
+
+def board_link(o: Orchestration) -> str:
+    """The board's login link, as the control plane's ``orch dashboard --login`` prints it (read
+    through docker exec: it travels on no command line)."""
+    proc = docker("exec", o.control, "orch", "dashboard", "--login", check=False, timeout=60)
+    link = text(proc).strip()
+    if proc.returncode or not link.startswith("http://127.0.0.1:"):
+        said = (proc.stderr or b"").decode(errors="replace").strip()
+        raise UserError(f"the control plane serves no board: {said or 'it said nothing'} (`docker logs {o.control}`)")
+    return link
 
 
 def manager_mounts(o: Orchestration, tasks_folder: str) -> list[str]:
@@ -117,7 +161,15 @@ def manager_mounts(o: Orchestration, tasks_folder: str) -> list[str]:
 
 def prepare(o: Orchestration) -> str:
     """The volumes; the engine's folder of the shared volume's tasks."""
-    for volume in (o.volume, o.workspace_volume, o.mirror_volume, o.run_volume, o.control_workspace):
+    for volume in (
+        o.volume,
+        o.workspace_volume,
+        o.mirror_volume,
+        o.run_volume,
+        o.doors_volume,
+        o.keys_volume,
+        o.control_workspace,
+    ):
         docker("volume", "create", volume, timeout=60)
     mountpoint = text(docker("volume", "inspect", "--format", "{{.Mountpoint}}", o.volume, timeout=30)).strip()
     if not mountpoint:

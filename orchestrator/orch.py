@@ -21,7 +21,22 @@ from . import config, environment, merge, orch_git
 from . import orch_commands as commands
 from .cli import HelpFormatter, add_limit_options, run_command
 from .context import Context
+from .control.egress_policy import POLICY_NAMES
 from .store import OrchestrationDir
+
+
+def add_egress_options(p: argparse.ArgumentParser, whose: str, default: str) -> None:
+    p.add_argument(
+        "--egress",
+        choices=POLICY_NAMES,
+        help=f"{whose} egress policy: none, default (the worker type's list) or open (default: {default})",
+    )
+    p.add_argument(
+        "--allow-host",
+        metavar="HOST[:PORT]",
+        action="append",
+        help=f"a host added to {whose} egress policy; repeatable",
+    )
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -101,7 +116,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help=f"how long the agent may run (default: {config.DEFAULT_TASK_TIMEOUT})",
     )
     p.add_argument("--max-turns", type=int, metavar="N", help="stop the agent after N turns")
+    p.add_argument(
+        "--budget-usd",
+        type=float,
+        metavar="USD",
+        help="what this task's agent may spend on the API, as the control plane's relay measures it; once spent, "
+        "its next request is refused and the task ends budget_exceeded, its work handed back",
+    )
     p.add_argument("--model", help="model for this task (default: the manager's)")
+    add_egress_options(p, "this task's", "the batch's")
     add_limit_options(p)
     p.add_argument("--start", action="store_true", help="queue the task right away (as orch start ID)")
     p.set_defaults(func=commands.cmd_submit)
@@ -132,10 +155,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         f"else {environment.RESUME_INTERRUPTED.default}; kept on the volume)",
     )
     p.add_argument(
+        "--budget-usd",
+        type=float,
+        metavar="USD",
+        help="what the batch's agents may spend together, from now on (the relay's measure; kept on the volume); "
+        f"once spent, no new task starts (default: ${environment.BUDGET_USD.name}, run.py --budget-usd)",
+    )
+    p.add_argument(
         "--no-login-check",
         action="store_true",
         help="start a new batch without asking the API first whether it accepts the token",
     )
+    add_egress_options(p, "the batch's, from now on (kept on the volume)", "run.py's --egress")
     limit_options = p.add_argument_group(
         "limits of each worker from now on, kept on the volume (a task's own come first)"
     )
@@ -268,6 +299,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.set_defaults(func=orch_git.cmd_push)
 
     p = command(
+        "dashboard",
+        "where the board is: the batch in a browser",
+        "Print the address of the board, which the control plane serves on the host's loopback (run.py "
+        "--dashboard-port). Its login link holds its secret, the person's alone: run.py prints it, and so does "
+        "`orch dashboard --login` run on the host (`docker exec NAME-control orch dashboard --login`); the manager "
+        "may not ask for it.",
+    )
+    p.add_argument("--login", action="store_true", help="print the login link, with the board's secret")
+    p.set_defaults(func=commands.cmd_dashboard)
+
+    p = command(
         "dispatch",
         "run the dispatcher in the foreground",
         "Run the dispatcher here instead of in the background (orch start does that). It exits when no "
@@ -282,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     control = environment.CONTROL.get(env)
     if control:
         # In a manager with a control plane: the control plane does the work (control/channel.py).
-        from .control.channel import client_main
+        from .control.channel_client import client_main
 
         return client_main("orch", list(sys.argv[1:] if argv is None else argv), Path(control))
     args = build_parser(env).parse_args(argv)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from . import batch, batches, config, limits
+from . import batch, batches, config, limits, spending
 from .context import Context
 from .dependencies import unstarted_dependencies, with_submitted_dependencies
 from .dispatcher import (
@@ -25,13 +25,15 @@ from .dispatcher import (
 )
 from .display import duration, money, now, progress_line, shorten, status_json, status_table, summary
 from .docker import DaemonUnreachable, DockerMissing, engine_cpus, image_exists, images_named, running_managers
+from .egress_choice import check_hosts
+from .egress_counts import counts_of
 from .engine_events import ENGINE_CHECK_SECONDS, EVERYTHING, EngineLook
 from .errors import EXIT_FAILURE, EXIT_OK, InvalidInput, UserError
 from .reconcile import reconcile
 from .secrets import ClaudeCredential
 from .settled import ViewCache
 from .store import OrchestrationDir
-from .tasks import ACTIVE_STATES, SETTLED_STATES, Batch, State, TaskResult, natural_key
+from .tasks import ACTIVE_STATES, SETTLED_STATES, Batch, State, TaskResult, check_budget, natural_key
 from .views import TaskView, attempt_files, check_known, load_view, load_views, select
 
 FOLLOW_SECONDS = 0.5
@@ -108,6 +110,9 @@ def cmd_submit(ctx: Context, args: argparse.Namespace) -> int:
             depends_on=args.depends_on,
             timeout=args.timeout,
             max_turns=args.max_turns,
+            budget_usd=args.budget_usd,
+            egress=args.egress,
+            allow_hosts=check_hosts(args.allow_host or (), "--allow-host"),
             model=args.model,
             memory=args.memory,
             cpus=args.cpus,
@@ -161,7 +166,10 @@ def _utf8(data: bytes, what: str) -> str:
 
 def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
     orch = volume_dir(ctx, args)
-    settings_given = args.max_workers is not None or args.resume_interrupted is not None
+    settings_given = any(
+        v is not None
+        for v in (args.max_workers, args.resume_interrupted, args.budget_usd, args.egress, args.allow_host)
+    )
     if (
         not args.ids
         and not args.all
@@ -198,6 +206,9 @@ def cmd_start(ctx: Context, args: argparse.Namespace) -> int:
             "pids_limit": limits.check_pids(args.pids_limit) if args.pids_limit else None,
             "disk": limits.check_disk(args.disk) if args.disk else None,
             "resume_interrupted": args.resume_interrupted,
+            "budget_usd": check_budget(args.budget_usd, "--budget-usd"),
+            "egress": args.egress,
+            "allow_hosts": check_hosts(args.allow_host, "--allow-host") if args.allow_host else None,
         }
         if any(value is not None for value in changes.values()):
             orch.write_settings(replace(settings, **{k: v for k, v in changes.items() if v is not None}))
@@ -220,10 +231,16 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     cache = ViewCache(orch)
 
     def show(look: EngineLook) -> tuple[list[TaskView], str]:
-        views = current_views(ctx, cache, look, ids, batch_id)
+        accounts = spending.load(orch)  # what the control plane's relay measured (none elsewhere)
+        gate = spending.load_gate(orch)
+        views = [v.with_live_cost(accounts) for v in current_views(ctx, cache, look, ids, batch_id)]
         if args.json:
-            return views, status_json(views, batch_id)
-        return views, status_table(views) + batch_note(orch, batch_id, bool(ids))
+            egress = {v.id: found.to_json() for v in views if (found := counts_of(orch, v.id)) is not None}
+            return views, status_json(views, batch_id, accounts, gate, egress)
+        spent = spending.spent_line(accounts, orch, ctx.env)
+        note = f"\n{spent}: no new task starts (raise it: orch start --budget-usd N)" if spent else ""
+        note += "".join(f"\n{line}" for line in spending.rate_limit_lines(gate, accounts))
+        return views, status_table(views) + batch_note(orch, batch_id, bool(ids)) + note
 
     if not args.watch:
         print(show(EVERYTHING)[1])
@@ -455,6 +472,12 @@ def cmd_cleanup(ctx: Context, args: argparse.Namespace) -> int:
         )
     print("results, logs and branches are kept")
     return EXIT_OK
+
+
+def cmd_dashboard(ctx: Context, args: argparse.Namespace) -> int:
+    from .control.board_serve import show_board  # here: its web server's modules would slow every command
+
+    return show_board(ctx, login=args.login)
 
 
 def cmd_dispatch(ctx: Context, args: argparse.Namespace) -> int:

@@ -4,10 +4,12 @@ API's rate limits lower and successes raise again.
 When the API answers 429 (rate limited) or 529 (overloaded), the gate closes for the pause the
 answer asks for (``retry-after``, in seconds, plus up to a quarter more, so that the requests
 held back do not all come back at the same instant) or, without one, for an exponential pause
-(1 s, 2 s, 4 s, ... at most ``MAX_PAUSE``); it halves its bound (at least 1, once per pause, not
-once per refused request) and raises it again by one after each ``raise_after`` successes, up
-to the bound it was given. Fan-out then costs the API one request per opening, not one per
-worker, and a rate limit is absorbed by waiting instead of multiplied by every client's retries.
+(1 s, 2 s, 4 s, ... at most ``MAX_PAUSE``). It lowers its bound to the number of other requests
+the API was answering when it refused (one less at least: the refusals of a burst bring it down
+to what the API took at once), or, for a request refused alone, halves it (once per pause); it
+raises it again by one after each ``raise_after`` successes, up to the bound it was given.
+Fan-out then costs the API one request per opening, not one per worker, and a rate limit is
+absorbed by waiting instead of multiplied by every client's retries.
 """
 
 from __future__ import annotations
@@ -110,8 +112,14 @@ class RateGate:
                 pause = retry_after
                 self.reason = f"retry-after {retry_after:g} s ({status})"
             pause *= 1 + JITTER * self.jitter()
-            if now >= self.open_at:  # the first refusal of this pause, not its echoes
+            others = self.in_flight - 1  # what the API was answering besides the refused request
+            if others > 0:
+                # It takes about that many at once: the bound goes down to it (by one at least),
+                # once per refusal, so that a burst's refusals bring it to what the API took.
+                self.bound = max(1, min(self.bound - 1, others))
+            elif now >= self.open_at:  # refused alone: a limit in time, not in number; once per pause
                 self.bound = max(1, self.bound // 2)
+            if now >= self.open_at:  # the first refusal of this pause, not its echoes
                 self._pauses_in_a_row += 1
             self._successes = 0
             self.open_at = max(self.open_at, now + pause)

@@ -57,7 +57,9 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import json
 import logging
+import re
 import socket
 import ssl
 import sys
@@ -66,6 +68,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,6 +85,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 LINGER = 2.0  # seconds a closed connection's unread input is read and dropped
+# The one path of the relay's own: a ticket's account, as measured here (GET, with the ticket).
+ACCOUNT_PATH = "/orchestrator/account"
+# And its notices (rate-limit waits, refusals) after a number, for a worker's log: the relay of a
+# control plane is not in the worker, which would otherwise never say them.
+NOTICES_PATH = "/orchestrator/notices"
+_NOTICES_QUERY = re.compile(re.escape(NOTICES_PATH) + r"\?after=([0-9]{1,12})")
+NOTICES_KEPT = 50  # an account's latest notices kept for its worker to read
 REFUSALS_TOLD = 20  # an account's refused requests told as notices; the rest are counted
 
 
@@ -128,6 +138,8 @@ class ApiRelay:
         self.gate = RateGate(settings.max_in_flight, raise_after=settings.raise_after)
         self.unauthorized = 0  # requests without a valid ticket
         self._lock = threading.Lock()
+        self._notices: dict[str, deque[tuple[int, str]]] = {}
+        self._notices_told = 0
         self.ticket = self.issue_ticket(account, budget_usd)
         self._server: _RelayServer | None = None
         self._thread: threading.Thread | None = None
@@ -162,10 +174,19 @@ class ApiRelay:
         }
 
     def notify(self, kind: NoticeKind, account: str | None, message: str) -> None:
+        if account is not None:
+            with self._lock:
+                self._notices_told += 1
+                self._notices.setdefault(account, deque(maxlen=NOTICES_KEPT)).append((self._notices_told, message))
         try:
             self.on_notice(Notice(kind, account, message))
         except Exception:  # a caller's failing log must not break a request in flight
             log.exception("the relay's notice callback failed")
+
+    def notices(self, account_id: str, after: int = 0) -> list[tuple[int, str]]:
+        """The account's latest notices numbered above ``after``, oldest first."""
+        with self._lock:
+            return [(n, line) for n, line in self._notices.get(account_id, ()) if n > after]
 
     # serving
 
@@ -295,6 +316,14 @@ class _RelayHandler(http.server.BaseHTTPRequestHandler):
                 relay.unauthorized += 1
             send_error(self, 401, "authentication_error", "the API relay does not know this ticket")
             return
+        if (self.command, self.path) == ("GET", ACCOUNT_PATH):
+            # The ticket's own account, as measured here: the worker's runtime puts it in the result.
+            self._send_json(relay.ledger.account(account).to_json())
+            return
+        asked = _NOTICES_QUERY.fullmatch(self.path) if self.command == "GET" else None
+        if asked is not None:
+            self._send_json(relay.notices(account, int(asked.group(1))))
+            return
         try:
             route = relay_input.route(self.command, self.path)
         except relay_input.Refused as refused:
@@ -307,3 +336,11 @@ class _RelayHandler(http.server.BaseHTTPRequestHandler):
             send_error(self, 403, "permission_error", f"the API relay does not pass this request on: {refused}")
             return
         serve_request(RequestContext(relay, self, account, route, time.monotonic() + relay.settings.max_wait))
+
+    def _send_json(self, value: object) -> None:
+        body = json.dumps(value).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

@@ -39,6 +39,7 @@ class NoticeKind(enum.StrEnum):
     BACKOFF = "backoff"  # the relay waits on the API's rate limit
     BUDGET_SPENT = "budget_spent"  # an account's budget is spent: its requests are refused from now on
     UNKNOWN_MODEL = "unknown_model"  # an answer's model is not in the price table: priced at its dearest
+    RELAYED = "relayed"  # one of the above, told by the control plane's relay to the worker of the account
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,11 @@ def _send(ctx: RequestContext, body: tempfile.SpooledTemporaryFile[bytes]) -> No
     held: _Held | None = None
     while True:
         waited_from = time.monotonic()
-        entered = relay.gate.enter(ctx.deadline)
-        relay.ledger.count(account, queued_seconds=time.monotonic() - waited_from)
+        relay.ledger.count(account, held=1)
+        try:
+            entered = relay.gate.enter(ctx.deadline)
+        finally:
+            relay.ledger.count(account, held=-1, queued_seconds=time.monotonic() - waited_from)
         if not entered:
             if held is not None:
                 _pass_on(handler, held)

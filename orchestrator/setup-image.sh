@@ -36,9 +36,10 @@ done
 case "$role" in
   manager)
     # The manager's clone; and, in the control plane (same image), the mirror of origin and the
-    # folder it serves the manager from: new volumes take these folders' owner.
-    mkdir -p /workspace /mirror /run/orchestrator
-    chown claude:claude /workspace /mirror /run/orchestrator
+    # folders it serves the manager and its workers from: new volumes take these folders' owner.
+    mkdir -p /workspace /mirror /run/orchestrator /run/orchestrator-workers /run/orchestrator-keys
+    chown claude:claude /workspace /mirror /run/orchestrator /run/orchestrator-workers /run/orchestrator-keys
+    chmod 700 /run/orchestrator-keys  # the key the workers' tickets are made with
     ;;
   worker)
     # agent (1001): runs Claude Code on the task. No capability, no secret, no access to

@@ -10,11 +10,14 @@ beyond the runtime's two (see sandbox.py).
 from __future__ import annotations
 
 import argparse
+import io
+import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NoReturn, TextIO
 
 from . import config, environment
 from .cli import (
@@ -27,12 +30,15 @@ from .cli import (
 )
 from .docker import running_managers
 from .engine import Engine, engine_for
+from .errors import EXIT_FAILURE, UserError
 from .limits import WorkerLimits
 from .secrets import DEFAULT_TOKEN_FILE
 from .store import OrchestrationDir
 from .tasks import State
 from .volume import HelperVolume, LocalVolume, host_volume, local_volume
 from .workerspec import WorkerDidNotStart, WorkerSpec, worker_spec
+
+log = logging.getLogger(__name__)
 
 
 def spawn(spec: WorkerSpec, orch_dir: str, engine: Engine) -> str:
@@ -44,11 +50,14 @@ def spawn(spec: WorkerSpec, orch_dir: str, engine: Engine) -> str:
         found = pool.submit(host_volume, spec.volume, spec.image) if volume is None else None
         claimed: list[LocalVolume | HelperVolume] = []
 
-        def claim() -> None:
+        def claim() -> Callable[[], None]:
             where = volume if found is None else found.result()
             assert where is not None
+            before = where.status_before(spec.task_id)
             where.claim(spec.task_id, spec.worker_type, spec.container)
             claimed.append(where)
+            # What a start that failed after the claim puts back (the engine calls it).
+            return lambda: where.unclaim(spec.task_id, before)
 
         try:
             return engine.launch(spec, claim)
@@ -58,9 +67,11 @@ def spawn(spec: WorkerSpec, orch_dir: str, engine: Engine) -> str:
             raise
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def build_parser(
+    env: Mapping[str, str], parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
     """The command line, its defaults from ``env``."""
-    parser = argparse.ArgumentParser(
+    parser = parser_class(
         formatter_class=HelpFormatter,
         prog="spawn-worker",
         description="Start a worker container (worker-TASK_ID, image claude-TYPE) for the task "
@@ -123,47 +134,83 @@ def result_hint(spec: WorkerSpec, orch_dir: str) -> str:
     )
 
 
+def start(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    """The work of spawn-worker, its lines printed to ``out``."""
+    spec = worker_spec(
+        args.worker_type,
+        args.task_id,
+        env=env,
+        repo=args.repo,
+        branch=args.branch,
+        model=args.model,
+        api_url=args.api_url,
+        volume=args.volume,
+        network=args.network,
+        image_prefix=args.image_prefix,
+        limits=WorkerLimits.parse(args.memory, args.cpus, args.pids_limit, args.disk),
+        timeout=args.timeout,
+        token_file=args.token,
+        ssh_key_file=args.ssh_key,
+        known_hosts_file=args.known_hosts,
+        git_token_file=args.git_token,
+        branch_prefix=args.branch_prefix,
+        engine=args.engine,
+    )
+    task_id = spec.task_id
+    name = spawn(spec, args.orchestration_dir, engine_for(spec.engine, spec.volume))
+    print(f"started {name} (image {spec.image}, task {task_id})", file=out)
+    follow = "docker service logs -f" if spec.engine == config.ENGINE_SWARM else "docker logs -f"
+    print(f"  follow it:   {follow} {name}", file=out)
+    print(f"  its result:  {result_hint(spec, args.orchestration_dir)}", file=out)
+    return 0
+
+
+class _NotPlain(Exception):
+    """The command line asks for help, or is a mistake: not for the quick way."""
+
+
+class _QuietParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _NotPlain(message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise _NotPlain(message or "")
+
+
+def serve(argv: Sequence[str], env: Mapping[str, str]) -> tuple[int, str, str] | None:
+    """spawn-worker for the control plane's channel, in the control plane's own process: what the
+    manager's ``spawn-worker`` costs is then the channel's round trip and the spawn itself, not a
+    second interpreter. Its exit code, what it printed, and its error; None when the command line
+    asks for help or is a mistake, which the channel runs as a command of its own (it says so as
+    it always did)."""
+    try:
+        args = build_parser(env, _QuietParser).parse_args(list(argv))
+    except _NotPlain:
+        return None
+    if args.debug:
+        return None
+    out = io.StringIO()
+    try:
+        code = start(args, env, out)
+    except UserError as exc:
+        return exc.exit_code, out.getvalue(), f"spawn-worker: error: {exc}\n"
+    except Exception as exc:  # the control plane goes on; the bug is in its log
+        log.exception("spawn-worker failed")
+        return EXIT_FAILURE, out.getvalue(), f"spawn-worker: internal error: {type(exc).__name__}: {exc}\n"
+    return code, out.getvalue(), ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ  # read here, and nowhere below
     control = environment.CONTROL.get(env)
     if control:
         # In a manager with a control plane: the control plane does the work (control/channel.py).
-        from .control.channel import client_main
+        from .control.channel_client import client_main
 
         return client_main("spawn-worker", list(sys.argv[1:] if argv is None else argv), Path(control))
     args = build_parser(env).parse_args(argv)
     os.umask(OrchestrationDir.UMASK)
-
-    def work() -> int:
-        spec = worker_spec(
-            args.worker_type,
-            args.task_id,
-            env=env,
-            repo=args.repo,
-            branch=args.branch,
-            model=args.model,
-            api_url=args.api_url,
-            volume=args.volume,
-            network=args.network,
-            image_prefix=args.image_prefix,
-            limits=WorkerLimits.parse(args.memory, args.cpus, args.pids_limit, args.disk),
-            timeout=args.timeout,
-            token_file=args.token,
-            ssh_key_file=args.ssh_key,
-            known_hosts_file=args.known_hosts,
-            git_token_file=args.git_token,
-            branch_prefix=args.branch_prefix,
-            engine=args.engine,
-        )
-        task_id = spec.task_id
-        name = spawn(spec, args.orchestration_dir, engine_for(spec.engine, spec.volume))
-        print(f"started {name} (image {spec.image}, task {task_id})")
-        follow = "docker service logs -f" if spec.engine == config.ENGINE_SWARM else "docker logs -f"
-        print(f"  follow it:   {follow} {name}")
-        print(f"  its result:  {result_hint(spec, args.orchestration_dir)}")
-        return 0
-
-    return run_command("spawn-worker", work, debug=args.debug)
+    return run_command("spawn-worker", lambda: start(args, env, sys.stdout), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from . import config, limits
+from .egress_choice import check_hosts, check_policy
 from .errors import InvalidInput
 
 FORMAT_VERSION = 1
@@ -47,10 +48,14 @@ class State(StrEnum):
     # Stopped by anyone but orch cancel: an engine shutdown, docker stop or kill by hand, a host
     # reboot. Not the task's fault: the batch runs it again (BatchSettings.resume_interrupted).
     INTERRUPTED = "interrupted"
+    # Its budget (or the batch's) was spent: the control plane's relay refused its next request.
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 _STATES = {state.value: state for state in State}
-FINISHED_STATES = frozenset({State.SUCCESS, State.FAILED, State.TIMEOUT, State.CANCELLED, State.INTERRUPTED})
+FINISHED_STATES = frozenset(
+    {State.SUCCESS, State.FAILED, State.TIMEOUT, State.CANCELLED, State.INTERRUPTED, State.BUDGET_EXCEEDED}
+)
 ACTIVE_STATES = frozenset({State.STARTING, State.RUNNING})
 # Nothing more happens to these without someone acting (orch retry, orch start).
 SETTLED_STATES = FINISHED_STATES | {State.BLOCKED}
@@ -115,6 +120,15 @@ def check_prompt(prompt: object, what: str) -> str:
     if size > MAX_PROMPT_BYTES:
         raise InvalidInput(f"{what} is {size:,} bytes of UTF-8; the limit is {MAX_PROMPT_BYTES:,} bytes (1 MiB)")
     return prompt
+
+
+def check_budget(value: object, what: str) -> float | None:
+    """A budget in USD: a number, 0 or more (0: nothing may be spent); None when unset."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        raise InvalidInput(f"{what} must be a number of USD, 0 or more, not {value!r}")
+    return float(value)
 
 
 def check_fields(data: Mapping[str, Any], known: Sequence[str], what: str) -> None:
@@ -198,12 +212,16 @@ class Task:
     pids_limit: int | None = None
     disk: str | None = None
     batch: str | None = None  # the batch (a request) it belongs to; None: hand-written, see batches.py
+    budget_usd: float | None = None  # what its agent may spend, in USD, measured by the control plane's relay
+    # Its egress (egress_choice.py): a policy by name (None: the batch's) and hosts added to it.
+    egress: str | None = None
+    allow_hosts: tuple[str, ...] = ()
     # Fields of the user's own, kept as they are: the one place for them (any other unknown field
     # is a mistake, refused with the closest known name).
     meta: Mapping[str, Any] | None = None
 
     KNOWN = ("id", "prompt", "model", "timeout", "worker", "depends_on", "max_turns", "memory", "cpus", "pids_limit",
-             "disk", "batch", "meta", "format_version")  # fmt: skip
+             "disk", "batch", "budget_usd", "egress", "allow_hosts", "meta", "format_version")  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Any) -> Task:
@@ -246,6 +264,9 @@ class Task:
             pids_limit=pids_limit,
             disk=disk,
             batch=_batch_id(data, what),
+            budget_usd=check_budget(data.get("budget_usd"), f"{what}: field 'budget_usd'"),
+            egress=check_policy(data.get("egress"), f"{what}: field 'egress'"),
+            allow_hosts=check_hosts(_field(data, "allow_hosts", list, what) or (), f"{what}: field 'allow_hosts'"),
             meta=_field(data, "meta", dict, what),
         )
 
@@ -261,9 +282,11 @@ class Task:
             data["depends_on"] = list(self.depends_on)
         if self.max_turns is not None:
             data["max_turns"] = self.max_turns
-        for name in ("memory", "cpus", "pids_limit", "disk", "batch", "meta"):
+        for name in ("memory", "cpus", "pids_limit", "disk", "batch", "budget_usd", "egress", "meta"):
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
+        if self.allow_hosts:
+            data["allow_hosts"] = list(self.allow_hosts)
         return data
 
 
@@ -297,6 +320,9 @@ class TaskResult:
     archive: str | None = None
     # The dependencies' work the branch started from ({"task_id", "branch", "commit"}); empty: REPO_BRANCH.
     started_from: tuple[Mapping[str, Any], ...] = ()
+    # What the relay measured of its API use (tokens, requests, rate limits met, and ``cost_usd``,
+    # priced from the API's own usage figures); ``cost_usd`` above is the agent's own claim.
+    usage: Mapping[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -332,6 +358,7 @@ class TaskResult:
             bundle=_field(data, "bundle", str, what),
             archive=_field(data, "archive", str, what),
             started_from=tuple(_field(data, "started_from", list, what) or ()),
+            usage=_field(data, "usage", dict, what),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -399,6 +426,9 @@ class BatchSettings:
     pids_limit: int | None = None
     resume_interrupted: int | None = None  # how often an interrupted task is run again by itself
     disk: str | None = None
+    budget_usd: float | None = None  # what the batch's agents may spend together (the relay's figure)
+    egress: str | None = None  # the batch's egress policy by name (egress_choice.py); None: run.py's
+    allow_hosts: tuple[str, ...] | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> BatchSettings:
@@ -417,10 +447,17 @@ class BatchSettings:
             pids_limit=limits.check_pids(pids) if pids is not None else None,
             resume_interrupted=resume,
             disk=limits.check_disk(disk) if disk is not None else None,
+            budget_usd=check_budget(data.get("budget_usd"), "dispatcher.json: field 'budget_usd'"),
+            egress=check_policy(data.get("egress"), "dispatcher.json: field 'egress'"),
+            allow_hosts=check_hosts(
+                _field(data, "allow_hosts", list, "dispatcher.json") or (), "dispatcher.json: field 'allow_hosts'"
+            )
+            or None,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in data.items()}
 
     def resume_limit(self, default: int) -> int:
         """How often an interrupted task is queued again by itself: this batch's setting, else

@@ -3,7 +3,8 @@ settled index keeps of it, read into the same plain fields either way."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from . import config
 from .errors import InvalidInput, UserError
 from .settled_index import SettledTask
+from .spending import task_account
 from .store import OrchestrationDir, read_json
 from .tasks import (
     ACTIVE_STATES,
@@ -21,6 +23,16 @@ from .tasks import (
     TaskStatus,
     parse_time,
 )
+
+
+def result_cost(result: TaskResult | None) -> float | None:
+    """What the attempt cost: the relay's measure when there is one, else the agent's own claim."""
+    if result is None:
+        return None
+    measured = (result.usage or {}).get("cost_usd")
+    if isinstance(measured, int | float) and not isinstance(measured, bool):
+        return float(measured)
+    return result.cost_usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,11 +89,18 @@ class TaskView:
         message = problem or (result.error if result else status.message if status else None)
         return cls(
             task_id, state, worker_type or config.DEFAULT_WORKER_TYPE, attempt, task.depends_on if task else (),
-            started_at, result.duration_seconds if result else None, result.cost_usd if result else None, message,
+            started_at, result.duration_seconds if result else None, result_cost(result), message,
             result.branch if result else None, result.pushed if result else None,
             (task.batch if task else None) or (status.batch if status else None),
             task=task, status=status, result=result, problem=problem, resumed=resumed,
         )  # fmt: skip
+
+    def with_live_cost(self, accounts: Mapping[str, Mapping[str, Any]]) -> TaskView:
+        """While it runs, what the relay has measured so far (spend.json)."""
+        if self.state not in ACTIVE_STATES:
+            return self
+        cost = (accounts.get(task_account(self.id)) or {}).get("cost_usd")
+        return dataclasses.replace(self, cost=float(cost)) if isinstance(cost, int | float) else self
 
     def settled_entry(self) -> SettledTask | None:
         """What the settled index keeps of this task: once it has a result, and its files read well."""

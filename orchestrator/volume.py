@@ -25,7 +25,7 @@ from . import config, environment
 from .cli import HelpFormatter, run_command
 from .docker import DockerError, NameConflict, NoSuchContainer, NoSuchVolume, NotRunning, docker, labels, text
 from .errors import InvalidInput, UserError
-from .store import OrchestrationDir
+from .store import OrchestrationDir, write_atomic
 from .tasks import State, Task
 
 CONTAINER_ROOT = config.CONTAINER_ORCHESTRATION_DIR
@@ -62,6 +62,21 @@ class LocalVolume:
 
     def set_state(self, task_id: str, state: State, message: str) -> None:
         self.orch.update_status(task_id, state, message=message)
+
+    def status_before(self, task_id: str) -> bytes | None:
+        """The task's status file as it is, for ``unclaim``."""
+        try:
+            return self.orch.status_path(task_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def unclaim(self, task_id: str, before: bytes | None) -> None:
+        """The claim undone: the status as it was before (a worker that never started)."""
+        path = self.orch.status_path(task_id)
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, before)
 
 
 class HelperVolume:
@@ -110,6 +125,12 @@ class HelperVolume:
 
     def set_state(self, task_id: str, state: State, message: str) -> None:
         self._run("set-state", task_id, state.value, "--message", message)
+
+    def status_before(self, task_id: str) -> bytes | None:
+        return None  # not looked up through the helper: a start that fails is recorded as failed
+
+    def unclaim(self, task_id: str, before: bytes | None) -> None:
+        self.set_state(task_id, State.FAILED, "its worker did not start")
 
 
 def local_volume(orch_dir: str | Path) -> LocalVolume | None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import agent, delivery, environment, git, sandbox
 from .agents import agent_cli
@@ -38,11 +38,12 @@ from .cli import HelpFormatter, run_command
 from .config import DEFAULT_TASK_TIMEOUT
 from .control.mirror import MIRROR_NAME
 from .errors import EXIT_FAILURE, EXIT_OK, UserError
-from .relay import DEFAULT_UPSTREAM, ApiRelay
+from .relay import DEFAULT_UPSTREAM
 from .sandbox import RUNTIME_PATH, AgentUser
-from .secrets import GIT_TOKEN_ENV, SECRET_ENV, Secrets, scrubber
+from .secrets import SECRET_ENV, Secrets, scrubber
 from .store import AlreadyExists, OrchestrationDir
 from .tasks import State, Task, TaskResult, format_time, utc_now
+from .worker_access import Access, access_of, measured
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Attempt:
     run: agent.AgentRun | None = None
     task: Task | None = None
     model: str | None = None
+    usage: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class AgentOutcome:
     run: agent.AgentRun
     timeout: int
     relay: str  # the relay's host:port, which the agent's own messages name as its endpoint
+    usage: dict[str, Any] | None = None  # the relay's measure of the task's account (worker_access.measured)
 
 
 class Stopped(Exception):
@@ -77,6 +80,8 @@ class Stopped(Exception):
 STOP_SIGNALS = {signal.SIGTERM: State.INTERRUPTED, signal.SIGINT: State.INTERRUPTED, signal.SIGUSR1: State.TIMEOUT}
 ASKED_BY_ORCH = {"cancelled": State.CANCELLED, "timeout": State.TIMEOUT}
 STOP_POLL_SECONDS = 2.0
+# The egress ticket reaches the agent only inside its proxy URL, once the runtime has opened the door.
+_TICKETS = (environment.RELAY_TICKET.name, environment.GIT_TICKET.name, environment.EGRESS_TICKET.name)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,11 @@ class WorkerConfig:
     branch_prefix: str
     agent_cli: str  # which agent CLI runs the task (agents.py)
     mirror: Path | None = None  # the control plane's mirror of origin, when mounted: the clone borrows from it
+    doors: str | None = None  # the control plane's doors, when it started this worker (worker_access.py)
+    relay_ticket: str | None = None
+    git_ticket: str | None = None
+    egress_ticket: str | None = None
+    api_key: bool = False  # the credential behind the control plane's relay is an API key
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], task_id: str | None = None) -> WorkerConfig:
@@ -127,14 +137,20 @@ class WorkerConfig:
             agent_cli=environment.AGENT_CLI.require(env),
             # Set by the spec only where the mirror is mounted (MIRROR_DIR has a default elsewhere).
             mirror=Path(mirror) / MIRROR_NAME if (mirror := env.get(environment.MIRROR_DIR.name)) else None,
+            doors=environment.DOORS_DIR.get(env),
+            relay_ticket=environment.RELAY_TICKET.get(env),
+            git_ticket=environment.GIT_TICKET.get(env),
+            egress_ticket=environment.EGRESS_TICKET.get(env),
+            api_key=environment.CREDENTIAL_KIND.get(env) == "api-key",
         )
 
 
 class Worker:
     def __init__(self, config: WorkerConfig, env: Mapping[str, str]):
         self.config = config
-        # Nothing secret is in the container's environment; whatever is, the agent does not get.
-        self.env = {name: value for name, value in env.items() if name not in SECRET_ENV}
+        # Nothing secret is in the container's environment; whatever is, the agent does not get,
+        # nor the runtime's tickets (the agent gets its relay ticket where its CLI looks for it).
+        self.env = {name: value for name, value in env.items() if name not in SECRET_ENV and name not in _TICKETS}
         self.scrub = scrubber([])
         self.agent: agent.AgentProcess | None = None
         self.finishing = False
@@ -144,7 +160,8 @@ class Worker:
         self.log_file: TextIO | None = None
         self.workspace: delivery.Workspace | None = None
         self.git_env: dict[str, str] = {}
-        self.secrets: Secrets | None = None
+        self.access: Access = access_of(None, Secrets(), config.home, config.api_url, relay_ticket=None,
+                                        git_ticket=None, api_key=False)  # fmt: skip
 
     def _print(self, line: str) -> None:
         print(line, flush=True)
@@ -227,7 +244,10 @@ class Worker:
         for signum in STOP_SIGNALS:
             signal.signal(signum, self.on_signal)
         threading.Thread(target=self.watch_for_stop, name="stop-requests", daemon=True).start()
-        self.secrets = secrets
+        self.access = access_of(config.doors, secrets, config.home, config.api_url, relay_ticket=config.relay_ticket,
+                                git_ticket=config.git_ticket, api_key=config.api_key,
+                                egress_ticket=config.egress_ticket, task_id=config.task_id,
+                                wait_for=float(environment.PUSH_RETRY_SECONDS.require(self.env)))  # fmt: skip
         done = self.attempt(started_at)
         self.finishing = True
         status, error, run, task, model = done.status, done.error, done.run, done.task, done.model
@@ -240,6 +260,7 @@ class Worker:
             error = f"{error}; also, {handed_back.error}" if error else handed_back.error
             status = State.FAILED if status is State.SUCCESS else status
         result = self.result(status, error, run, model, started_at, time.monotonic() - t0, handed_back)
+        result = dataclasses.replace(result, usage=done.usage)
         if error:
             self.say(f"{status.value}: {error}")
         if self.log_file is not None:
@@ -272,11 +293,14 @@ class Worker:
             user = self.prepare(task, done.model)
             run = self.run_agent(task, user, done.model, config.timeout or task.timeout or DEFAULT_TASK_TIMEOUT)
             status, error = agent.judge(run.run, run.timeout)
+            if status is not State.SUCCESS and run.usage and run.usage.get("state") == "spent":
+                # The relay refused the agent's next request: the budget (the task's or the batch's).
+                status = State.BUDGET_EXCEEDED
             if error:
                 # The agent names the relay (127.0.0.1:PORT) as its endpoint: the person's is the one to check.
                 endpoint = f"{config.api_url or DEFAULT_UPSTREAM}, through the worker's API relay"
                 error = error.replace(f"http://{run.relay}", endpoint).replace(run.relay, endpoint)
-            return Attempt(status, error, run.run, task, done.model)
+            return Attempt(status, error, run.run, task, done.model, run.usage)
         except Stopped as stop:
             error = f"the worker was stopped ({stop.state.value}) before the agent started"
             return dataclasses.replace(done, status=stop.state, error=error)
@@ -291,23 +315,25 @@ class Worker:
     def prepare(self, task: Task, model: str | None) -> AgentUser:
         """Everything before the agent runs: the checks, git's set-up, the agent's folders and its
         clone, on the task's branch, started where the task starts from."""
-        config, secrets = self.config, self.secrets
+        config, access = self.config, self.access
         if not config.repo_url:
             raise UserError("no repository: REPO_URL is not set")
-        if secrets is None or secrets.claude is None:
-            raise UserError("no Claude credential was given to the worker (spawn-worker --token)")
+        access.check()
         user = AgentUser.named(config.agent_user)
         sandbox.check_runtime_can_switch(user)
-        self.git_env = {environment.REPO_URL.name: config.repo_url}
-        if secrets.git_token:
-            self.git_env[GIT_TOKEN_ENV] = secrets.git_token
+        self.git_env = access.git_env(config.repo_url)
         git.configure_identity(config.git_user_name, config.git_user_email)
         git.configure_credentials()
         git.prepare_ssh(config.home)
         self.prepare_agent_folders(user)
         start_from = delivery.start_points(task, config.orch, config.attempt, self.say)
+        access.before_clone(self.say)
         mirror = config.mirror if config.mirror and (config.mirror / "HEAD").is_file() else None
+        if access.through_control_plane and mirror is None:
+            raise UserError(f"the control plane's mirror is not at {config.mirror}: this worker clones from it alone")
         borrowing = ", borrowing from the control plane's mirror" if mirror else ""
+        if access.through_control_plane:
+            borrowing = ", from the control plane's mirror, as origin is now"
         self.say(f"cloning {config.repo_url} (branch {config.branch}{borrowing})")
         self.workspace = delivery.prepare(
             url=config.repo_url,
@@ -322,8 +348,9 @@ class Worker:
             say=self.say,
             task_id=config.task_id,
             start_from=start_from,
-            origin_access=self.origin_access,
+            origin_access=self.access.origin_access,
             mirror=mirror,
+            mirror_only=access.through_control_plane,
         )
         return user
 
@@ -331,15 +358,14 @@ class Worker:
         """The agent's run, through the relay, under its timeout."""
         config = self.config
         cli = agent_cli(config.agent_cli)
-        assert self.secrets is not None and self.secrets.claude is not None and self.workspace is not None
+        assert self.workspace is not None
         self.say(f"running the agent (model {model or 'default'}, timeout {timeout} s)")
         # For orch's dispatcher, which stops a worker that outlives this by far.
         self.set_state(State.RUNNING, deadline=format_time(datetime.now(UTC) + timedelta(seconds=timeout)))
         if self.requested is not None:
             raise Stopped(self.requested)  # asked to stop while it cloned
-        credential = self.secrets.claude
         with (
-            ApiRelay(credential, config.api_url, on_notice=lambda notice: self.say(notice.message)) as relay,
+            self.access.api(lambda notice: self.say(notice.message)) as api,
             open(config.orch.log_path(config.task_id), "w", encoding="utf-8") as transcript,
         ):
             self.agent = agent.AgentProcess(
@@ -347,20 +373,16 @@ class Worker:
                 prompt=task.prompt,
                 user=user,
                 cwd=str(self.workspace.agent),
-                env={**self.agent_env(user, model), **cli.environment(relay.url, relay.ticket,
-                                                                     api_key=credential.is_api_key)},
+                env={**self.agent_env(user, model), **cli.environment(api.url, api.ticket, api_key=api.api_key),
+                     **api.proxy_env},
                 timeout=timeout,
                 on_line=self.agent_line,
                 transcript=transcript,
                 scrub=self.scrub,
                 reader=cli.reader(),
             )  # fmt: skip
-            return AgentOutcome(self.agent.run(), timeout, relay.url.removeprefix("http://"))
-
-    def origin_access(self) -> contextlib.AbstractContextManager[object]:
-        """What git needs to reach origin, on disk for as long as it does (the SSH key)."""
-        secrets = self.secrets or Secrets()
-        return secrets.key_on_disk(self.config.home)
+            ran = self.agent.run()
+            return AgentOutcome(ran, timeout, api.url.removeprefix("http://"), measured(api))
 
     @property
     def agent_home(self) -> Path:
@@ -430,7 +452,8 @@ class Worker:
                 retry_for=0.0 if self.stop_event.is_set() else float(environment.PUSH_RETRY_SECONDS.require(self.env)),
                 stopping=self.stop_event,
                 scratch=config.runtime_dir,
-                origin_access=self.origin_access,
+                origin_access=self.access.origin_access,
+                pusher=self.access.pusher(),
             )
         except UserError as exc:
             reason = str(exc)

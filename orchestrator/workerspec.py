@@ -21,10 +21,12 @@ from .errors import UserError
 from .limits import WorkerLimits
 from .secrets import Secrets
 from .tasks import validate_task_id
+from .tickets import EGRESS, GIT, RELAY, Tickets, key_folder
 
 # The runtime's capabilities: to start the agent as its own user, and to end its processes.
 RUNTIME_CAPABILITIES = ("SETUID", "SETGID", "KILL")
 WORKER_MIRROR_DIR = "/mirror"  # where a worker finds the control plane's mirror, read-only
+WORKER_DOORS_DIR = "/run/orchestrator"  # where it finds the control plane's relay and git channel
 
 
 class WorkerDidNotStart(UserError):
@@ -37,6 +39,10 @@ class WorkerExists(UserError):
     def __init__(self, message: str, status: str | None):
         super().__init__(message)
         self.status = status
+
+
+class WorkerOfAnotherBatch(UserError):
+    """The task's container name is a worker of another batch's (on another volume): not ours to touch."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,20 @@ class WorkerSpec:
     engine: str = config.ENGINE_DOCKER  # what runs it: a container, or a swarm job
     storage_quota: bool = False  # the engine bounds a container's writable layer (see limits.py)
     mirror_volume: str | None = None  # the control plane's mirror of origin, mounted read-only to clone from
+    # A control plane's worker: the volume of its doors (mounted read-only), the task's tickets
+    # (relay, git), and whether the credential behind the relay is an API key. No secret then.
+    doors_volume: str | None = None
+    tickets: tuple[str, str] | None = None
+    api_key: bool = False
+    egress_ticket: str | None = None  # its agent's, for the control plane's egress proxy
+
+    @property
+    def network_mode(self) -> str | None:
+        """A control plane's worker has no network at all: the relay, the git channel and the
+        egress proxy are Unix sockets on its doors' volume (the runtime opens doors to the relay
+        and the proxy on the worker's own loopback). Nothing it runs can reach a host, a name
+        server or the engine's embedded DNS but through the proxy, which keeps the task's policy."""
+        return "none" if self.doors_volume else self.network
 
     @property
     def container(self) -> str:
@@ -89,6 +109,11 @@ class WorkerSpec:
             environment.PUSH_RETRY_SECONDS.name: self.push_retry or "",
             environment.MIRROR_DIR.name: WORKER_MIRROR_DIR if self.mirror_volume else "",
         }
+        if self.doors_volume and self.tickets:
+            env[environment.DOORS_DIR.name] = WORKER_DOORS_DIR
+            env[environment.RELAY_TICKET.name], env[environment.GIT_TICKET.name] = self.tickets
+            env[environment.CREDENTIAL_KIND.name] = "api-key" if self.api_key else "oauth"
+            env[environment.EGRESS_TICKET.name] = self.egress_ticket or ""
         return {name: value for name, value in env.items() if value}
 
     def labels(self) -> dict[str, str]:
@@ -107,7 +132,8 @@ class WorkerSpec:
             *labels(self.labels()),
             "--volume", f"{self.volume}:{CONTAINER_ORCHESTRATION_DIR}",
             *(["--volume", f"{self.mirror_volume}:{WORKER_MIRROR_DIR}:ro"] if self.mirror_volume else []),
-            *flag("--network", self.network),
+            *(["--volume", f"{self.doors_volume}:{WORKER_DOORS_DIR}:ro"] if self.doors_volume else []),
+            *flag("--network", self.network_mode),
             *self.limits.argv(),
             *self.limits.disk_argv(self.storage_quota),
             "--cap-drop", "ALL",
@@ -145,13 +171,27 @@ def worker_spec(
     engine: str = config.ENGINE_DOCKER,
     storage_quota: bool | None = None,
 ) -> WorkerSpec:
-    """The spec of a worker, with the secrets read now (spawn-worker and orch's dispatcher)."""
+    """The spec of a worker, with the secrets read now (spawn-worker and orch's dispatcher). In a
+    control plane (its doors' volume set), the worker gets tickets of its task in their place."""
     task_id = validate_task_id(task_id, "TASK_ID")
     image = config.worker_image(worker_type, image_prefix)
     if not repo:
         raise UserError("no repository: pass --repo URL or set REPO_URL")
     if timeout is not None and timeout <= 0:
         raise UserError("--timeout must be a positive number of seconds")
+    secrets = Secrets.read(
+        token_file=token_file,
+        ssh_key=ssh_key_file,
+        known_hosts=known_hosts_file,
+        git_token_file=git_token_file,
+        env=env,
+    )
+    doors = environment.DOORS_VOLUME.get(env) if engine == config.ENGINE_DOCKER else None
+    tickets = egress_ticket = None
+    if doors:
+        tickets, egress_ticket = worker_tickets(env, task_id, attempt)
+        api_key = secrets.claude is not None and secrets.claude.is_api_key
+        secrets = Secrets()  # the control plane keeps them: the worker reaches origin and the API through it
     return WorkerSpec(
         worker_type=worker_type,
         task_id=task_id,
@@ -166,13 +206,7 @@ def worker_spec(
         git_user_name=environment.GIT_USER_NAME.get(env),
         git_user_email=environment.GIT_USER_EMAIL.get(env),
         git_token_user=env.get(environment.GIT_TOKEN_USER.name),
-        secrets=Secrets.read(
-            token_file=token_file,
-            ssh_key=ssh_key_file,
-            known_hosts=known_hosts_file,
-            git_token_file=git_token_file,
-            env=env,
-        ),
+        secrets=secrets,
         limits=limits,
         stop_timeout=environment.STOP_TIMEOUT.whole_number(env),
         attempt=attempt,
@@ -182,6 +216,24 @@ def worker_spec(
         storage_quota=engine == config.ENGINE_DOCKER and limits.bounded and quota_of(storage_quota, env),
         # A volume is on one node: a swarm job elsewhere would find it empty.
         mirror_volume=environment.MIRROR_VOLUME.get(env) if engine == config.ENGINE_DOCKER else None,
+        doors_volume=doors,
+        tickets=tickets,
+        api_key=bool(doors) and api_key,
+        egress_ticket=egress_ticket,
+    )
+
+
+def worker_tickets(env: Mapping[str, str], task_id: str, attempt: int | None) -> tuple[tuple[str, str], str]:
+    """The task's relay and git tickets, and its egress ticket, made with the control plane's key."""
+    folder = key_folder(env)
+    try:
+        tickets = Tickets.in_folder(folder)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if tickets is None:
+        raise UserError(f"no worker ticket key in {folder}: workers are started by a running control plane")
+    return (tickets.make(RELAY, task_id, attempt), tickets.make(GIT, task_id, attempt)), tickets.make(
+        EGRESS, task_id, attempt
     )
 
 

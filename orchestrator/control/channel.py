@@ -24,13 +24,12 @@ import socketserver
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import EXIT_FAILURE, EXIT_INTERRUPTED, InvalidInput, UserError
+from ..errors import EXIT_FAILURE, InvalidInput, UserError
 
 # One request line: the argv and a prompt read from stdin (at most 1 MiB of UTF-8, as orch takes).
 REQUEST_LIMIT = 4 * 1024 * 1024
@@ -167,6 +166,16 @@ def run(
     request: Request, env: Mapping[str, str], send: Callable[[Mapping[str, Any]], None], peer: socket.socket
 ) -> int:
     """Run the command, sending what it prints as it prints it; end it when the peer goes away."""
+    if request.command == "spawn-worker":
+        from .. import spawn
+
+        served = spawn.serve(request.argv, env)  # here, not in an interpreter of its own
+        if served is not None:
+            code, out, err = served
+            for name, text in (("out", out), ("err", err)):
+                if text:
+                    send({name: text})
+            return code
     argv = [sys.executable, "-P", "-m", COMMANDS[request.command], *request.argv]
     child_env = {**env, "COLUMNS": str(request.columns)}
     if request.tty:
@@ -233,138 +242,16 @@ def _read(streams: dict[int, str], peer: socket.socket) -> Iterator[tuple[str, b
             yield streams[fd], data
 
 
-# --- The client side (in the manager).
+# The client side (in the manager) is channel_client.py, which imports little: every command the
+# manager runs pays for its imports.
+from .channel_client import (  # noqa: E402  (re-exported for the callers of the channel)
+    CHANNEL,
+    RECONNECT_TIMEOUT,
+    RERUN_SAFE,
+    ChannelCut,
+    client_main,
+    forward,
+)
 
-
-class ChannelCut(Exception):
-    """The control plane went away in the middle of a command (a restart)."""
-
-
-RECONNECT_TIMEOUT = 120.0  # how long a command waits for a control plane that is restarting
-# Commands that only look: run again from the start when the control plane went away meanwhile.
-RERUN_SAFE = frozenset({"status", "wait", "result", "logs"})
-
-
-def forward(path: Path, request: Request, *, reconnect: float = RECONNECT_TIMEOUT) -> int:
-    """Send ``request`` to the control plane and print what it sends back; its exit code. A
-    control plane that is restarting is waited for; a look (status, wait, result, logs) it cut
-    short is asked again."""
-    for _ in range(3):
-        try:
-            return _forward_once(path, request, reconnect)
-        except ChannelCut:
-            if request.command != "orch" or request.argv[:1] == () or request.argv[0] not in RERUN_SAFE:
-                print(f"{request.command}: error: the control plane went away during the command (`orch status` says "
-                      "what it did)", file=sys.stderr)  # fmt: skip
-                return EXIT_FAILURE
-            print(f"{request.command}: the control plane went away; asking again", file=sys.stderr, flush=True)
-        except KeyboardInterrupt:
-            return EXIT_INTERRUPTED
-        except (OSError, ValueError) as exc:
-            print(f"{request.command}: error: the control plane cannot be reached at {path}: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-    print(f"{request.command}: error: the control plane kept going away", file=sys.stderr)
-    return EXIT_FAILURE
-
-
-def _connect(path: Path, reconnect: float) -> socket.socket:
-    """A connection to the channel, waiting for a control plane that is (re)starting."""
-    deadline = time.monotonic() + reconnect
-    told = False
-    while True:
-        sock = socket.socket(socket.AF_UNIX)
-        try:
-            sock.connect(str(path))
-            return sock
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            if not told:
-                print(f"waiting for the control plane ({path})", file=sys.stderr, flush=True)
-                told = True
-            time.sleep(0.5)
-
-
-def _forward_once(path: Path, request: Request, reconnect: float) -> int:
-    with _connect(path, reconnect) as sock:
-        try:
-            sock.sendall(json.dumps(request.to_json()).encode() + b"\n")
-            with sock.makefile("rb") as answers:
-                for line in answers:
-                    frame = json.loads(line)
-                    if "exit" in frame:
-                        return int(frame["exit"])
-                    out = sys.stdout if "out" in frame else sys.stderr
-                    out.write(frame.get("out", frame.get("err", "")))
-                    out.flush()
-        except (ConnectionError, ValueError):  # reset, or a line cut in two
-            raise ChannelCut from None
-    raise ChannelCut
-
-
-def request_for(command: str, argv: Sequence[str], *, stdin_wanted: bool) -> Request:
-    """The request for ``command argv`` as typed in the manager: a prompt file of the manager's is
-    read here (the control plane has no access to the manager's files), and standard input when
-    the command would read it."""
-    argv = list(argv)
-    text = None
-    if "--file" in argv:
-        at = argv.index("--file")
-        if at + 1 < len(argv) and argv[at + 1] != "-":
-            path = argv[at + 1]
-            try:
-                text = Path(path).read_bytes().decode("utf-8")
-            except OSError as exc:
-                raise InvalidInput(f"cannot read --file {path}: {exc.strerror}") from None
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"--file {path} is not UTF-8 text (byte {exc.start})") from None
-            argv[at + 1] = "-"
-        elif at + 1 < len(argv):
-            text = sys.stdin.read()
-    elif stdin_wanted and not sys.stdin.isatty():
-        text = sys.stdin.read()
-    columns = os.get_terminal_size().columns if sys.stdout.isatty() else 80
-    return Request(command, tuple(argv), text, sys.stdout.isatty(), columns)
-
-
-CHANNEL = "control.sock"
-
-
-def client_main(command: str, argv: Sequence[str], control: Path) -> int:
-    """``orch`` or ``spawn-worker`` in the manager: the command line goes to the control plane,
-    which does the work; a merge or push it made is fetched into the manager's clone."""
-    wants_stdin = command == "orch" and argv[:1] == ["submit"] and "--prompt" not in argv
-    try:
-        if command == "orch" and argv[:1] == ["push"] and len(argv) > 1 and not argv[1].startswith("-"):
-            argv = [*argv, "--bundle", _hand_over(argv[1])]
-        request = request_for(command, argv, stdin_wanted=wants_stdin)
-    except UserError as exc:
-        print(f"{command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    code = forward(control / CHANNEL, request)
-    if code == 0 and command == "orch" and argv[:1] in (["merge"], ["push"]):
-        _fetch_into_clone()
-    return code
-
-
-def _hand_over(branch: str) -> str:
-    """The manager's side of `orch push`: the branch as a bundle in its workspace, which the
-    control plane reads (handover.py); its name there."""
-    from .. import environment, merge
-    from ..handover import HANDOVER_DIR, check_target, make_bundle
-
-    # Checked here too (the control plane checks again): a branch it would refuse is not bundled.
-    prefix = environment.BRANCH_PREFIX.require(os.environ)
-    check_target(branch, prefix, f"{prefix}{merge.INTEGRATION_BRANCH}")
-    clone = Path(os.environ.get("WORKSPACE") or "/workspace") / "repo"
-    return f"{HANDOVER_DIR}/{make_bundle(clone, branch).name}"
-
-
-def _fetch_into_clone() -> None:
-    """The manager's clone takes what the control plane just pushed (its origin is the mirror)."""
-    clone = Path(os.environ.get("WORKSPACE") or "/workspace") / "repo"
-    if (clone / ".git").is_dir():
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["git", "-C", str(clone), "fetch", "--quiet", "origin"], capture_output=True, timeout=120,
-                           check=False)  # fmt: skip
+__all__ = ["CHANNEL", "RECONNECT_TIMEOUT", "RERUN_SAFE", "ChannelCut", "ChannelServer", "Request", "client_main",
+           "forward", "run"]  # fmt: skip

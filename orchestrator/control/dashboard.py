@@ -24,6 +24,10 @@ the person opens can make the browser send requests to it, so the board trusts n
 - **DNS rebinding.** A page of ``evil.example`` whose name comes to resolve to 127.0.0.1 is
   same-origin with itself, not with the board, but its requests would reach this port: every
   request whose ``Host`` is not the address and port served is refused.
+- **In a container** (the control plane's), a port published on the host's loopback reaches the
+  container's own address, not its loopback: the server then listens there (``bind``) while it
+  still answers only to ``http://127.0.0.1:PORT`` as above, and takes connections only from the
+  peers ``peer_allowed`` lets through (the host, not the workers beside it on its network).
 
 Every answer carries a strict Content-Security-Policy (no inline script or style, nothing
 from elsewhere), ``nosniff`` and ``no-referrer``; none is cached. The pages and their files
@@ -50,6 +54,7 @@ import socket
 import socketserver
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
 from http import HTTPStatus
@@ -201,15 +206,23 @@ class Dashboard:
         secret: str | None = None,
         *,
         poll_interval: float = 1.0,
+        bind: str | None = None,
+        peer_allowed: Callable[[str], bool] | None = None,
     ) -> None:
+        """``host`` and ``port``: where the browser reaches the board (a loopback address). ``bind``:
+        the address to listen on when it is not that one (a container's, where the host's loopback
+        port is published), with that same port."""
         loopback_origin(host, port)  # refuse a host that is not loopback before binding it
+        if bind is not None and not port:
+            raise UserError("a board that listens elsewhere than where it is reached needs its port")
+        self.peer_allowed = peer_allowed
         self.backend = backend
         self.secret = secret or secrets.token_urlsafe(32)
         self.sessions = Sessions()
         self.watch = BoardWatch(backend, poll_interval)
         self.static = {path: (read_static(name), kind, public) for path, (name, kind, public) in STATIC_FILES.items()}
         self.task_page = read_static(TASK_PAGE[0])
-        self._server = BoardServer((host, port), self)
+        self._server = BoardServer((bind or host, port), self)
         self.origin = loopback_origin(host, self._server.server_address[1])
         self.cookie_name = f"board_session_{self._server.server_address[1]}"  # cookies ignore ports
         self._threads: list[threading.Thread] = []
@@ -384,6 +397,13 @@ class BoardServer(ThreadingHTTPServer):
         self.dashboard = dashboard
         self.address_family = socket.AF_INET6 if ipaddress.ip_address(address[0]).version == 6 else socket.AF_INET
         super().__init__(address, BoardHandler)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        allowed = self.dashboard.peer_allowed
+        if allowed is None or allowed(str(client_address[0])):
+            return True
+        log.warning("the board refused a connection from %s: only the host reaches it", client_address[0])
+        return False
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver's own prints a traceback on stderr; a browser that left mid-answer is no error.

@@ -67,6 +67,13 @@ class Mirror:
             except git.GitError as exc:
                 raise UserError(f"the control plane cannot fetch {self.scrub(self.url)}: {exc}") from None
 
+    def take(self, repo: Path, commit: str, branch: str) -> None:
+        """A branch just pushed to origin, added from ``repo`` (which borrows the mirror's objects)
+        without waiting for the next fetch: the tasks that depend on it clone it from here."""
+        with self._locked():
+            git.git("push", "--quiet", "--no-verify", "--", str(self.path), f"{commit}:refs/heads/{branch}", cwd=repo,
+                    timeout=git.PUSH_TIMEOUT, scrub=self.scrub)  # fmt: skip
+
     def _readable_by_all(self) -> None:
         """A mirror made before it was shared (0660 files) is made readable by all, once."""
         if git.try_git("config", "--get", "core.sharedRepository", cwd=self.path):

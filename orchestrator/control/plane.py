@@ -17,6 +17,16 @@ there; a socket can be reached on a read-only mount):
 - ``relay.sock``: the API relay (the manager has no network; its entrypoint opens a door to this
   on its own loopback for its Claude Code, door.py);
 - ``endpoints.json``: where the manager's Claude Code finds the relay, and its ticket.
+
+And, in ``/run/orchestrator-workers`` (the ``NAME-doors`` volume, which every worker it starts
+mounts read-only), what its workers reach it through, holding no credential (tickets.py):
+
+- ``relay.sock``: the same relay, for each worker's agent, with its task's relay ticket;
+- ``git.sock``: the git channel, for each worker's runtime: the mirror made fresh, and its
+  task's branch handed back and pushed (git_channel.py);
+- ``egress.sock``: the egress proxy, for each worker's agent, with its task's egress ticket: the
+  only way out of a worker, which has no network, to the hosts of its task's policy
+  (egress_service.py).
 """
 
 from __future__ import annotations
@@ -38,21 +48,37 @@ from ..context import Context
 from ..dispatcher import ensure_dispatcher
 from ..errors import UserError
 from ..relay import ApiRelay, RelaySettings
+from ..relay_request import NoticeKind
 from ..secrets import GIT_TOKEN_ENV, Secrets, scrubber
+from ..spending import (
+    MANAGER_ACCOUNT,
+    ORCHESTRATION_ACCOUNT,
+    SpendWriter,
+    WorkerAccounts,
+    open_orchestration,
+    task_account,
+)
 from ..store import write_json
+from ..tickets import Tickets, key_folder
 from ..views import load_views
 from . import policy
+from .board_serve import ServedBoard, board_address, serve_board
 from .channel import ChannelServer
 from .docker_api import DockerApiFilter
 from .docker_rules import WorkerPolicy
 from .door import Door, listen_unix, tcp
+from .egress_service import EgressService
 from .endpoints import Endpoints
+from .git_channel import SOCKET as GIT_SOCKET
+from .git_channel import GitChannel
 from .mirror import Mirror
 
 RUN_DIR = Path("/run/orchestrator")
 CHANNEL = "control.sock"
 DOCKER = "docker.sock"
 RELAY = "relay.sock"
+DOORS_DIR = Path("/run/orchestrator-workers")
+HANDBACK_WORK = "handback.git"  # in its workspace: where workers' hand-backs are checked
 STATE = ".control-state.json"  # in its home: the manager's ticket, kept over a restart
 
 
@@ -76,10 +102,11 @@ def commands_env(env: Mapping[str, str], secrets: Secrets) -> dict[str, str]:
 
 
 class ControlPlane:
-    def __init__(self, ctx: Context, secrets: Secrets, run_dir: Path):
+    def __init__(self, ctx: Context, secrets: Secrets, run_dir: Path, doors_dir: Path = DOORS_DIR):
         self.ctx = ctx
         self.secrets = secrets
         self.run_dir = run_dir
+        self.doors_dir = doors_dir
         self.env = commands_env(ctx.env, secrets)
         self.stopping = threading.Event()
 
@@ -97,6 +124,7 @@ class ControlPlane:
         git.configure_credentials()
         git.prepare_ssh(home)
         mirror = None
+        git_env: dict[str, str] = {}
         if settings.repo_url:
             # What git needs to reach origin: the token for the credential helper, which answers for
             # this URL alone.
@@ -121,16 +149,44 @@ class ControlPlane:
             self.secrets.claude,
             settings.api_url,
             on_notice=lambda notice: self.say(notice.message),
-            settings=RelaySettings(host="127.0.0.1", port=0),
+            settings=RelaySettings(
+                host="127.0.0.1", port=0, max_in_flight=environment.API_IN_FLIGHT.whole_number(ctx.env)
+            ),
         ).start()
         # Kept in its own home (the container's, which a restart keeps): a control plane that is
         # restarted takes the ticket the manager's Claude Code holds.
-        ticket = relay.issue_ticket("manager", ticket=self.load_state(home).get("manager_ticket"))
+        # The manager spends under the person's ceiling (run.py --budget-usd), as the batch does.
+        spend = SpendWriter(relay.ledger, ctx.orch, gate=relay.gate.view)
+        if spend.restore():
+            self.say("took back what the orchestration's agents had spent, from spend.json")
+        open_orchestration(relay.ledger, ctx.env)
+        ticket = relay.issue_ticket(MANAGER_ACCOUNT, parent=ORCHESTRATION_ACCOUNT,
+                                    ticket=self.load_state(home).get("manager_ticket"))  # fmt: skip
         self.save_state(home, {"manager_ticket": ticket})
         port = int(relay.url.rsplit(":", 1)[1])
         # The manager has no network: it reaches the relay through a Unix socket here.
         door = Door(listen_unix(self.run_dir / RELAY, 0o666), tcp("127.0.0.1", port)).start()
+        # Its workers too, with a ticket of their task's (made by its spawns, with the key it keeps).
+        tickets = Tickets.in_folder(key_folder(ctx.env), create=True)
+        assert tickets is not None
+        relay.ledger.resolver = WorkerAccounts(relay.ledger, tickets, ctx.orch, ctx.env)
+        spend.start()
+        self.doors_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.doors_dir, 0o755)
+        worker_door = Door(listen_unix(self.doors_dir / RELAY, 0o666), tcp("127.0.0.1", port)).start()
+        egress = EgressService(
+            self.doors_dir, tickets, ctx.orch, ctx.env, settings.image_prefix,
+            on_refused=lambda task, line: relay.notify(NoticeKind.REFUSED, task_account(task), line),
+        ).start()  # fmt: skip
+        git_channel = None
+        if mirror is not None:
+            git_channel = GitChannel(
+                self.doors_dir / GIT_SOCKET, tickets=tickets, orch=ctx.orch, mirror=mirror,
+                work=settings.workspace / HANDBACK_WORK, env=git_env, scrub=scrubber(self.secrets.values()),
+                prefix=settings.branch_prefix, say=self.say,
+            ).start()  # fmt: skip
         resumed = self.resume()
+        board = self.start_board(home, mirror)
         Endpoints(
             relay_socket=str(self.run_dir / RELAY),
             ticket=ticket,
@@ -143,10 +199,38 @@ class ControlPlane:
             signal.signal(signum, lambda *_: self.stopping.set())
         self.stopping.wait()
         self.say("stopping")
+        if board is not None:
+            board.stop()
         door.close()
+        worker_door.close()
+        egress.stop()
+        spend.stop()
+        if git_channel is not None:
+            git_channel.stop()
         for server in (channel, docker_filter, relay):
             server.stop()
         return 0
+
+    def start_board(self, home: Path, mirror: Mirror | None) -> ServedBoard | None:
+        """The board, on the port run.py publishes (none when it gave none). A board that cannot
+        start is said, and the batch goes on without it."""
+        given = environment.DASHBOARD_PORT.get(self.ctx.env)
+        if not given:
+            return None
+        settings = self.ctx.settings
+        clone = settings.workspace / "repo"
+        try:
+            port = environment.DASHBOARD_PORT.whole_number(self.ctx.env)
+            board = serve_board(
+                self.ctx_for_commands(), port, home, [mirror.path, clone] if mirror else [],
+                clone if mirror else None, host_network=settings.network == "host",
+            )  # fmt: skip
+        except (OSError, UserError) as exc:
+            self.say(f"the board could not start: {exc}")
+            return None
+        # The address only: the secret is for the person (orch dashboard --login, on the host).
+        self.say(f"serving the board at {board_address(port)}")
+        return board
 
     @staticmethod
     def load_state(home: Path) -> dict[str, Any]:
@@ -200,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         "relay). bin/run.py starts it; configured by the same environment as the manager.",
     )
     parser.add_argument("--run-dir", default=str(RUN_DIR), help=f"where to serve the manager (default: {RUN_DIR})")
+    parser.add_argument(
+        "--doors-dir", default=str(DOORS_DIR), help=f"where to serve its workers (default: {DOORS_DIR})"
+    )
     parser.add_argument("--debug", action="store_true", help="tracebacks of expected failures")
     return parser
 
@@ -212,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         ctx = Context.build(env)
         secrets = Secrets.take_copy(Path(env.get("HOME") or Path.home()))
-        return ControlPlane(ctx, secrets, Path(args.run_dir)).run()
+        return ControlPlane(ctx, secrets, Path(args.run_dir), Path(args.doors_dir)).run()
 
     return run_command("control", work, debug=args.debug)
 

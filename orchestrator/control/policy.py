@@ -11,8 +11,6 @@ batch are allowed; ``orch dispatch`` is the control plane's own.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 from collections.abc import Mapping
 
 from ..errors import InvalidInput
@@ -20,7 +18,7 @@ from .channel import Request
 
 # orch's subcommands the manager may run; dispatch is the control plane's.
 ORCH_COMMANDS = frozenset({"submit", "start", "status", "wait", "result", "logs", "cancel", "retry", "cleanup",
-                           "merge", "batch", "push"})  # fmt: skip
+                           "merge", "batch", "push", "dashboard"})  # fmt: skip
 # Options whose value is the control plane's to choose, by the name argparse stores them under.
 ORCH_FIXED = ("orchestration_dir", "engine", "volume", "repo_dir", "branch_prefix")
 SPAWN_FIXED = ("repo", "branch", "token", "ssh_key", "known_hosts", "git_token", "api_url", "volume", "network",
@@ -39,6 +37,12 @@ def check(request: Request, env: Mapping[str, str]) -> None:
         return  # --help, or a usage error: the command itself says so, and does nothing
     if request.command == "orch" and args.command not in ORCH_COMMANDS:
         raise InvalidInput(f"`orch {args.command}` is the control plane's own; the manager may not run it")
+    if request.command == "orch" and args.command == "dashboard" and args.login:
+        # The secret opens the person's session on the board: an agent that held it could hand it on.
+        raise InvalidInput(
+            "the board's login link is the person's, not the manager's: run.py printed it, and "
+            "`docker exec NAME-control orch dashboard --login` on the host prints it again"
+        )
     for name in fixed:
         value = getattr(args, name, _NOT_GIVEN)
         if value is _NOT_GIVEN or value == defaults.get(name):
@@ -60,6 +64,10 @@ def _mark_given(parser: argparse.ArgumentParser, fixed: tuple[str, ...]) -> dict
     parsers = [parser]
     while parsers:
         current = parsers.pop()
+        # What it would print (help, a usage error) is for the command itself, which runs next and
+        # says it; not printed here, where the standard output is the control plane's, and its
+        # other threads' (redirecting it for one parse would swallow theirs).
+        setattr(current, "_print_message", _print_nothing)  # noqa: B010
         for action in current._actions:
             if isinstance(action, argparse._SubParsersAction):
                 parsers.extend(action.choices.values())
@@ -79,10 +87,13 @@ def _parser(command: str, env: Mapping[str, str]) -> tuple[argparse.ArgumentPars
     return spawn_parser(env), SPAWN_FIXED
 
 
+def _print_nothing(message: str, file: object = None) -> None:
+    pass
+
+
 def _parse(parser: argparse.ArgumentParser, argv: object) -> argparse.Namespace | None:
     """The arguments as the command reads them; None when it would only print help or refuse."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        try:
-            return parser.parse_args(list(argv))  # type: ignore[call-overload]
-        except SystemExit:
-            return None
+    try:
+        return parser.parse_args(list(argv))  # type: ignore[call-overload]
+    except SystemExit:
+        return None

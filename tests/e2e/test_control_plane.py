@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.support.commands import sh
+from tests.support.commands import files_holding, sh
 from tests.support.end_to_end import WORKER_IMAGE, Bridge, Run, busy_for, run_py, start_manager
 from tests.support.git_servers import GitServer
 from tests.support.scripted_api import bash, text, write
@@ -58,18 +58,27 @@ def test_the_original_manual_worker_control_works_as_written_and_the_manager_run
     try:
         proc = run_py(run, "--repo", repo, "--token", str(token_file), "--volume", run.volume, "--name", run.manager,
                       "--", "bash", "-c", script, network=bridge.name)  # fmt: skip
-        mounts = json.loads(sh("docker", "inspect", "--format", "{{json .Mounts}}", "worker-task-001").stdout)
+        inspected = sh("docker", "inspect", "worker-task-001", check=False)
+        holding = files_holding("worker-task-001", token) if inspected.returncode == 0 else []
     finally:
         sh("docker", "rm", "--force", "worker-task-001", check=False)
-    # The mirror is mounted read-only in the worker: nothing there can change it for the next one.
-    assert [m["RW"] for m in mounts if m["Destination"] == "/mirror"] == [False]
     out, err = proc.stdout, proc.stderr
-    assert proc.returncode == 0, out + err
+    assert proc.returncode == 0 and inspected.returncode == 0, out + err
+    worker = json.loads(inspected.stdout)[0]
+    # The mirror and the control plane's doors are mounted read-only in the worker: nothing there
+    # can change them for the next one.
+    mounts = {m["Destination"]: m["RW"] for m in worker["Mounts"]}
+    assert (mounts["/mirror"], mounts["/run/orchestrator"]) == (False, False)
+    # It held no credential: not in its configuration (environment included), not in any file of
+    # it; it had its task's tickets instead.
+    assert token not in json.dumps(worker) and holding == []
+    env = dict(item.split("=", 1) for item in worker["Config"]["Env"])
+    assert env["ORCHESTRATOR_RELAY_TICKET"].startswith("relay-") and env["ORCHESTRATOR_GIT_TICKET"].startswith("git-")
     answer = json.loads(out[out.index('{\n  "task_id": "task-001"') : out.index("== refusals")])
-    assert (answer["status"], answer["output"]) == ("success", "lib/main.dart")
+    assert (answer["status"], answer["output"]) == ("success", "lib/main.dart"), out
     assert "[worker task-001]" in out  # docker logs -f, through the control plane's filter
-    # The worker's clone borrowed from the control plane's mirror: origin sent only what it lacked.
-    assert "borrowing from the control plane's mirror" in out
+    # The worker's clone is of the control plane's mirror, made fresh for it: origin sent it nothing.
+    assert "from the control plane's mirror, as origin is now" in out
     refusals = out[out.index("== refusals") :]
     assert refusals.count("rc=125") == 2 and "the manager may not create containers" in err, out + err
     assert "orch-test" not in refusals.replace("worker-task-001", "")  # docker ps: its workers alone

@@ -219,7 +219,8 @@ def manager_killed_mid_spawn(fault: Fault, _: Path) -> Figures:
     return Figures(
         survived=all(results.get(t, {}).get("status") == "success" for t in ids) and not left.strip(),
         results_lost=len(ids) - len(results),
-        detail=f"when the manager was killed: {caught.split()}",
+        detail=f"when the manager was killed: {caught.split()}; left created: {left.split()}; not success: "
+        + str({t: (r.get("status"), r.get("error")) for t, r in results.items() if r.get("status") != "success"}),
     )
 
 

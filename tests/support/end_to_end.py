@@ -109,6 +109,7 @@ class Run:
         # The shared volume, and the volumes of its managers and control planes (NAME-workspace,
         # NAME-mirror, ...), and their networks (NAME-net).
         volumes = sh("docker", "volume", "ls", "-q", "--filter", f"name={self.manager}").stdout.split()
+        volumes += sh("docker", "volume", "ls", "-q", "--filter", f"name={self.volume}-").stdout.split()  # its doors
         sh("docker", "volume", "rm", "--force", self.volume, *volumes, check=False)
         networks = sh("docker", "network", "ls", "-q", "--filter", f"name={self.manager}").stdout.split()
         if networks:

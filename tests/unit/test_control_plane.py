@@ -405,3 +405,13 @@ def test_a_door_joins_a_tcp_port_to_a_unix_socket_both_ways(tmp_path: Path) -> N
         door.close()
         thread.join(10)
         backend.close()
+
+
+def test_the_policy_prints_nothing_of_its_own_while_other_threads_print(capsys) -> None:
+    # The control plane's channel checks requests in threads while the rest of it prints its log.
+    from orchestrator.control import policy
+
+    env = {"ORCHESTRATOR_ENGINE": "docker"}
+    policy.check(Request("orch", ("--help",)), env)
+    policy.check(Request("spawn-worker", ("--no-such-option",)), env)
+    assert capsys.readouterr() == ("", "")

@@ -1,6 +1,9 @@
 """The board in a real browser (Debian's Chromium, headless), against a fake batch that changes
 as the test goes: the columns, the live log, the actions, the refusals, hostile content, and the
-layout at 400 and 1400 px, of which the run writes screenshots to docs/screenshots/.
+layout at 400 and 1400 px, of which the run takes screenshots: in a folder of its own, checked and
+left there; in docs/screenshots/, the README's, with ORCH_TEST_SCREENSHOTS=1 (Chromium's rendering
+changes a few bytes from one run to the next: a test that rewrote the committed images each time
+would leave every checkout changed).
 
 Every wait polls the page for a condition with a deadline (Page.wait_for); none sleeps."""
 
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +27,7 @@ from tests.support.fake_board import MERGE_WITH_A_CONFLICT, FakeBoard
 from tests.support.paths import ROOT
 
 SCREENSHOTS = ROOT / "docs" / "screenshots"
+UPDATE_SCREENSHOTS = os.environ.get("ORCH_TEST_SCREENSHOTS") == "1"  # read now: the tests clear the project's
 REBIND_HOST = "rebind.test"  # resolves to 127.0.0.1 in this browser: a DNS rebinding, simulated
 CARD_COLUMNS = (
     "Object.fromEntries([...document.querySelectorAll('.card')]"
@@ -338,9 +343,10 @@ def test_hostile_content_is_shown_as_text_and_runs_nothing(
 
 @pytest.mark.parametrize("width", [400, 1400])
 def test_the_pages_fit_the_window_and_screenshots_are_written(
-    browser: Browser, board: Dashboard, backend: FakeBoard, width: int
+    browser: Browser, board: Dashboard, backend: FakeBoard, width: int, tmp_path: Path
 ) -> None:
     fits = "document.documentElement.scrollWidth <= window.innerWidth"
+    folder = SCREENSHOTS if UPDATE_SCREENSHOTS else tmp_path
     written: list[Path] = []
     for scheme in ("light", "dark") if width == 1400 else ("light",):
         suffix = "" if scheme == "light" else "-dark"
@@ -349,17 +355,20 @@ def test_the_pages_fit_the_window_and_screenshots_are_written(
             page.navigate(board.login_url)
             page.wait_for("document.querySelectorAll('.card').length === 11")
             assert page.evaluate(fits), f"the board is wider than {width} px"
-            written.append(SCREENSHOTS / f"board-{width}{suffix}.png")
+            written.append(folder / f"board-{width}{suffix}.png")
             page.screenshot(written[-1])
             open_task(page, board, "task-001")
             page.wait_for("document.getElementById('log-state').textContent.includes('whole log')")
             page.wait_for("!document.getElementById('egress-section').hidden")
             assert page.evaluate(fits), f"the task page is wider than {width} px"
-            written.append(SCREENSHOTS / f"task-{width}{suffix}.png")
+            written.append(folder / f"task-{width}{suffix}.png")
             page.screenshot(written[-1])
             assert problems(page) == []
     for path in written:
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n")
         assert int.from_bytes(data[16:20], "big") == width  # the PNG's width, from its IHDR chunk
-        print(f"{path.relative_to(ROOT)}: {int.from_bytes(data[16:20], 'big')}x{int.from_bytes(data[20:24], 'big')}")
+        print(f"{path}: {int.from_bytes(data[16:20], 'big')}x{int.from_bytes(data[20:24], 'big')}")
+        # The README shows the committed one of each: it is there, and of the same width.
+        committed = (SCREENSHOTS / path.name).read_bytes()
+        assert committed.startswith(b"\x89PNG\r\n\x1a\n") and committed[16:20] == data[16:20]

@@ -59,6 +59,7 @@ SETTINGS = {
     "ORCHESTRATOR_WORKER_DISK": "10g",
     "ORCHESTRATOR_STORAGE_QUOTA": "no",
     "ORCHESTRATOR_STOP_TIMEOUT": "120",
+    "ORCHESTRATOR_API_IN_FLIGHT": "8",
     "ORCHESTRATOR_LOGIN_CHECK": "no",  # run() passes --no-login-check: the batch's orch start holds to it
 }
 
@@ -111,6 +112,22 @@ def test_the_control_plane_holds_the_socket_and_the_secrets_and_the_manager_neit
     # The control plane ends with the manager.
     assert order.index(["stop", "--time"]) > order.index(["start", "--attach"])
     assert fake_docker.find("rm", "--force", "claude-manager-control")
+    # The doors and the ticket key are the shared volume's: the next manager on the volume serves its workers.
+    assert "orchestration-volume-doors:/run/orchestrator-workers" in control
+    assert "orchestration-volume-keys:/run/orchestrator-keys" in control
+
+
+def test_the_relays_bound_on_requests_in_flight_is_run_pys(fake_docker: FakeDocker, host: Path, token_file: Path):
+    host.parent.chmod(0o755)
+    assert run("--token", str(token_file), "--api-in-flight", "3") == 0
+    assert created(fake_docker, "claude-manager-control")["env"]["ORCHESTRATOR_API_IN_FLIGHT"] == "3"
+
+
+def test_a_bound_of_0_is_refused(fake_docker: FakeDocker, host: Path, token_file: Path, capsys):
+    host.parent.chmod(0o755)
+    assert run("--token", str(token_file), "--api-in-flight", "0") == 2
+    assert "ORCHESTRATOR_API_IN_FLIGHT must be a positive whole number, not '0'" in capsys.readouterr().err
+    assert not fake_docker.find("create")
 
 
 def test_manager_docker_socket_gives_the_manager_the_socket_the_volume_and_the_secrets(

@@ -3,11 +3,14 @@ orch start with one line, in seconds; anything else lets them go on."""
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import pytest
 
-from orchestrator import launch
+from orchestrator import launch, login
 from orchestrator.errors import UserError
 from orchestrator.login import LoginRefused, check_login
 from orchestrator.secrets import ClaudeCredential
@@ -41,6 +44,46 @@ def test_no_api_at_all_is_one_clear_error(token: str):
     port = free_port()
     with pytest.raises(UserError, match=rf"^cannot reach the API at http://127.0.0.1:{port}: "):
         check_login(ClaudeCredential(token), f"http://127.0.0.1:{port}")
+
+
+def test_a_dropped_connection_is_asked_again_and_then_said(
+    api: ScriptedAPI, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that drops the first two connections without an answer (a busy gateway), then is the API.
+    monkeypatch.setattr(login, "RESET_PAUSES", (0.01, 0.01))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    dropped: list[int] = []
+
+    def serve(drops: int) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the test closed it
+            if len(dropped) < drops:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+                conn.close()
+                dropped.append(1)
+                continue
+            with conn, socket.create_connection(("127.0.0.1", int(api.url.rsplit(":", 1)[1]))) as upstream:
+                upstream.sendall(conn.recv(65536))
+                conn.sendall(upstream.recv(65536))
+            return
+
+    threading.Thread(target=serve, args=(2,), daemon=True).start()
+    check_login(ClaudeCredential(token), f"http://127.0.0.1:{port}")
+    assert len(dropped) == 2 and api.requests[-1].path.startswith("/v1/models")
+    listener.close()
+    # Dropped every time: one clear error.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    dropped.clear()
+    threading.Thread(target=serve, args=(99,), daemon=True).start()
+    with pytest.raises(UserError, match=rf"^cannot reach the API at http://127.0.0.1:{port}: .*reset"):
+        check_login(ClaudeCredential(token), f"http://127.0.0.1:{port}")
+    assert len(dropped) == 3
+    listener.close()
 
 
 def test_run_py_stops_before_anything_is_started(

@@ -21,6 +21,7 @@ from orchestrator import prices
 from orchestrator.credential import answer
 from orchestrator.relay import ApiRelay, Notice, NoticeKind, RelaySettings
 from orchestrator.secrets import ClaudeCredential
+from orchestrator.worker_access import ApiEndpoint, NoticeReader
 from tests.support.scripted_api import Reply, Request, ScriptedAPI, attempts, costing, dynamic, error, slow, text
 from tests.support.waiting import wait_until
 
@@ -497,6 +498,28 @@ def test_a_rate_limit_is_held_and_retried_and_the_agent_sees_success(api, make_r
     assert view.queued_seconds >= 1.0  # it waited the pause in the relay
     assert [(n.kind, n.message) for n in notices] == [(NoticeKind.BACKOFF, f"waiting on the API's rate limit: {told}")]
     assert relay.stats()["gate"]["bound"] == 4  # halved from 8
+
+
+def test_a_worker_reads_the_notices_of_its_own_account_and_only_those(api, make_relay, notices):
+    # A control plane's relay is not in the worker: the worker's runtime reads its task's notices
+    # from the relay and says them in its log.
+    api.script("LIMIT-5", attempts(error(429, retry_after=1), text("after the pause")))
+    relay = make_relay()
+    other = relay.issue_ticket("task-other")
+    assert ask(relay, "LIMIT-5", other).status == 200
+    send(relay.url, "GET", "/v1/files", {"x-api-key": relay.ticket})  # refused, told to "agent"
+    said: list[Notice] = []
+    mine = NoticeReader(ApiEndpoint(relay.url, relay.ticket, api_key=False), said.append)
+    mine.read()
+    assert [n.message for n in said] == [n.message for n in notices if n.kind == NoticeKind.REFUSED]
+    assert "refused GET '/v1/files'" in said[0].message
+    mine.read()  # nothing new: nothing said twice
+    assert len(said) == 1
+    theirs: list[Notice] = []
+    NoticeReader(ApiEndpoint(relay.url, other, api_key=False), theirs.append).read()
+    assert [n.message for n in theirs] == ["waiting on the API's rate limit: retry-after 1 s (429)"]
+    # Without a ticket, nothing.
+    assert send(relay.url, "GET", "/orchestrator/notices?after=0", {}).status == 401
 
 
 def test_past_its_wait_a_request_gets_the_apis_last_answer_as_it_came(api, make_relay):

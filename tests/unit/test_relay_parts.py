@@ -198,17 +198,22 @@ class Clock:
         return self.now
 
 
-def test_the_gate_halves_its_bound_once_per_pause_and_raises_it_slowly() -> None:
+def test_the_gate_comes_down_to_what_the_api_took_and_raises_its_bound_slowly() -> None:
     clock = Clock()
     gate = RateGate(8, raise_after=3, clock=clock, jitter=lambda: 0.0)
     for _ in range(8):
         assert gate.enter(deadline=clock.now)
     assert not gate.enter(deadline=clock.now)  # the ninth waits (and its deadline has come)
+    # The API takes 4 at once: the 4 others of the burst are refused, one after the other.
     opens = gate.back_off(429, 6.0)
-    gate.back_off(429, 6.0)  # the same pause seen by another request
-    assert (opens, gate.bound, gate.view().backing_off) == (clock.now + 6.0, 4, True)
+    assert (opens, gate.bound, gate.view().backing_off) == (clock.now + 6.0, 7, True)
+    for _ in range(3):
+        gate.leave(succeeded=False)
+        gate.back_off(429, 6.0)  # the same pause seen by another request
+    gate.leave(succeeded=False)
+    assert (gate.bound, gate.view().in_flight) == (4, 4)
     assert "retry-after 6 s" in gate.view().reason
-    for _ in range(8):
+    for _ in range(4):
         gate.leave(succeeded=False)
     assert not gate.enter(deadline=clock.now)  # closed until the pause ends, though there is room
     clock.now += 6.0
@@ -218,6 +223,27 @@ def test_the_gate_halves_its_bound_once_per_pause_and_raises_it_slowly() -> None
         assert gate.enter(deadline=clock.now)
         gate.leave(succeeded=True)
     assert gate.bound == 8  # +1 per 3 successes, not more than it was given
+
+
+def test_a_request_refused_alone_halves_the_bound_once_per_pause() -> None:
+    clock = Clock()
+    gate = RateGate(8, clock=clock, jitter=lambda: 0.0)
+    assert gate.enter(deadline=clock.now)
+    gate.back_off(429, 6.0)
+    gate.back_off(429, 6.0)  # an echo of the same pause
+    assert gate.bound == 4
+
+
+def test_after_a_probe_past_the_apis_capacity_the_bound_goes_back_to_it() -> None:
+    clock = Clock()
+    gate = RateGate(8, raise_after=1, clock=clock, jitter=lambda: 0.0)
+    gate.bound = 4
+    for _ in range(4):
+        assert gate.enter(deadline=clock.now)
+    gate.leave(succeeded=True)  # a success raises it to 5: five in flight, the fifth refused
+    assert gate.bound == 5 and gate.enter(deadline=clock.now) and gate.enter(deadline=clock.now)
+    gate.back_off(429, 1.0)
+    assert gate.bound == 4  # not halved to 2: the API was answering 4
 
 
 def test_without_retry_after_the_pauses_grow() -> None:

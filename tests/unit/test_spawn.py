@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from orchestrator import spawn
+from orchestrator.control.channel import CHANNEL
 from orchestrator.limits import WorkerLimits
 from orchestrator.workerspec import worker_spec
 from tests.support.fake_docker import FakeDocker
+from tests.support.paths import ROOT
 
 
 @pytest.fixture
@@ -446,3 +453,47 @@ def test_without_a_control_plane_or_on_swarm_no_mirror_is_mounted(
     spec = worker_spec("flutter", "task-002", env=env, repo="git://x/y.git", branch="main", model="m", api_url=None,
                        volume="v", network=None, image_prefix="claude-", limits=limits, engine="swarm")  # fmt: skip
     assert spec.mirror_volume is None
+
+
+def test_the_control_plane_serves_a_plain_spawn_in_its_own_process(
+    fake_docker: FakeDocker, orchestration_dir: Path, capsys
+):
+    # The manager's spawn-worker, done by the control plane's channel without an interpreter of its own.
+    env = dict(os.environ)
+    code, out, err = spawn.serve(["flutter", "task-001"], env) or (None, "", "")
+    assert (code, err) == (0, "") and "started worker-task-001" in out and "docker logs -f worker-task-001" in out
+    assert fake_docker.find("start", "worker-task-001")
+    assert json.loads((orchestration_dir / "status" / "task-001.json").read_text())["state"] == "starting"
+    assert capsys.readouterr().out == ""  # nothing went to the control plane's own output
+    # Refused as spawn-worker refuses, in its words.
+    code, out, err = spawn.serve(["flutter", "task-404"], env) or (None, "", "")
+    assert code == 2 and err.startswith("spawn-worker: error: ") and "does not exist" in err and out == ""
+    # Help, a mistake, --debug: the channel runs those as a command of their own, as before.
+    for argv in (["--help"], ["flutter"], ["flutter", "task-001", "--cpus"], ["flutter", "task-001", "--debug"]):
+        assert spawn.serve(argv, env) is None
+
+
+def test_in_a_manager_the_commands_import_only_the_channel(tmp_path: Path):
+    # orch and spawn-worker as the images install them: in a manager, what runs is the client alone.
+    served = socket.socket(socket.AF_UNIX)
+    served.bind(str(tmp_path / CHANNEL))
+    served.listen(1)
+
+    def answer() -> None:
+        conn, _ = served.accept()
+        with conn:
+            conn.makefile("rb").readline()
+            conn.sendall(b'{"out": "started worker-task-001\\n"}\n{"exit": 0}\n')
+
+    threading.Thread(target=answer, daemon=True).start()
+    script = (
+        "import sys\nfrom orchestrator import entry\ncode = entry.main(['spawn-worker', 'flutter', 'task-001'])\n"
+        "import json\nprint(code, json.dumps([m for m in sys.modules if m.startswith('orchestrator')]))"
+    )
+    env = {**os.environ, "ORCHESTRATOR_CONTROL": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, check=False, env=env)
+    said, _, modules = proc.stdout.partition("\n")
+    code, modules = modules.split(" ", 1)
+    assert (said, code) == ("started worker-task-001", "0"), proc.stderr
+    assert not {"orchestrator.spawn", "orchestrator.orch", "orchestrator.docker"} & set(eval(modules))
+    served.close()
