@@ -62,6 +62,8 @@ class Door:
     def close(self) -> None:
         self._closed.set()
         with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(): close alone does not
+        with contextlib.suppress(OSError):
             self.listener.close()
 
     def _join(self, client: socket.socket) -> None:

@@ -48,6 +48,10 @@ HEADER_LIMIT = 64 * 1024
 HEADER_TIMEOUT = 30.0
 BODY_TIMEOUT = 600.0  # a large hand-back on a slow disk
 ANSWER_TIMEOUT = 60.0
+# How long a stopping control plane lets the requests under way end (below `docker stop --time 30`
+# of launch_control.stop_control): a push half-way to origin is finished and answered rather than
+# cut. A fetch that runs longer is cut; its worker asks the next control plane again.
+DRAIN_SECONDS = 20.0
 BUNDLE_LIMIT = handover.BUNDLE_LIMIT
 
 
@@ -99,6 +103,8 @@ class GitChannel:
         self._running = False
         self._error: str | None = None
         self._listener: socket.socket | None = None
+        self._serving = threading.Condition()
+        self._in_flight = 0
 
     # serving
 
@@ -108,10 +114,16 @@ class GitChannel:
         threading.Thread(target=self._accept, name="git-channel", daemon=True).start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, drain: float = DRAIN_SECONDS) -> int:
+        """No new request; those under way are given up to ``drain`` seconds. The number cut."""
         if self._listener is not None:
             with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(): close alone does not
+            with contextlib.suppress(OSError):
                 self._listener.close()
+        with self._serving:
+            self._serving.wait_for(lambda: self._in_flight == 0, timeout=drain)
+            return self._in_flight
 
     def _accept(self) -> None:
         assert self._listener is not None
@@ -123,6 +135,16 @@ class GitChannel:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        with self._serving:
+            self._in_flight += 1
+        try:
+            self._serve_one(conn)
+        finally:
+            with self._serving:
+                self._in_flight -= 1
+                self._serving.notify_all()
+
+    def _serve_one(self, conn: socket.socket) -> None:
         with conn:
             try:
                 answer = {"ok": True, "said": self._answer(conn)}

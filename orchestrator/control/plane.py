@@ -205,8 +205,8 @@ class ControlPlane:
         worker_door.close()
         egress.stop()
         spend.stop()
-        if git_channel is not None:
-            git_channel.stop()
+        if git_channel is not None and (cut := git_channel.stop()):
+            self.say(f"git channel: {cut} request(s) still under way were cut; their workers ask again")
         for server in (channel, docker_filter, relay):
             server.stop()
         return 0

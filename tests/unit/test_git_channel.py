@@ -220,3 +220,79 @@ def test_a_fetch_waits_for_a_control_plane_that_comes_back(tmp_path: Path, monke
     # Without a wait, or past it, the refusal is the error.
     with pytest.raises(GitError, match="connection refused"):
         worker_channel.fetch(tmp_path, "git-x.y", wait_for=0.3, say=said.append)
+
+
+def test_a_fetch_cut_by_a_stopping_control_plane_is_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The manager killed mid-spawn: its control plane stops while a new worker's fetch is under
+    # way. The worker asks again (the next control plane) rather than fail its task.
+    doors = tmp_path / "doors"
+    doors.mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(doors / "git.sock"))
+    listener.listen()
+    monkeypatch.setattr(worker_channel, "WAIT_PAUSES", (0.2,))
+
+    def hang_up_once() -> None:
+        conn, _ = listener.accept()
+        conn.makefile("rb").readline()
+        conn.close()  # stopped before it answered
+        listener.close()
+        os.unlink(doors / "git.sock")
+        setup = Setup(tmp_path / "later")
+        os.symlink(setup.doors / "git.sock", doors / "git.sock")
+
+    (tmp_path / "later").mkdir()
+    thread = threading.Thread(target=hang_up_once)
+    thread.start()
+    said: list[str] = []
+    found = worker_channel.fetch(doors, Tickets(KEY).make(GIT, "task-001", 1), wait_for=60, say=said.append)
+    thread.join()
+    assert found == "the mirror is as origin is now"
+    assert len(said) == 1 and "the remote end hung up unexpectedly" in said[0], said
+
+
+def test_the_control_planes_refusal_is_never_asked_again(setup: Setup) -> None:
+    said: list[str] = []
+    with pytest.raises(GitError, match="the control plane refused: the git channel does not know this ticket"):
+        worker_channel.fetch(setup.doors, "git-forged.0", wait_for=60, say=said.append)
+    assert said == []
+
+
+def test_a_stopping_channel_lets_the_requests_under_way_end(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    entered, release = threading.Event(), threading.Event()
+    real = setup.mirror.refresh
+
+    def slow() -> None:
+        entered.set()
+        release.wait(30)
+        real()
+
+    monkeypatch.setattr(setup.mirror, "refresh", slow)
+    answers: list[str] = []
+    fetching = threading.Thread(target=lambda: answers.append(worker_channel.fetch(setup.doors, setup.ticket())))
+    fetching.start()
+    assert entered.wait(30)
+    cut: list[int] = []
+    stopping = threading.Thread(target=lambda: cut.append(setup.channel.stop(drain=60)))
+    stopping.start()
+    stopping.join(0.5)
+    assert stopping.is_alive()  # waits for the fetch under way
+    with pytest.raises(GitError, match="connection refused"):
+        worker_channel.fetch(setup.doors, setup.ticket())  # no new request once stopping
+    release.set()
+    fetching.join(30)
+    stopping.join(30)
+    assert answers == ["the mirror is as origin is now"] and cut == [0]
+
+
+def test_a_stopping_channel_cuts_what_outlasts_its_drain(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    entered, release = threading.Event(), threading.Event()
+    monkeypatch.setattr(setup.mirror, "refresh", lambda: (entered.set(), release.wait(30)))
+    fetching = threading.Thread(target=worker_channel.fetch, args=(setup.doors, setup.ticket()), daemon=True)
+    fetching.start()
+    assert entered.wait(30)
+    assert setup.channel.stop(drain=0.2) == 1
+    release.set()
+    fetching.join(30)
