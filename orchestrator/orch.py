@@ -230,7 +230,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "Queue a new attempt of failed, timed-out, cancelled or blocked tasks. The earlier attempt's "
         "result, transcript and log are kept under attempts/ID/, its container as worker-ID-attempt-N.",
     )
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("ids", nargs="*", metavar="ID")
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        help="every task of the batch that failed, timed out or was interrupted, and those blocked (not the cancelled, "
+        "nor those stopped by their budget: those were stopped on purpose)",
+    )
+    batch_scope(p, "with --failed, the tasks")
     p.set_defaults(func=commands.cmd_retry)
 
     p = command(

@@ -442,9 +442,23 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failures else EXIT_OK
 
 
+# What `orch retry --failed` takes: what ended without success by itself, and what that blocked.
+RETRIED_WHEN_FAILED = (State.FAILED, State.TIMEOUT, State.INTERRUPTED, State.BLOCKED)
+
+
 def cmd_retry(ctx: Context, args: argparse.Namespace) -> int:
     orch = volume_dir(ctx, args)
-    for retried in batch.retry(orch, ctx.engine, args.ids):
+    if bool(args.ids) == bool(args.failed):
+        raise InvalidInput("give task ids or --failed, one of the two")
+    ids = args.ids
+    if args.failed:
+        scope = batches.scope(orch, batch=args.batch, history=args.history)
+        views = reconcile(orch, batches.in_batch(load_views(orch), scope), ctx.engine)
+        ids = [view.id for view in views if view.state in RETRIED_WHEN_FAILED]
+        if not ids:
+            print("nothing to retry: no task of the batch failed, timed out, was interrupted or is blocked")
+            return EXIT_OK
+    for retried in batch.retry(orch, ctx.engine, ids):
         if retried.attempt is None:
             print(f"{retried.task_id}: queued again")
             continue

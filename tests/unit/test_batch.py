@@ -297,3 +297,26 @@ def test_a_chain_a_thousand_deep_starts_and_blocks_without_recursion(orch):
     reasons = blocking_reasons(load_views(orch))
     assert len(reasons) == 999 and reasons[ids[-1]] == f"{ids[-2]} is blocked"
     assert reasons[ids[1]] == f"{ids[0]} ended failed"
+
+
+def test_retry_failed_takes_what_failed_timed_out_or_was_blocked_and_nothing_stopped_on_purpose(
+    orch, capsys, fake_docker
+):
+    from orchestrator.orch import main
+
+    where = ["--orchestration-dir", str(orch.root)]
+    ids = {name: submit(orch) for name in ("ok", "failed", "timed", "cancelled", "budget")}
+    for name, ended in (("ok", State.SUCCESS), ("failed", State.FAILED), ("timed", State.TIMEOUT),
+                        ("cancelled", State.CANCELLED), ("budget", State.BUDGET_EXCEEDED)):  # fmt: skip
+        finish(orch, ids[name], ended)
+    assert main(["retry", "--failed", ids["ok"], *where]) == 2  # ids or --failed
+    assert "give task ids or --failed" in capsys.readouterr().err
+    assert main(["retry", "--failed", *where]) == 0
+    out = capsys.readouterr().out
+    assert sorted(line.split(":")[0] for line in out.splitlines()) == sorted([ids["failed"], ids["timed"]])
+    assert {name: state(orch, task) for name, task in ids.items()} == {
+        "ok": State.SUCCESS, "failed": State.QUEUED, "timed": State.QUEUED, "cancelled": State.CANCELLED,
+        "budget": State.BUDGET_EXCEEDED,
+    }  # fmt: skip
+    assert main(["retry", "--failed", *where]) == 0
+    assert "nothing to retry" in capsys.readouterr().out
