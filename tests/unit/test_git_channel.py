@@ -289,7 +289,12 @@ def test_a_stopping_channel_lets_the_requests_under_way_end(setup: Setup, monkey
 
 def test_a_stopping_channel_cuts_what_outlasts_its_drain(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     entered, release = threading.Event(), threading.Event()
-    monkeypatch.setattr(setup.mirror, "refresh", lambda: (entered.set(), release.wait(30)))
+
+    def slow() -> None:
+        entered.set()
+        release.wait(30)
+
+    monkeypatch.setattr(setup.mirror, "refresh", slow)
     fetching = threading.Thread(target=worker_channel.fetch, args=(setup.doors, setup.ticket()), daemon=True)
     fetching.start()
     assert entered.wait(30)
