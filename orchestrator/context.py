@@ -98,7 +98,7 @@ class Context:
         settings = Settings.from_env(env, engine=engine, volume=volume, orchestration_dir=orchestration_dir)
         return cls(
             settings=settings,
-            orch=OrchestrationDir(settings.orchestration_dir),
+            orch=OrchestrationDir(settings.orchestration_dir, rehearsal=bool(environment.REHEARSAL.get(env))),
             engine=engine_for(settings.engine, settings.volume),
             env=dict(env),
         )

@@ -34,12 +34,18 @@ from .views import load_views
 SYSTEM_PROMPT = Path(__file__).with_name("system-prompt.md")
 
 
-def manager_argv(model: str | None) -> list[str]:
-    """The interactive Smart Manager. Every flag here is in ``claude --help``."""
+def manager_argv(model: str | None, request: str | None = None) -> list[str]:
+    """The interactive Smart Manager, started on ``request`` when one is given (a rehearsal's).
+    Every flag here is in ``claude --help``; a prompt given as its last argument is the first
+    thing the person's session asks."""
     argv = ["claude", "--dangerously-skip-permissions"]
     if model:
         argv += ["--model", model]
-    return [*argv, "--append-system-prompt", SYSTEM_PROMPT.read_text(encoding="utf-8")]
+    argv += ["--append-system-prompt", SYSTEM_PROMPT.read_text(encoding="utf-8")]
+    if request and request.strip():
+        # Never read as an option of claude's, whatever it begins with.
+        argv.append(request.strip() if not request.strip().startswith("-") else f"Request: {request.strip()}")
+    return argv
 
 
 def _load_json_object(path: Path) -> dict[str, Any]:
@@ -234,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         workdir = prepare(env)
         os.chdir(workdir)
-        command = args or manager_argv(environment.ANTHROPIC_MODEL.get(env))
+        command = args or manager_argv(environment.ANTHROPIC_MODEL.get(env), environment.FIRST_REQUEST.get(env))
         try:
             os.execvpe(command[0], command, env)
         except OSError as exc:

@@ -112,6 +112,14 @@ API_IN_FLIGHT = Var("ORCHESTRATOR_API_IN_FLIGHT", "8")
 # The orchestration's egress policy for its workers (run.py --egress, --allow-host; egress_choice.py).
 EGRESS = Var("ORCHESTRATOR_EGRESS")
 ALLOW_HOSTS = Var("ORCHESTRATOR_ALLOW_HOSTS")  # HOST[:PORT] patterns, separated by spaces
+# A rehearsal (run.py --rehearsal): "sample" (the built-in script) or "script" (the person's, copied
+# into the control plane's home). The control plane serves a scripted model in place of the API, and
+# origin is a repository of its own: the sample app, or a copy of REHEARSAL_SOURCE. Workers say
+# so in their results.
+REHEARSAL = Var("ORCHESTRATOR_REHEARSAL")
+REHEARSAL_SOURCE = Var("ORCHESTRATOR_REHEARSAL_SOURCE")  # the person's --repo, copied, never pushed to
+# In the manager: the request its Claude Code starts on (a rehearsal's script names one).
+FIRST_REQUEST = Var("ORCHESTRATOR_FIRST_REQUEST")
 # In the control plane: the manager's workspace, read-only, where `orch push` finds its hand-over.
 MANAGER_WORKSPACE = Var("ORCHESTRATOR_MANAGER_WORKSPACE")
 # On the host: run.py's --dashboard-port ("auto", a port, or "off"). In the control plane: the port
@@ -159,6 +167,9 @@ MANAGER_SETTINGS = (
     API_IN_FLIGHT,
     EGRESS,
     ALLOW_HOSTS,
+    REHEARSAL,
+    REHEARSAL_SOURCE,
+    FIRST_REQUEST,
 )
 
 # --- Inside a worker, for tests and images of other layouts.

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from . import config, egress_choice, environment, images
+from . import config, egress_choice, environment, images, rehearsal
 from .cli import (
     HelpFormatter,
     add_api_option,
@@ -26,6 +26,7 @@ from .cli import (
 )
 from .config import CONTAINER_ORCHESTRATION_DIR, CONTAINER_WORKSPACE
 from .docker import (
+    FileToCopy,
     NameConflict,
     check_daemon,
     container_label,
@@ -90,6 +91,7 @@ class ManagerSpec:
     # original layout (--manager-docker-socket), where the manager holds them.
     control: Orchestration | None = None
     tasks_folder: str = ""  # the engine's folder of the shared volume's tasks (the manager's to write)
+    control_files: tuple[FileToCopy, ...] = ()  # copied into the control plane's home (a rehearsal's script)
 
     def environment(self) -> dict[str, str]:
         """The manager's environment: settings only (the secrets are copied in as files).
@@ -159,7 +161,7 @@ def start_manager(spec: ManagerSpec) -> int:
     tasks_folder = prepare_orchestration(spec.control)
     remove_ended(spec.name, "manager")
     control = control_argv(spec.control, spec.image, spec.socket, spec.socket_gid, spec.environment())
-    start_control(spec.control, control, spec.environment(), spec.secrets)
+    start_control(spec.control, control, spec.environment(), spec.secrets, spec.control_files)
     if spec.control.dashboard_port is not None:
         announce_board(spec.control)
     try:
@@ -407,6 +409,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         f"${environment.DASHBOARD_PORT.name}, else auto)",
     )
     add_placement_options(parser, env)
+    rehearsal.add_options(parser)
     return parser
 
 
@@ -456,6 +459,10 @@ def manager_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[s
         ),
         environment.EGRESS: egress[0],
         environment.ALLOW_HOSTS: egress[1],
+        # A rehearsal's (rehearsal.settings sets them).
+        environment.REHEARSAL: None,
+        environment.REHEARSAL_SOURCE: None,
+        environment.FIRST_REQUEST: None,
     }
     assert set(values) == set(environment.MANAGER_SETTINGS)
     return {var.name: value for var, value in values.items() if value}
@@ -467,27 +474,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(env).parse_args(options)
 
     def work() -> int:
-        if not args.repo and not args.no_repo:
-            raise InvalidInput(
-                "no repository: pass --repo URL (every worker clones it and pushes its work there), or "
-                "--no-repo for a manager without workers"
+        rehearsing = rehearsal.plan(args)  # a rehearsal: no token, origin the control plane's
+        if rehearsing is None:
+            check_repo_options(args)
+            secrets = Secrets.read(
+                token_file=args.token,
+                ssh_key=args.ssh_key,
+                known_hosts=args.known_hosts,
+                git_token_file=args.git_token,
+                env=env,
             )
-        if args.repo and args.no_repo:
-            raise InvalidInput("give --repo URL or --no-repo, not both")
-        secrets = Secrets.read(
-            token_file=args.token,
-            ssh_key=args.ssh_key,
-            known_hosts=args.known_hosts,
-            git_token_file=args.git_token,
-            env=env,
-        )
-        settings = manager_settings(args, env)
-        if not args.no_login_check and secrets.claude is not None:
+            settings = manager_settings(args, env)
+        else:
+            secrets = rehearsal.secrets(args, env)
+            settings = rehearsal.settings(rehearsing, manager_settings(args, env))
+        if rehearsing is None and not args.no_login_check and secrets.claude is not None:
             check_login(secrets.claude, args.api_url)
         ca_certs = ca_cert_paths(args, env)
         socket = docker_socket(env)
         check_daemon()
-        check_api_reachable(args.api_url, args.network)
+        if rehearsing is None:
+            check_api_reachable(args.api_url, args.network)
         settings[environment.STORAGE_QUOTA.name] = "yes" if storage_quota_supported() else "no"
         image = ensure_images(args, ca_certs)
         spec = ManagerSpec(
@@ -506,7 +513,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.name, args.volume, args.workspace_volume or f"{args.name}-workspace", args.network,
                 dashboard_port(args.dashboard_port),
             ),
+            control_files=tuple(rehearsing.files) if rehearsing is not None else (),
         )  # fmt: skip
         return start_manager(spec)
 
     return run_command("run.py", work, debug=args.debug)
+
+
+def check_repo_options(args: argparse.Namespace) -> None:
+    if not args.repo and not args.no_repo:
+        raise InvalidInput(
+            "no repository: pass --repo URL (every worker clones it and pushes its work there), --no-repo for a "
+            "manager without workers, or --rehearsal to try the whole system on a sample app without a token"
+        )
+    if args.repo and args.no_repo:
+        raise InvalidInput("give --repo URL or --no-repo, not both")

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import config, environment
 from .config import CONTAINER_ORCHESTRATION_DIR, CONTAINER_WORKSPACE
 from .control.endpoints import ENDPOINTS
-from .docker import NameConflict, docker, env_pass, flag, labels, remove_container, text
+from .docker import FileToCopy, NameConflict, copy_files, docker, env_pass, flag, labels, remove_container, text
 from .errors import UserError
 from .secrets import Secrets
 
@@ -177,8 +177,10 @@ def prepare(o: Orchestration) -> str:
     return f"{mountpoint}/tasks"
 
 
-def start_control(o: Orchestration, argv: list[str], settings: Mapping[str, str], secrets: Secrets) -> None:
-    """Create and start the control plane, and wait until it serves the manager."""
+def start_control(o: Orchestration, argv: list[str], settings: Mapping[str, str], secrets: Secrets,
+                  files: Sequence[FileToCopy] = ()) -> None:  # fmt: skip
+    """Create and start the control plane (its secrets, and ``files``, copied into its home), and
+    wait until it serves the manager."""
     remove_ended(o.control, "control")
     try:
         docker(*argv, env=dict(settings), timeout=120)
@@ -189,6 +191,8 @@ def start_control(o: Orchestration, argv: list[str], settings: Mapping[str, str]
         ) from None
     try:
         secrets.give(o.control, config.CONTAINER_HOME, uid=config.CONTAINER_UID, gid=config.CONTAINER_GID)
+        if files:
+            copy_files(o.control, config.CONTAINER_HOME, files, uid=config.CONTAINER_UID, gid=config.CONTAINER_GID)
         docker("start", o.control, timeout=120)
         wait_ready(o)
     except BaseException:

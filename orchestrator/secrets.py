@@ -16,7 +16,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .docker import FileToCopy, copy_files
@@ -177,6 +177,14 @@ class Secrets:
         ``~/.ssh/id_ed25519`` and ``~/.ssh/known_hosts_pinned`` when they exist, and ``~/.git-token``
         (or ``$GIT_TOKEN``) when it exists."""
         claude = ClaudeCredential.find(token_file, env)
+        access = cls.read_git_access(ssh_key=ssh_key, known_hosts=known_hosts, git_token_file=git_token_file, env=env)
+        return replace(access, claude=claude)
+
+    @classmethod
+    def read_git_access(
+        cls, *, ssh_key: str | None, known_hosts: str | None, git_token_file: str | None, env: Mapping[str, str]
+    ) -> Secrets:
+        """The git access alone (as read() reads it), without a Claude credential."""
         if git_token_file is not None:
             git_token: str | None = read_secret_file(git_token_file, "git token file")
         elif env.get(GIT_TOKEN_ENV):
@@ -184,7 +192,6 @@ class Secrets:
         else:
             git_token = _read_optional_file(f"~/{GIT_TOKEN_NAME}", "git token file", required=False)
         return cls(
-            claude=claude,
             git_token=git_token,
             ssh_key=read_ssh_key(ssh_key or DEFAULT_SSH_KEY, required=ssh_key is not None),
             known_hosts=read_known_hosts(known_hosts or PINNED_KNOWN_HOSTS, required=known_hosts is not None),

@@ -5,6 +5,7 @@ on it, atomic writes, the locks, and the settled index's files. The formats are 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -123,6 +124,8 @@ class OrchestrationDir:
     """The shared folder, as seen by whoever holds it mounted."""
 
     root: Path = DEFAULT_ROOT
+    # A rehearsal's (run.py --rehearsal): every result written here says so, whoever writes it.
+    rehearsal: bool = False
 
     SUBDIRS = ("tasks", "results", "status", "logs", "attempts", "bundles", "batches")
     # Group (the orchestrator's user) only, new files taking the group; a worker's agent is not in it.
@@ -337,6 +340,8 @@ class OrchestrationDir:
 
     def write_result(self, result: TaskResult) -> None:
         """Write a result; one that exists already is never replaced (AlreadyExists)."""
+        if self.rehearsal:
+            result = dataclasses.replace(result, rehearsal=True)
         write_json_once(self.result_path(result.task_id), result.to_json())
 
     def load_result(self, task_id: str) -> TaskResult | None:

@@ -323,6 +323,7 @@ class TaskResult:
     # What the relay measured of its API use (tokens, requests, rate limits met, and ``cost_usd``,
     # priced from the API's own usage figures); ``cost_usd`` above is the agent's own claim.
     usage: Mapping[str, Any] | None = None
+    rehearsal: bool = False  # true: a scripted model did the work, on a rehearsal's own origin (run.py --rehearsal)
 
     @property
     def succeeded(self) -> bool:
@@ -359,6 +360,7 @@ class TaskResult:
             archive=_field(data, "archive", str, what),
             started_from=tuple(_field(data, "started_from", list, what) or ()),
             usage=_field(data, "usage", dict, what),
+            rehearsal=_field(data, "rehearsal", bool, what) or False,
         )
 
     def to_json(self) -> dict[str, Any]:

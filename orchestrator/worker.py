@@ -130,7 +130,9 @@ class WorkerConfig:
             home=Path(env.get("HOME") or Path.home()),
             runtime_dir=Path(environment.RUNTIME_DIR.require(env)),
             agent_user=environment.AGENT_USER.require(env),
-            orch=OrchestrationDir(Path(environment.ORCHESTRATION_DIR.require(env))),
+            orch=OrchestrationDir(
+                Path(environment.ORCHESTRATION_DIR.require(env)), rehearsal=bool(environment.REHEARSAL.get(env))
+            ),
             git_user_name=environment.GIT_USER_NAME.require(env),
             git_user_email=environment.GIT_USER_EMAIL.require(env),
             branch_prefix=environment.BRANCH_PREFIX.require(env),

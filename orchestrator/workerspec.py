@@ -77,6 +77,7 @@ class WorkerSpec:
     tickets: tuple[str, str] | None = None
     api_key: bool = False
     egress_ticket: str | None = None  # its agent's, for the control plane's egress proxy
+    rehearsal: str | None = None  # run.py --rehearsal's: its result says so
 
     @property
     def network_mode(self) -> str | None:
@@ -108,6 +109,7 @@ class WorkerSpec:
             environment.BRANCH_PREFIX.name: self.branch_prefix,
             environment.PUSH_RETRY_SECONDS.name: self.push_retry or "",
             environment.MIRROR_DIR.name: WORKER_MIRROR_DIR if self.mirror_volume else "",
+            environment.REHEARSAL.name: self.rehearsal or "",
         }
         if self.doors_volume and self.tickets:
             env[environment.DOORS_DIR.name] = WORKER_DOORS_DIR
@@ -220,6 +222,7 @@ def worker_spec(
         tickets=tickets,
         api_key=bool(doors) and api_key,
         egress_ticket=egress_ticket,
+        rehearsal=environment.REHEARSAL.get(env),
     )
 
 

@@ -49,6 +49,7 @@ from ..dispatcher import ensure_dispatcher
 from ..errors import UserError
 from ..relay import ApiRelay, RelaySettings
 from ..relay_request import NoticeKind
+from ..scripted.server import ScriptedAPI
 from ..secrets import GIT_TOKEN_ENV, Secrets, scrubber
 from ..spending import (
     MANAGER_ACCOUNT,
@@ -61,7 +62,7 @@ from ..spending import (
 from ..store import write_json
 from ..tickets import Tickets, key_folder
 from ..views import load_views
-from . import policy
+from . import policy, rehearsal
 from .board_serve import ServedBoard, board_address, serve_board
 from .channel import ChannelServer
 from .docker_api import DockerApiFilter
@@ -123,6 +124,10 @@ class ControlPlane:
         git.configure_identity(environment.GIT_USER_NAME.get(ctx.env), environment.GIT_USER_EMAIL.get(ctx.env))
         git.configure_credentials()
         git.prepare_ssh(home)
+        api_url, model = settings.api_url, None
+        if which := environment.REHEARSAL.get(ctx.env):
+            model = self.start_rehearsal(which, home)
+            api_url = model.url
         mirror = None
         git_env: dict[str, str] = {}
         if settings.repo_url:
@@ -147,7 +152,7 @@ class ControlPlane:
         ).start()  # fmt: skip
         relay = ApiRelay(
             self.secrets.claude,
-            settings.api_url,
+            api_url,
             on_notice=lambda notice: self.say(notice.message),
             settings=RelaySettings(
                 host="127.0.0.1", port=0, max_in_flight=environment.API_IN_FLIGHT.whole_number(ctx.env)
@@ -209,7 +214,19 @@ class ControlPlane:
             self.say(f"git channel: {cut} request(s) still under way were cut; their workers ask again")
         for server in (channel, docker_filter, relay):
             server.stop()
+        if model is not None:
+            model.stop()
         return 0
+
+    def start_rehearsal(self, which: str, home: Path) -> ScriptedAPI:
+        """A rehearsal's origin (made once) and its scripted model (control/rehearsal.py)."""
+        settings = self.ctx.settings
+        if not settings.repo_url:
+            raise UserError("a rehearsal needs its origin's path in REPO_URL (run.py --rehearsal sets it)")
+        access = {GIT_TOKEN_ENV: self.secrets.git_token} if self.secrets.git_token else {}
+        rehearsal.prepare_origin(Path(settings.repo_url), settings.branch,
+                                 environment.REHEARSAL_SOURCE.get(self.ctx.env), access, self.say)  # fmt: skip
+        return rehearsal.serve_model(which, home, self.say)
 
     def start_board(self, home: Path, mirror: Mirror | None) -> ServedBoard | None:
         """The board, on the port run.py publishes (none when it gave none). A board that cannot
