@@ -38,7 +38,7 @@ from .egress_tickets import basic_credentials
 
 log = logging.getLogger(__name__)
 
-SOCKET = "egress.sock"  # in the doors' folder (worker_access.EGRESS_SOCKET)
+SOCKET = "egress.sock"  # in the doors' folder (doors.EGRESS)
 UNIDENTIFIED = ".unidentified"  # the records of clients with no valid ticket (no task id starts with '.')
 MAX_LOG_BYTES = 2 * 1024 * 1024  # a task's records; past this, connections are counted only
 DEFAULT_CACHE_SECONDS = 60.0

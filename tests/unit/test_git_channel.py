@@ -237,11 +237,13 @@ def test_a_fetch_cut_by_a_stopping_control_plane_is_asked_again(
     def hang_up_once() -> None:
         conn, _ = listener.accept()
         conn.makefile("rb").readline()
+        # The next control plane is made ready first, and takes the doors' name at once (a
+        # rename): the worker's one pause is not a race with its start-up.
+        setup = Setup(tmp_path / "later")
+        os.symlink(setup.doors / "git.sock", doors / "next.sock")
         conn.close()  # stopped before it answered
         listener.close()
-        os.unlink(doors / "git.sock")
-        setup = Setup(tmp_path / "later")
-        os.symlink(setup.doors / "git.sock", doors / "git.sock")
+        os.replace(doors / "next.sock", doors / "git.sock")
 
     (tmp_path / "later").mkdir()
     thread = threading.Thread(target=hang_up_once)
@@ -301,3 +303,156 @@ def test_a_stopping_channel_cuts_what_outlasts_its_drain(setup: Setup, monkeypat
     assert setup.channel.stop(drain=0.2) == 1
     release.set()
     fetching.join(30)
+
+
+# The mirror, copied over the channel: a swarm worker's node has no mirror volume.
+
+
+def branches(repo: Path) -> dict[str, str]:
+    listing = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/heads/")
+    return dict(line.split() for line in listing.splitlines())
+
+
+def count_builds(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    builds: list[Path] = []
+    real = setup.channel._make_mirror_bundle
+
+    def counted() -> Path:
+        builds.append(made := real())
+        return made
+
+    monkeypatch.setattr(setup.channel, "_make_mirror_bundle", counted)
+    return builds
+
+
+def test_a_copy_of_the_mirror_holds_its_branches_and_clones(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    builds = count_builds(setup, monkeypatch)
+    clone = setup.worker_clone("clone")
+    tip = setup.repos.commit(clone, "orchestrator/task-001", "a.txt", "work\n")
+    worker_channel.push(setup.doors, setup.ticket(), clone, "orchestrator/task-001")
+    node = setup.tmp / "node"
+    said = worker_channel.copy_mirror(setup.doors, setup.ticket("task-002"), node / "mirror.git")
+    assert said.startswith("copied the mirror: 2 branches, ")
+    copy = node / "mirror.git"
+    assert git(copy, "rev-parse", "--is-bare-repository").strip() == "true"
+    assert branches(copy) == branches(setup.mirror.path)
+    assert set(branches(copy)) == {"refs/heads/main", "refs/heads/orchestrator/task-001"}
+    assert branches(copy)["refs/heads/orchestrator/task-001"] == tip
+    assert [p.name for p in node.iterdir()] == ["mirror.git"]  # the bundle received is gone
+    # A worker clones from its copy as it would from the mirror.
+    dependent = setup.tmp / "dependent"
+    orchestrator_git.clone_of_mirror(copy, "orchestrator/task-001", dependent, str(setup.repos.origin))
+    assert git(dependent, "rev-parse", "HEAD").strip() == tip
+    assert (dependent / "a.txt").read_text() == "work\n"
+    # Nothing changed: the bundle kept is sent again.
+    worker_channel.copy_mirror(setup.doors, setup.ticket("task-003"), setup.tmp / "other" / "mirror.git")
+    assert branches(setup.tmp / "other" / "mirror.git") == branches(setup.mirror.path)
+    assert len(builds) == 1
+    kept = list(setup.channel.cache.iterdir())
+    assert kept == builds[:1]
+
+
+def test_a_copy_after_the_mirror_changed_is_of_a_new_bundle_and_updates_the_copy(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds = count_builds(setup, monkeypatch)
+    clone = setup.worker_clone("clone")
+    setup.repos.commit(clone, "orchestrator/task-001", "a.txt", "work\n")
+    worker_channel.push(setup.doors, setup.ticket(), clone, "orchestrator/task-001")
+    copy = setup.tmp / "node" / "mirror.git"
+    worker_channel.copy_mirror(setup.doors, setup.ticket(), copy)
+    assert len(builds) == 1
+    # origin moves on and drops the task's branch; the fetch asked of the channel brings both.
+    tip = setup.repos.commit(setup.repos.control, "main", "later.txt", "later\n")
+    git(setup.repos.control, "push", "-q", "origin", "main", ":orchestrator/task-001")
+    worker_channel.fetch(setup.doors, setup.ticket())
+    said = worker_channel.copy_mirror(setup.doors, setup.ticket(), copy)
+    assert len(builds) == 2 and said.startswith("copied the mirror: 1 branch,")
+    assert branches(copy) == branches(setup.mirror.path) == {"refs/heads/main": tip}
+    assert list(setup.channel.cache.iterdir()) == builds[1:]  # the old bundle is gone
+    # A hand-back taken into the mirror is a change too.
+    setup.repos.commit(clone, "orchestrator/task-002", "b.txt", "more\n")
+    worker_channel.push(setup.doors, setup.ticket("task-002"), clone, "orchestrator/task-002")
+    worker_channel.copy_mirror(setup.doors, setup.ticket(), copy)
+    assert len(builds) == 3
+    assert branches(copy) == branches(setup.mirror.path)
+    assert "refs/heads/orchestrator/task-002" in branches(copy)
+
+
+def test_many_copies_at_once_share_one_bundle(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    builds = count_builds(setup, monkeypatch)
+    errors: list[BaseException] = []
+
+    def copy(i: int) -> None:
+        try:
+            worker_channel.copy_mirror(setup.doors, setup.ticket(f"t{i}"), setup.tmp / f"node-{i}" / "mirror.git")
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=copy, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(builds) == 1
+    for i in range(10):
+        assert branches(setup.tmp / f"node-{i}" / "mirror.git") == branches(setup.mirror.path)
+
+
+def test_a_copy_with_an_unknown_or_revoked_ticket_is_refused_at_once(setup: Setup) -> None:
+    said: list[str] = []
+    copy = setup.tmp / "node" / "mirror.git"
+    with pytest.raises(GitError, match="the control plane refused: the git channel does not know this ticket"):
+        worker_channel.copy_mirror(setup.doors, "git-forged.0", copy, wait_for=60, say=said.append)
+    with pytest.raises(GitError, match="the control plane refused: the git channel does not know this ticket"):
+        worker_channel.copy_mirror(setup.doors, setup.ticket(use=RELAY), copy, wait_for=60, say=said.append)
+    setup.orch.write_result(TaskResult(task_id="task-001", status=State.SUCCESS, output="", completed_at=utc_now()))
+    with pytest.raises(GitError, match="revoked"):
+        worker_channel.copy_mirror(setup.doors, setup.ticket(), copy, wait_for=60, say=said.append)
+    assert said == [] and not copy.exists()
+    assert list((setup.tmp / "node").iterdir()) == []
+
+
+def test_a_copy_cut_short_is_an_unreachable_server(tmp_path: Path) -> None:
+    from orchestrator import delivery
+
+    doors = tmp_path / "doors"
+    doors.mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(doors / "git.sock"))
+    listener.listen()
+
+    def send_too_little() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.makefile("rb").readline()
+            conn.sendall(json.dumps({"ok": True, "said": "x", "size": 500}).encode() + b"\n" + b"y" * 10)
+
+    thread = threading.Thread(target=send_too_little)
+    thread.start()
+    with pytest.raises(GitError, match="the remote end hung up unexpectedly after 10 of 500 bytes") as caught:
+        worker_channel.copy_mirror(doors, "git-x.y", tmp_path / "node" / "mirror.git")
+    thread.join()
+    listener.close()
+    assert delivery.unreachable(caught.value)
+    assert list((tmp_path / "node").iterdir()) == []
+
+
+def test_a_copy_waits_for_a_control_plane_that_comes_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    doors = tmp_path / "doors"
+    doors.mkdir()
+    said: list[str] = []
+    started: list[Setup] = []
+    monkeypatch.setattr(worker_channel, "WAIT_PAUSES", (0.2,))
+
+    def come_back(line: str) -> None:
+        said.append(line)
+        if len(said) == 1:
+            (tmp_path / "later").mkdir()
+            started.append(Setup(tmp_path / "later"))
+            os.symlink(started[0].doors / "git.sock", doors / "git.sock")
+
+    copy = tmp_path / "node" / "mirror.git"
+    found = worker_channel.copy_mirror(doors, Tickets(KEY).make(GIT, "task-001", 1), copy, wait_for=60, say=come_back)
+    assert found.startswith("copied the mirror: 1 branch,") and len(said) == 1
+    assert branches(copy) == branches(started[0].mirror.path)
