@@ -2,9 +2,14 @@
 
 A worker is a service in mode ``replicated-job`` named ``worker-ID``: one task that runs to
 completion, never restarted, placed by the swarm on a node with the resources it reserves, with
-the task's labels and the shared volume at /orchestration. Its secrets are Swarm secrets,
-created once per batch and mounted as files in the runtime's home, where the agent cannot read
-them: never in the service's environment or in ``docker service inspect``.
+the task's labels and the shared volume at /orchestration.
+
+Started by a control plane (the default), a job holds no secret: its task's tickets, and the
+batch's internal overlay network (``VOLUME-workers``), on which the control plane serves it the
+relay, the git channel (the mirror's copy, the hand-back) and the egress proxy (doors.py,
+control/swarm_doors.py). Started outside one (the original layout), its secrets are Swarm
+secrets, created once per batch and mounted as files in the runtime's home, where the agent
+cannot read them: never in the service's environment or in ``docker service inspect``.
 
 ``SwarmEngine`` answers reconcile, the dispatcher and orch the way ``DockerEngine`` does for
 containers: the state of each job's task is given as a container's would be (running, exited
@@ -23,6 +28,7 @@ from typing import Any
 
 from . import config
 from .docker import DockerError, docker, env_pass, labels, text
+from .doors import workers_network
 from .engine_events import EngineEvents
 from .errors import UserError
 from .secrets import GIT_TOKEN_NAME, PINNED_KNOWN_HOSTS_NAME, SSH_KEY_NAME, TOKEN_NAME, Secrets
@@ -82,7 +88,10 @@ def service_argv(spec: WorkerSpec, secret_names: Mapping[str, str]) -> list[str]
         "--mode", "replicated-job", "--restart-condition", "none",
         *task_labels, *container_labels,
         "--mount", f"type=volume,source={spec.volume},target={config.CONTAINER_ORCHESTRATION_DIR}",
-        *(["--network", spec.network] if spec.network else []),
+        # A control plane's job: on the batch's internal network, where its control plane is its only
+        # way out (doors.py); otherwise the network given.
+        *(["--network", workers_network(spec.volume)] if spec.doors_address else
+          ["--network", spec.network] if spec.network else []),
         # The swarm places a job where what it reserves is free; the limits hold it there.
         "--reserve-memory", spec.limits.memory, "--limit-memory", spec.limits.memory,
         "--limit-cpu", spec.limits.cpus, "--limit-pids", str(spec.limits.pids),
@@ -102,7 +111,8 @@ def service_argv(spec: WorkerSpec, secret_names: Mapping[str, str]) -> list[str]
 def spawn_job(spec: WorkerSpec, claim: Callable[[], object]) -> str:
     """Create the worker's job: the batch's secrets first, then the service. ``claim`` records
     the task as starting once the name is ours."""
-    names = ensure_secrets(spec.volume, spec.secrets)
+    # A control plane's job holds no secret (its tickets are in its environment): none is created.
+    names = ensure_secrets(spec.volume, spec.secrets) if spec.secrets.files() else {}
     try:
         docker(*service_argv(spec, names), env=spec.environment(), timeout=120)
     except DockerError as exc:

@@ -474,6 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(env).parse_args(options)
 
     def work() -> int:
+        if args.engine == config.ENGINE_SWARM and args.network == "host" and not args.manager_docker_socket:
+            raise InvalidInput(
+                "--engine swarm with --network host: the control plane joins its jobs' internal overlay network, "
+                "which a container on the host's network cannot; give another --network, or none"
+            )
         rehearsing = rehearsal.plan(args)  # a rehearsal: no token, origin the control plane's
         if rehearsing is None:
             check_repo_options(args)

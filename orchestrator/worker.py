@@ -329,7 +329,7 @@ class Worker:
         git.prepare_ssh(config.home)
         self.prepare_agent_folders(user)
         start_from = delivery.start_points(task, config.orch, config.attempt, self.say)
-        access.before_clone(self.say)
+        access.before_clone(self.say, config.mirror)
         mirror = config.mirror if config.mirror and (config.mirror / "HEAD").is_file() else None
         if access.through_control_plane and mirror is None:
             raise UserError(f"the control plane's mirror is not at {config.mirror}: this worker clones from it alone")

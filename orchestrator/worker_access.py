@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -23,15 +24,14 @@ from pathlib import Path
 from typing import Protocol
 
 from . import environment, worker_channel
-from .control.door import Door, listen_tcp, unix
+from .control.door import Door, listen_tcp
 from .control.egress_tickets import proxy_environment
+from .doors import EGRESS, RELAY, Doors
 from .errors import UserError
 from .relay import ACCOUNT_PATH, NOTICES_PATH, ApiRelay, Notice
 from .relay_request import NoticeKind
 from .secrets import GIT_TOKEN_ENV, Secrets
 
-RELAY_SOCKET = "relay.sock"  # control/plane.py's RELAY, in the doors' folder
-EGRESS_SOCKET = "egress.sock"  # control/plane.py's EGRESS, in the doors' folder
 # Of the relay's account, what a result keeps (``usage``).
 USAGE_FIELDS = ("cost_usd", "budget_usd", "state", "requests", "retried", "input_tokens", "output_tokens",
                 "cache_creation_tokens", "cache_read_tokens", "rate_limited", "overloaded", "over_budget", "refused",
@@ -59,7 +59,7 @@ class Access(Protocol):
     def git_env(self, repo_url: str) -> dict[str, str]:
         """What git needs, in the runtime only, to reach origin."""
 
-    def before_clone(self, say: Callable[[str], None]) -> None:
+    def before_clone(self, say: Callable[[str], None], mirror: Path | None = None) -> None:
         """Anything that must come first (the control plane's mirror made fresh)."""
 
     def origin_access(self) -> contextlib.AbstractContextManager[object]:
@@ -90,7 +90,7 @@ class OwnSecrets:
             env[GIT_TOKEN_ENV] = self.secrets.git_token
         return env
 
-    def before_clone(self, say: Callable[[str], None]) -> None:
+    def before_clone(self, say: Callable[[str], None], mirror: Path | None = None) -> None:
         pass
 
     def origin_access(self) -> contextlib.AbstractContextManager[object]:
@@ -110,7 +110,7 @@ class OwnSecrets:
 class ThroughControlPlane:
     through_control_plane = True
 
-    def __init__(self, doors: Path, relay_ticket: str | None, git_ticket: str | None, api_key: bool,
+    def __init__(self, doors: Doors, relay_ticket: str | None, git_ticket: str | None, api_key: bool,
                  wait_for: float = 0.0, egress: tuple[str, str] | None = None):  # fmt: skip
         self.doors = doors
         self.egress = egress  # (task id, ticket)
@@ -129,9 +129,17 @@ class ThroughControlPlane:
     def git_env(self, repo_url: str) -> dict[str, str]:
         return {environment.REPO_URL.name: repo_url}  # and no credential: there is none here
 
-    def before_clone(self, say: Callable[[str], None]) -> None:
+    def before_clone(self, say: Callable[[str], None], mirror: Path | None = None) -> None:
+        """The control plane's mirror made as origin is now; on a swarm, where its volume is not
+        mounted, copied over the channel into ``mirror`` (the runtime's own folder)."""
         assert self.git_ticket
         worker_channel.fetch(self.doors, self.git_ticket, wait_for=self.wait_for, say=say)
+        if self.doors.over_network:
+            if mirror is None:
+                raise UserError(f"{environment.MIRROR_DIR.name} is not set: a swarm worker copies the mirror there")
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(mirror.parent, 0o755)  # the agent's clone borrows from it, as from a mounted mirror
+            say(worker_channel.copy_mirror(self.doors, self.git_ticket, mirror, wait_for=self.wait_for, say=say))
 
     def origin_access(self) -> contextlib.AbstractContextManager[object]:
         return contextlib.nullcontext()
@@ -140,13 +148,13 @@ class ThroughControlPlane:
     def api(self, on_notice: Callable[[Notice], None]) -> Iterator[ApiEndpoint]:
         assert self.relay_ticket
         listener = listen_tcp("127.0.0.1")
-        door = Door(listener, unix(self.doors / RELAY_SOCKET)).start()
+        door = Door(listener, self.doors.connector(RELAY)).start()
         proxy_env: dict[str, str] = {}
         proxy_door = None
         if self.egress is not None:
             # The worker has no network: the proxy is reached through a door on its loopback, as the relay is.
             proxy_listener = listen_tcp("127.0.0.1")
-            proxy_door = Door(proxy_listener, unix(self.doors / EGRESS_SOCKET)).start()
+            proxy_door = Door(proxy_listener, self.doors.connector(EGRESS)).start()
             task, ticket = self.egress
             proxy_env = proxy_environment(f"127.0.0.1:{proxy_listener.getsockname()[1]}", task, ticket,
                                           no_proxy=("127.0.0.1", "localhost"))  # fmt: skip
@@ -180,7 +188,7 @@ def access_of(env_doors: str | None, secrets: Secrets, home: Path, api_url: str 
               task_id: str = "") -> Access:  # fmt: skip
     if env_doors:
         egress = (task_id, egress_ticket) if egress_ticket and task_id else None
-        return ThroughControlPlane(Path(env_doors), relay_ticket, git_ticket, api_key, wait_for, egress)
+        return ThroughControlPlane(Doors.parse(env_doors), relay_ticket, git_ticket, api_key, wait_for, egress)
     return OwnSecrets(secrets, home, api_url)
 
 

@@ -17,6 +17,7 @@ from .docker import (
     labels,
     storage_quota_supported,
 )
+from .doors import CONTROL_ALIAS
 from .errors import UserError
 from .limits import WorkerLimits
 from .secrets import Secrets
@@ -27,6 +28,9 @@ from .tickets import EGRESS, GIT, RELAY, Tickets, key_folder
 RUNTIME_CAPABILITIES = ("SETUID", "SETGID", "KILL")
 WORKER_MIRROR_DIR = "/mirror"  # where a worker finds the control plane's mirror, read-only
 WORKER_DOORS_DIR = "/run/orchestrator"  # where it finds the control plane's relay and git channel
+# A swarm worker's copy of the mirror (taken over the git channel), where a local worker mounts it:
+# readable by all, as the agent's clone reads through the runtime's.
+WORKER_MIRROR_COPY_DIR = WORKER_MIRROR_DIR
 
 
 class WorkerDidNotStart(UserError):
@@ -77,6 +81,9 @@ class WorkerSpec:
     tickets: tuple[str, str] | None = None
     api_key: bool = False
     egress_ticket: str | None = None  # its agent's, for the control plane's egress proxy
+    # A swarm worker of a control plane: no doors' volume (a job may run on another node), but the
+    # control plane on the batch's internal overlay network (doors.py), ``tcp://ALIAS``.
+    doors_address: str | None = None
     rehearsal: str | None = None  # run.py --rehearsal's: its result says so
 
     @property
@@ -108,11 +115,13 @@ class WorkerSpec:
             environment.TASK_ATTEMPT.name: str(self.attempt) if self.attempt else "",
             environment.BRANCH_PREFIX.name: self.branch_prefix,
             environment.PUSH_RETRY_SECONDS.name: self.push_retry or "",
-            environment.MIRROR_DIR.name: WORKER_MIRROR_DIR if self.mirror_volume else "",
+            environment.MIRROR_DIR.name: WORKER_MIRROR_DIR
+            if self.mirror_volume
+            else (WORKER_MIRROR_COPY_DIR if self.doors_address else ""),
             environment.REHEARSAL.name: self.rehearsal or "",
         }
-        if self.doors_volume and self.tickets:
-            env[environment.DOORS_DIR.name] = WORKER_DOORS_DIR
+        if (self.doors_volume or self.doors_address) and self.tickets:
+            env[environment.DOORS_DIR.name] = WORKER_DOORS_DIR if self.doors_volume else self.doors_address or ""
             env[environment.RELAY_TICKET.name], env[environment.GIT_TICKET.name] = self.tickets
             env[environment.CREDENTIAL_KIND.name] = "api-key" if self.api_key else "oauth"
             env[environment.EGRESS_TICKET.name] = self.egress_ticket or ""
@@ -188,9 +197,13 @@ def worker_spec(
         git_token_file=git_token_file,
         env=env,
     )
+    # Started by a control plane (its doors' volume set): tickets, no secret. A container mounts
+    # the doors; a swarm job, which may run on another node, reaches them over the workers' network.
+    through_control = bool(environment.DOORS_VOLUME.get(env))
     doors = environment.DOORS_VOLUME.get(env) if engine == config.ENGINE_DOCKER else None
+    doors_address = f"tcp://{CONTROL_ALIAS}" if through_control and engine == config.ENGINE_SWARM else None
     tickets = egress_ticket = None
-    if doors:
+    if through_control:
         tickets, egress_ticket = worker_tickets(env, task_id, attempt)
         api_key = secrets.claude is not None and secrets.claude.is_api_key
         secrets = Secrets()  # the control plane keeps them: the worker reaches origin and the API through it
@@ -220,8 +233,9 @@ def worker_spec(
         mirror_volume=environment.MIRROR_VOLUME.get(env) if engine == config.ENGINE_DOCKER else None,
         doors_volume=doors,
         tickets=tickets,
-        api_key=bool(doors) and api_key,
+        api_key=through_control and api_key,
         egress_ticket=egress_ticket,
+        doors_address=doors_address,
         rehearsal=environment.REHEARSAL.get(env),
     )
 

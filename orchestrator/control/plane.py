@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .. import environment, git
+from .. import config, environment, git
 from ..cli import HelpFormatter, run_command
 from ..context import Context
 from ..dispatcher import ensure_dispatcher
@@ -73,6 +73,7 @@ from .endpoints import Endpoints
 from .git_channel import SOCKET as GIT_SOCKET
 from .git_channel import GitChannel
 from .mirror import Mirror
+from .swarm_doors import serve as swarm_doors_of
 
 RUN_DIR = Path("/run/orchestrator")
 CHANNEL = "control.sock"
@@ -190,6 +191,11 @@ class ControlPlane:
                 work=settings.workspace / HANDBACK_WORK, env=git_env, scrub=scrubber(self.secrets.values()),
                 prefix=settings.branch_prefix, say=self.say,
             ).start()  # fmt: skip
+        # A swarm's jobs may run on other nodes: the same services, on the batch's internal network.
+        swarm_doors = []
+        if settings.engine == config.ENGINE_SWARM:
+            control_name = environment.CONTROL_NAME.require(ctx.env)
+            swarm_doors = swarm_doors_of(settings.volume, control_name, port, self.doors_dir, self.say)
         resumed = self.resume()
         board = self.start_board(home, mirror)
         Endpoints(
@@ -208,6 +214,8 @@ class ControlPlane:
             board.stop()
         door.close()
         worker_door.close()
+        for swarm_door in swarm_doors:
+            swarm_door.close()
         egress.stop()
         spend.stop()
         if git_channel is not None and (cut := git_channel.stop()):

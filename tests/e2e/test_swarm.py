@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.end_to_end import Run, busy_for, start_manager
-from tests.support.git_servers import GitServer
+from tests.support.end_to_end import Bridge, Run, busy_for, make_bridge, start_manager
+from tests.support.git_servers import GitServer, serve_git_daemon
 from tests.support.own_engine import OwnEngine
-from tests.support.scripted_api import attempts, bash, error, text, write
+from tests.support.scripted_api import ScriptedAPI, attempts, bash, error, text, write
 
 CLONE = "/workspace/repo"
 LONG_JOB = busy_for(600)
@@ -44,15 +44,28 @@ def swarm(own_engine: OwnEngine) -> Iterator[OwnEngine]:
 
 
 def test_a_batch_runs_as_swarm_jobs(
-    run: Run, swarm: OwnEngine, git_server: GitServer, token_file: Path, token: str, ssh_key: Path,
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    run: Run, swarm: OwnEngine, token_file: Path, token: str, ssh_key: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ):  # fmt: skip
     monkeypatch.setenv("DOCKER_HOST", swarm.host)
+    # The control plane joins its jobs' overlay network, which a container on the host's network
+    # cannot: the orchestration runs on a bridge of the test's own, the scripted API and the git
+    # server on its gateway.
+    bridge = make_bridge(f"{run.manager}-bridge")
+    try:
+        with ScriptedAPI(host=bridge.gateway) as api, serve_git_daemon(tmp_path / "repos", host=bridge.gateway) as git:
+            batch_on_a_swarm(Run(run.id, run.volume, api), swarm, git, bridge, token_file, token, ssh_key, tmp_path)
+    finally:
+        swarm.docker("network", "rm", bridge.name, f"{run.volume}-workers", check=False)
+
+
+def batch_on_a_swarm(run: Run, swarm: OwnEngine, git_server: GitServer, bridge: Bridge, token_file: Path, token: str,
+                     ssh_key: Path, tmp_path: Path) -> None:  # fmt: skip
     git_token = tmp_path / "git-token"
     git_token.write_text("ghp_swarmTestToken0123456789\n")
     repo = git_server.repo(f"swarm-{run.id}")
     manager = start_manager(run, repo, token_file, "--engine", "swarm", "--ssh-key", str(ssh_key),
-                            "--git-token", str(git_token))  # fmt: skip
+                            "--git-token", str(git_token), network=bridge.name)  # fmt: skip
     try:
         theme, settings, broken, slow = (run.task_id(n) for n in ("theme", "settings", "broken", "slow"))
         manager.orch("submit", "--id", theme, "--prompt",
@@ -63,6 +76,13 @@ def test_a_batch_runs_as_swarm_jobs(
         overloaded = error(529, "Overloaded", should_retry=False)
         manager.orch("submit", "--id", broken, "--prompt", run.prompt("broken", attempts(overloaded, text("fine now"))))
         manager.orch("submit", "--id", slow, "--prompt", run.prompt("slow", bash(LONG_JOB)))
+        # A hostile agent on a job: straight to the API's server (the bridge's gateway), then through
+        # the egress proxy to a host outside its policy. Neither gets out.
+        escape = run.task_id("escape")
+        direct = f"curl -sS -m 5 --noproxy '*' -o /dev/null {run.api.url}/v1/messages; echo direct=$?"
+        proxied = "curl -sS -m 5 -o /dev/null -w 'proxied=%{http_code}' http://example.com/"
+        manager.orch("submit", "--id", escape, "--prompt", run.prompt("escape", bash(direct), bash(proxied),
+                                                                      text("stayed in")))  # fmt: skip
         # More memory than any node has: the swarm never places it.
         huge = run.task_id("huge")
         manager.orch("submit", "--id", huge, "--memory", "4000g", "--prompt", run.prompt("huge", text("never")))
@@ -78,6 +98,10 @@ def test_a_batch_runs_as_swarm_jobs(
             "cancelled",
         ]
         assert run.tool_results("settings")[0] == "dark"  # it started from its dependency's work
+        went_direct, went_proxied = run.tool_results("escape")[:2]
+        assert "direct=0" not in went_direct and "direct=" in went_direct, went_direct
+        assert "proxied=403" in went_proxied, went_proxied
+        assert [r for r in run.api.requests if (r.header("user-agent") or "").startswith("curl")] == []
         assert "API Error: 529" in status[broken]["message"]
         assert status[huge]["state"] == "failed" and "never ran: no node can run it" in status[huge]["message"]
         assert "insufficient resources" in status[huge]["message"]
@@ -110,8 +134,24 @@ def test_a_batch_runs_as_swarm_jobs(
         inspected += swarm.docker("secret", "inspect", *secret_ids).stdout if secret_ids else ""
         containers = swarm.docker("ps", "-aq").stdout.split()
         inspected += swarm.docker("inspect", *containers).stdout
-        assert secret_ids and [s for s in secrets if s in inspected] == []
+        assert [s for s in secrets if s in inspected] == []
         assert run.volume_contains(token) == []
+        # No secret at all: no Swarm secret was made; each job has its task's tickets, and the batch's
+        # internal network, where its control plane is its only way out.
+        assert secret_ids == []
+        for service in services:
+            env = service["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+            assert "ORCHESTRATOR_DOORS_DIR=tcp://orchestrator-control" in env
+            assert any(v.startswith("ORCHESTRATOR_RELAY_TICKET=relay-") for v in env)
+            assert "Secrets" not in service["Spec"]["TaskTemplate"]["ContainerSpec"]
+        network = json.loads(swarm.docker("network", "inspect", f"{run.volume}-workers").stdout)[0]
+        assert network["Internal"] and network["Driver"] == "overlay"
+        attached = [n["Target"] for n in services[0]["Spec"]["TaskTemplate"]["Networks"]]
+        assert attached == [network["Id"]] or attached == [network["Name"]], attached
+        # The jobs copied the mirror over the channel (no volume of the control plane's on their node).
+        assert "copied the mirror" in swarm.docker("service", "logs", f"worker-{theme}").stdout
+        # Every request the API got carried the orchestration's credential, put there by the relay.
+        assert set(run.api.authorizations()) == {f"Bearer {token}"}
 
         cleaned = manager.orch("cleanup").stdout
         assert "removed" in cleaned

@@ -23,6 +23,7 @@ from orchestrator.control.egress import EgressRecord
 from orchestrator.control.egress_policy import Policy, parse_policy
 from orchestrator.control.egress_service import EgressIdentify, EgressLog, EgressService, TaskPolicies
 from orchestrator.display import status_json
+from orchestrator.doors import Doors
 from orchestrator.egress_choice import EgressChoice
 from orchestrator.egress_counts import counts_of
 from orchestrator.errors import InvalidInput
@@ -206,7 +207,8 @@ def test_the_agent_s_request_goes_through_its_door_and_the_control_plane_s_proxy
     told: list[str] = []
     service = EgressService(doors, tickets, orch, {}, "claude-", lambda task, line: told.append(line)).start()
     try:
-        access = ThroughControlPlane(doors, "relay-x", "git-x", False, egress=("t-1", tickets.make(EGRESS, "t-1", 1)))
+        access = ThroughControlPlane(Doors(folder=doors), "relay-x", "git-x", False,
+                                     egress=("t-1", tickets.make(EGRESS, "t-1", 1)))  # fmt: skip
         with access.api(lambda notice: None) as api:
             proxy = api.proxy_env["HTTP_PROXY"]
             assert api.proxy_env["NO_PROXY"] == api.proxy_env["no_proxy"] == "127.0.0.1,localhost"

@@ -455,6 +455,28 @@ def test_without_a_control_plane_or_on_swarm_no_mirror_is_mounted(
     assert spec.mirror_volume is None
 
 
+def test_a_control_planes_swarm_job_holds_tickets_and_no_secret_on_the_workers_network(tmp_path: Path) -> None:
+    from orchestrator.engine_swarm import service_argv
+    from orchestrator.tickets import Tickets
+
+    Tickets.in_folder(tmp_path, create=True)
+    env = {"ORCHESTRATOR_DOORS_VOLUME": "v-doors", "ORCHESTRATOR_MIRROR_VOLUME": "app-mirror",
+           "ORCHESTRATOR_KEYS_DIR": str(tmp_path), "CLAUDE_CODE_OAUTH_TOKEN": "sk-secret", "GIT_TOKEN": "ghp_x",
+           "HOME": "/nonexistent"}  # fmt: skip
+    limits = WorkerLimits.parse(None, None, None)
+    spec = worker_spec("flutter", "task-002", env=env, repo="git://x/y.git", branch="main", model="m", api_url=None,
+                       volume="v", network="bridge", image_prefix="claude-", limits=limits, engine="swarm")  # fmt: skip
+    assert spec.secrets.files() == [] and spec.doors_volume is None and spec.mirror_volume is None
+    worker_env = spec.environment()
+    assert worker_env["ORCHESTRATOR_DOORS_DIR"] == "tcp://orchestrator-control"
+    assert worker_env["ORCHESTRATOR_MIRROR_DIR"] == "/mirror"  # its copy, taken over the channel
+    assert worker_env["ORCHESTRATOR_RELAY_TICKET"].startswith("relay-")
+    assert not any(secret in str(worker_env) for secret in ("sk-secret", "ghp_x"))
+    argv = service_argv(spec, {})
+    assert argv[argv.index("--network") + 1] == "v-workers" and argv.count("--network") == 1
+    assert "--secret" not in argv
+
+
 def test_the_control_plane_serves_a_plain_spawn_in_its_own_process(
     fake_docker: FakeDocker, orchestration_dir: Path, capsys
 ):
