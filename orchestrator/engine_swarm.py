@@ -92,6 +92,9 @@ def service_argv(spec: WorkerSpec, secret_names: Mapping[str, str]) -> list[str]
         # way out (doors.py); otherwise the network given.
         *(["--network", workers_network(spec.volume)] if spec.doors_address else
           ["--network", spec.network] if spec.network else []),
+        # Its name server: the control plane's, which answers NXDOMAIN to every name the network's
+        # embedded DNS forwards (no lookup leaves the machine, so no name carries data out).
+        *(["--dns", spec.dns] if spec.dns else []),
         # The swarm places a job where what it reserves is free; the limits hold it there.
         "--reserve-memory", spec.limits.memory, "--limit-memory", spec.limits.memory,
         "--limit-cpu", spec.limits.cpus, "--limit-pids", str(spec.limits.pids),

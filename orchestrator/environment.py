@@ -118,6 +118,9 @@ ALLOW_HOSTS = Var("ORCHESTRATOR_ALLOW_HOSTS")  # HOST[:PORT] patterns, separated
 # so in their results.
 REHEARSAL = Var("ORCHESTRATOR_REHEARSAL")
 REHEARSAL_SOURCE = Var("ORCHESTRATOR_REHEARSAL_SOURCE")  # the person's --repo, copied, never pushed to
+# In a swarm batch's control plane: its address on the workers' network (control/swarm_doors.py),
+# which its jobs are given as their name server (--dns): it answers NXDOMAIN to every name.
+SWARM_CONTROL_ADDRESS = Var("ORCHESTRATOR_SWARM_CONTROL_ADDRESS")
 # In the manager: the request its Claude Code starts on (a rehearsal's script names one).
 FIRST_REQUEST = Var("ORCHESTRATOR_FIRST_REQUEST")
 # In the control plane: the manager's workspace, read-only, where `orch push` finds its hand-over.
@@ -190,6 +193,7 @@ ALL = (
     EGRESS_TICKET,
     CREDENTIAL_KIND,
     MANAGER_WORKSPACE,
+    SWARM_CONTROL_ADDRESS,
     DASHBOARD_PORT,
     CONTROL_NAME,
     MAX_WORKERS,

@@ -111,6 +111,9 @@ def control_argv(o: Orchestration, image: str, socket: Path, socket_gid: int, se
         "--volume", f"{o.control_workspace}:{CONTROL_WORKSPACE}",
         "--volume", f"{o.workspace_volume}:{MANAGER_WORKSPACE_IN_CONTROL}:ro",
         *flag("--network", o.network),
+        # A swarm batch's control plane serves its jobs a name server on port 53, as its own user.
+        *(["--sysctl", "net.ipv4.ip_unprivileged_port_start=53"]
+          if settings.get(environment.ENGINE.name) == config.ENGINE_SWARM else []),
         *board_options(o),
         *[arg for name in settings for arg in env_pass(name)],
         "--entrypoint", "/usr/bin/tini", image,

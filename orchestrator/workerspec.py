@@ -84,6 +84,7 @@ class WorkerSpec:
     # A swarm worker of a control plane: no doors' volume (a job may run on another node), but the
     # control plane on the batch's internal overlay network (doors.py), ``tcp://ALIAS``.
     doors_address: str | None = None
+    dns: str | None = None  # a swarm job's name server: its control plane's, which resolves nothing
     rehearsal: str | None = None  # run.py --rehearsal's: its result says so
 
     @property
@@ -236,6 +237,7 @@ def worker_spec(
         api_key=through_control and api_key,
         egress_ticket=egress_ticket,
         doors_address=doors_address,
+        dns=environment.SWARM_CONTROL_ADDRESS.get(env) if doors_address else None,
         rehearsal=environment.REHEARSAL.get(env),
     )
 

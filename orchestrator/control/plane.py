@@ -32,6 +32,7 @@ mounts read-only), what its workers reach it through, holding no credential (tic
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -73,7 +74,8 @@ from .endpoints import Endpoints
 from .git_channel import SOCKET as GIT_SOCKET
 from .git_channel import GitChannel
 from .mirror import Mirror
-from .swarm_doors import serve as swarm_doors_of
+from .swarm_doors import join_network as join_swarm_network
+from .swarm_doors import serve as serve_swarm
 
 RUN_DIR = Path("/run/orchestrator")
 CHANNEL = "control.sock"
@@ -144,6 +146,15 @@ class ControlPlane:
             self.say(f"fetching {settings.repo_url} into the mirror")
             mirror.refresh()
             self.prepare_clone(mirror, git_env)
+        # A swarm's jobs may run on other nodes: the control plane joins their network first, so that
+        # every spawn (the channel's, the dispatcher's) names its address as the jobs' name server.
+        swarm_address = None
+        if settings.engine == config.ENGINE_SWARM:
+            swarm_address = join_swarm_network(settings.volume, environment.CONTROL_NAME.require(ctx.env))
+            self.env[environment.SWARM_CONTROL_ADDRESS.name] = swarm_address
+            self.ctx = ctx = dataclasses.replace(
+                ctx, env={**ctx.env, environment.SWARM_CONTROL_ADDRESS.name: swarm_address}
+            )
         channel = ChannelServer(
             self.run_dir / CHANNEL, check=lambda request: policy.check(request, self.env), env=self.env, mode=0o666
         ).start()
@@ -192,10 +203,7 @@ class ControlPlane:
                 prefix=settings.branch_prefix, say=self.say,
             ).start()  # fmt: skip
         # A swarm's jobs may run on other nodes: the same services, on the batch's internal network.
-        swarm_doors = []
-        if settings.engine == config.ENGINE_SWARM:
-            control_name = environment.CONTROL_NAME.require(ctx.env)
-            swarm_doors = swarm_doors_of(settings.volume, control_name, port, self.doors_dir, self.say)
+        swarm_doors = [] if swarm_address is None else serve_swarm(swarm_address, port, self.doors_dir, self.say)
         resumed = self.resume()
         board = self.start_board(home, mirror)
         Endpoints(
@@ -214,8 +222,8 @@ class ControlPlane:
             board.stop()
         door.close()
         worker_door.close()
-        for swarm_door in swarm_doors:
-            swarm_door.close()
+        for served in swarm_doors:
+            served.close() if isinstance(served, Door) else served.stop()
         egress.stop()
         spend.stop()
         if git_channel is not None and (cut := git_channel.stop()):

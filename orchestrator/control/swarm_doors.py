@@ -22,9 +22,11 @@ from .. import config
 from ..docker import DockerError, docker, labels, text
 from ..doors import CONTROL_ALIAS, EGRESS, GIT, PORTS, RELAY, workers_network
 from ..errors import UserError
+from .dns import NullDns
 from .door import Door, listen_tcp, tcp, unix
 
 JOIN_TIMEOUT = 30.0  # until the control plane's address on the network shows
+DNS_PORT = 53  # what --dns names: the control plane binds it (run.py lowers its unprivileged ports to 53)
 
 
 def ensure_network(volume: str) -> str:
@@ -59,20 +61,30 @@ def join(network: str, container: str) -> str:
         time.sleep(0.5)
 
 
-def serve(volume: str, container: str, relay_port: int, doors_dir: Path, say: Callable[[str], None]) -> list[Door]:
+def join_network(volume: str, container: str) -> str:
+    """The control plane on its jobs' network; its address there."""
+    return join(ensure_network(volume), container)
+
+
+def serve(address: str, relay_port: int, doors_dir: Path, say: Callable[[str], None]) -> list[Door | NullDns]:
     """The relay, the git channel and the egress proxy, on the control plane's address in the
-    workers' network."""
-    network = ensure_network(volume)
-    address = join(network, container)
+    workers' network; and a name server there that resolves nothing (dns.py), which the jobs are
+    given (``--dns``): the network's embedded DNS answers the names of its own containers (the
+    control plane's alias) and forwards every other name to it, so that no name a job looks up
+    leaves the machine."""
     targets = {
         RELAY: tcp("127.0.0.1", relay_port),
         GIT: unix(doors_dir / GIT),
         EGRESS: unix(doors_dir / EGRESS),
     }
-    doors = [Door(_listen(address, PORTS[name]), connect).start() for name, connect in targets.items()]
-    say(f"serving swarm workers on {network} as {CONTROL_ALIAS} ({address}): relay :{PORTS[RELAY]}, "
-        f"git :{PORTS[GIT]}, egress :{PORTS[EGRESS]}")  # fmt: skip
-    return doors
+    served: list[Door | NullDns] = [Door(_listen(address, PORTS[name]), connect).start()
+                                    for name, connect in targets.items()]  # fmt: skip
+    served.append(NullDns(address, DNS_PORT, record=lambda query: say(
+        f"dns: {query.answer} to {query.client} for {query.name} ({query.qtype}): a job resolves nothing"
+    )).start())  # fmt: skip
+    say(f"serving swarm workers as {CONTROL_ALIAS} ({address}): relay :{PORTS[RELAY]}, git :{PORTS[GIT]}, "
+        f"egress :{PORTS[EGRESS]}, a name server that resolves nothing :{DNS_PORT}")  # fmt: skip
+    return served
 
 
 def _listen(address: str, port: int) -> socket.socket:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from tests.support.commands import sh
 from tests.support.end_to_end import Bridge, Run, start_manager
@@ -69,11 +71,18 @@ class Listener:
 
 
 @contextmanager
-def allowed_server() -> Iterator[int]:
-    """An HTTP server of the test's own, the one host the policy adds."""
+def allowed_server(redirect_to: str) -> Iterator[int]:
+    """An HTTP server of the test's own, a host the policy adds; ``/redirect`` sends the client
+    on to ``redirect_to``, outside the policy."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             body = b"allowed-answer\n"
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -92,14 +101,51 @@ def allowed_server() -> Iterator[int]:
         server.server_close()
 
 
-def test_a_hostile_agent_reaches_only_its_policy(run: Run, git_server: GitServer, token_file: Path, bridge: Bridge):
+@contextmanager
+def tls_server(tmp: Path) -> Iterator[int]:
+    """An HTTPS server of the test's own, with a certificate of its own: a page, and a repository
+    over git's HTTP protocol (dumb: static files). A host the policy adds, for the tools that
+    go through the proxy with CONNECT."""
+    cert, key, www, seed = tmp / "cert.pem", tmp / "key.pem", tmp / "www", tmp / "seed"
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=egress-test", "-days", "1",
+       "-keyout", str(key), "-out", str(cert))  # fmt: skip
+    www.mkdir()
+    (www / "page.txt").write_text("tls-answer\n")
+    sh("git", "init", "-q", "-b", "main", str(seed))
+    (seed / "hello.txt").write_text("over-https\n")
+    sh("git", "-C", str(seed), "add", "hello.txt")
+    sh("git", "-C", str(seed), "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "hello")
+    sh("git", "clone", "-q", "--bare", str(seed), str(www / "app.git"))
+    sh("git", "-C", str(www / "app.git"), "update-server-info")
+
+    class Handler(SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(www), **kwargs)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_hostile_agent_reaches_only_its_policy(run: Run, git_server: GitServer, token_file: Path, bridge: Bridge,
+                                                  tmp_path: Path):  # fmt: skip
     # The host's address on a network of the test's own: where the control plane (on the host's
     # network) reaches the test's servers, and what a worker would try for the host.
     host = bridge.gateway
     listener = Listener()
     try:
-        with allowed_server() as allowed:
-            verdicts, outputs, extra = attack(run, git_server, token_file, host, listener.port, allowed)
+        with allowed_server(f"http://{host}:{listener.port}/") as allowed, tls_server(tmp_path) as tls:
+            verdicts, outputs, extra = attack(run, git_server, token_file, host, listener.port, allowed, tls)
         reached = list(listener.reached)
     finally:
         listener.close()
@@ -113,12 +159,16 @@ def test_a_hostile_agent_reaches_only_its_policy(run: Run, git_server: GitServer
     failures = {name: outputs.get(name, "") for name, ok in verdicts.items() if not ok}
     assert line == f"{len(verdicts)} attempts: {len(verdicts)} refused", f"{line}; not refused: {failures}"
     assert extra["allowed"], f"the allowed host did not answer through the proxy: {extra['allowed_output']}"
+    # The ordinary tools, to an allowed host over HTTPS (CONNECT through the proxy): curl, git, and
+    # Python's urllib (which pip's HTTP stack follows for the proxy variables). The worker image
+    # has neither pip nor npm.
+    assert extra["works"] == {"curl": True, "git over https": True, "python urllib": True}, extra["works_output"]
     assert extra["counts"]["refused"] >= 5 and extra["counts"]["allowed"] >= 1, extra["counts"]
     assert "egress: refused" in extra["worker_log"], extra["worker_log"][-3000:]
 
 
 def attack(run: Run, git_server: GitServer, token_file: Path, host: str, port: int,
-           allowed: int) -> tuple[dict[str, bool], dict[str, str], dict]:  # fmt: skip
+           allowed: int, tls: int) -> tuple[dict[str, bool], dict[str, str], dict]:  # fmt: skip
     py = "python3 -c"
     attempts = [
         Attempt(
@@ -176,6 +226,11 @@ def attack(run: Run, git_server: GitServer, token_file: Path, host: str, port: i
             lambda out: "http=400" in out,
         ),
         Attempt(
+            "a redirect from the allowed host to the test's listener",
+            f"curl -sS -L -m 20 -o /dev/null -w 'http=%{{http_code}}' http://{host}:{allowed}/redirect 2>&1",
+            lambda out: "http=403" in out,
+        ),
+        Attempt(
             "the proxy without the task's ticket",
             f"P=${{HTTP_PROXY#*@}}; curl -sS -m 20 -x \"http://$P\" -o /dev/null -w 'http=%{{http_code}}' "
             f"http://{host}:{allowed}/ 2>&1",
@@ -183,13 +238,30 @@ def attack(run: Run, git_server: GitServer, token_file: Path, host: str, port: i
         ),
     ]
     allowed_check = f'curl -sS -m 20 -x "$HTTP_PROXY" http://{host}:{allowed}/ 2>&1'
+    unverified = "ssl._create_unverified_context()"  # the test's own certificate
+    fetch_page = f"urllib.request.urlopen('https://{host}:{tls}/page.txt', context={unverified}, timeout=20)"
+    works = {
+        "curl": (f"curl -sS -k -m 20 https://{host}:{tls}/page.txt 2>&1", "tls-answer"),
+        "git over https": (
+            f"git -c http.sslVerify=false clone -q https://{host}:{tls}/app.git /tmp/over-https 2>&1 "
+            "&& cat /tmp/over-https/hello.txt",
+            "over-https",
+        ),
+        "python urllib": (
+            f'python3 -c "import ssl, urllib.request; print({fetch_page}.read().decode())" 2>&1',
+            "tls-answer",
+        ),
+    }
     repo = git_server.repo(f"egress-{run.id}")
-    manager = start_manager(run, repo, token_file, "--allow-host", f"{host}:{allowed}")
+    manager = start_manager(run, repo, token_file, "--allow-host", f"{host}:{allowed}", "--allow-host",
+                            f"{host}:{tls}")  # fmt: skip
     try:
         hostile = run.task_id("hostile")
         turns = [bash("env | grep -ci _proxy=", "proxy variables")]
         turns += [bash(a.command, a.name) for a in attempts]
-        turns += [bash(allowed_check, "the allowed host"), text("done")]
+        turns += [bash(allowed_check, "the allowed host")]
+        turns += [bash(command, name) for name, (command, _) in works.items()]
+        turns += [text("done")]
         manager.orch("submit", "--id", hostile, "--prompt", run.prompt("hostile", *turns), "--start")
         manager.orch("wait", hostile, timeout=600)
         results = run.tool_results("hostile")
@@ -207,7 +279,11 @@ def attack(run: Run, git_server: GitServer, token_file: Path, host: str, port: i
     )
     outputs["the proxy's refusals are recorded"] = json.dumps(records)[:3000]
     allowed_output = results[len(attempts) + 1] if len(results) > len(attempts) + 1 else ""
+    works_output = {name: results[len(attempts) + 2 + index] if len(results) > len(attempts) + 2 + index else ""
+                    for index, name in enumerate(works)}  # fmt: skip
     extra = {
+        "works": {name: expected in works_output[name] for name, (_, expected) in works.items()},
+        "works_output": works_output,
         "allowed": "allowed-answer" in allowed_output,
         "allowed_output": allowed_output,
         "counts": status.get("egress", {}).get(hostile, {"allowed": 0, "refused": 0}),

@@ -81,8 +81,9 @@ def batch_on_a_swarm(run: Run, swarm: OwnEngine, git_server: GitServer, bridge: 
         escape = run.task_id("escape")
         direct = f"curl -sS -m 5 --noproxy '*' -o /dev/null {run.api.url}/v1/messages; echo direct=$?"
         proxied = "curl -sS -m 5 -o /dev/null -w 'proxied=%{http_code}' http://example.com/"
+        lookup = "getent hosts exfil-7f3a9c.example.com; echo lookup=$?"
         manager.orch("submit", "--id", escape, "--prompt", run.prompt("escape", bash(direct), bash(proxied),
-                                                                      text("stayed in")))  # fmt: skip
+                                                                      bash(lookup), text("stayed in")))  # fmt: skip
         # More memory than any node has: the swarm never places it.
         huge = run.task_id("huge")
         manager.orch("submit", "--id", huge, "--memory", "4000g", "--prompt", run.prompt("huge", text("never")))
@@ -98,7 +99,11 @@ def batch_on_a_swarm(run: Run, swarm: OwnEngine, git_server: GitServer, bridge: 
             "cancelled",
         ]
         assert run.tool_results("settings")[0] == "dark"  # it started from its dependency's work
-        went_direct, went_proxied = run.tool_results("escape")[:2]
+        went_direct, went_proxied, looked_up = run.tool_results("escape")[:3]
+        # The name went no further than the control plane's name server, which answered NXDOMAIN.
+        assert "lookup=2" in looked_up, looked_up
+        control_log = swarm.docker("logs", f"{manager.name}-control").stdout
+        assert "dns: NXDOMAIN" in control_log and "exfil-7f3a9c.example.com" in control_log, control_log[-2000:]
         assert "direct=0" not in went_direct and "direct=" in went_direct, went_direct
         assert "proxied=403" in went_proxied, went_proxied
         assert [r for r in run.api.requests if (r.header("user-agent") or "").startswith("curl")] == []

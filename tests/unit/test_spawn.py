@@ -461,6 +461,7 @@ def test_a_control_planes_swarm_job_holds_tickets_and_no_secret_on_the_workers_n
 
     Tickets.in_folder(tmp_path, create=True)
     env = {"ORCHESTRATOR_DOORS_VOLUME": "v-doors", "ORCHESTRATOR_MIRROR_VOLUME": "app-mirror",
+           "ORCHESTRATOR_SWARM_CONTROL_ADDRESS": "10.0.9.2",
            "ORCHESTRATOR_KEYS_DIR": str(tmp_path), "CLAUDE_CODE_OAUTH_TOKEN": "sk-secret", "GIT_TOKEN": "ghp_x",
            "HOME": "/nonexistent"}  # fmt: skip
     limits = WorkerLimits.parse(None, None, None)
@@ -475,6 +476,7 @@ def test_a_control_planes_swarm_job_holds_tickets_and_no_secret_on_the_workers_n
     argv = service_argv(spec, {})
     assert argv[argv.index("--network") + 1] == "v-workers" and argv.count("--network") == 1
     assert "--secret" not in argv
+    assert argv[argv.index("--dns") + 1] == "10.0.9.2"  # the control plane's name server, which resolves nothing
 
 
 def test_the_control_plane_serves_a_plain_spawn_in_its_own_process(
