@@ -140,7 +140,7 @@ def engine_restart_without_live_restore(fault: Fault, _: Path) -> Figures:
     results = fault.results(second, ids)
     earlier = {t: json.loads(run.read(f"attempts/{t}/1.json")) for t in ids if t in results}
     resumed = sum(1 for t in ids if earlier.get(t, {}).get("status") == "interrupted" and results[t]["attempt"] == 2)
-    saw_earlier_work = [run.tool_results(name)[-1] == f"{name}" for name in names]
+    saw_earlier_work = [run.tool_results(name)[-1:] == [f"{name}"] for name in names]
     work_lost = sum(
         not fault.work_on_origin(repo, results[t]["branch"], f"notes/{name}.txt", f"{name}\n")
         for name, t in zip(names, ids, strict=True)
@@ -152,7 +152,9 @@ def engine_restart_without_live_restore(fault: Fault, _: Path) -> Figures:
         results_lost=len(ids) - len(results),
         work_lost=work_lost,
         resumed=resumed,
-        detail=f"earlier attempts: {[e.get('status') for e in earlier.values()]}, saw their work: {saw_earlier_work}",
+        detail=f"earlier attempts: {[e.get('status') for e in earlier.values()]}, saw their work: {saw_earlier_work}"
+        + "; results: "
+        + str({t: (r.get("status"), r.get("attempt"), r.get("error")) for t, r in results.items()}),
     )
 
 
