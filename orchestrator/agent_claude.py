@@ -36,8 +36,14 @@ class ClaudeCode:
     def environment(self, api_url: str, ticket: str, *, api_key: bool) -> dict[str, str]:
         """The relay's URL, and the ticket in the variable the real credential would be in: Claude
         Code then sends the headers that kind of credential needs (an OAuth token its beta
-        header), which the relay keeps when it swaps the ticket for the credential."""
-        return {"ANTHROPIC_BASE_URL": api_url, API_KEY_ENV if api_key else OAUTH_TOKEN_ENV: ticket}
+        header), which the relay keeps when it swaps the ticket for the credential. And no traffic
+        of its own besides the API's (update checks, telemetry, error reports): a worker has no
+        way out but the relay and the egress proxy, which would refuse it, once a task, in the log."""
+        return {
+            "ANTHROPIC_BASE_URL": api_url,
+            API_KEY_ENV if api_key else OAUTH_TOKEN_ENV: ticket,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        }
 
     def reader(self) -> ClaudeStream:
         return ClaudeStream()

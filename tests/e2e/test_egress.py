@@ -165,6 +165,8 @@ def test_a_hostile_agent_reaches_only_its_policy(run: Run, git_server: GitServer
     assert extra["works"] == {"curl": True, "git over https": True, "python urllib": True}, extra["works_output"]
     assert extra["counts"]["refused"] >= 5 and extra["counts"]["allowed"] >= 1, extra["counts"]
     assert "egress: refused" in extra["worker_log"], extra["worker_log"][-3000:]
+    # Claude Code's own traffic (update checks, telemetry) is turned off: it knocks on nothing.
+    assert not [host for host in extra["refused_hosts"] if "anthropic.com" in host], extra["refused_hosts"]
 
 
 def attack(run: Run, git_server: GitServer, token_file: Path, host: str, port: int,
