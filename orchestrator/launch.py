@@ -45,7 +45,7 @@ from .launch_control import (
     stop_control,
 )
 from .launch_control import prepare as prepare_orchestration
-from .launch_options import build_parser, check_repo_options, manager_settings, split_command
+from .launch_options import DEFAULT_NAME, build_parser, check_repo_options, manager_settings, split_command
 from .login import check_login
 from .secrets import Secrets
 
@@ -281,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ  # read here, and nowhere below
     options, command = split_command(sys.argv[1:] if argv is None else argv)
     args = build_parser(env).parse_args(options)
+    if args.rehearsal:
+        args = rehearsal.own_names(args, env, DEFAULT_NAME)
 
     def work() -> int:
         if args.engine == config.ENGINE_SWARM and args.network == "host" and not args.manager_docker_socket:

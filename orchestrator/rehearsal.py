@@ -30,6 +30,8 @@ SAMPLE_SCRIPT = Path(__file__).with_name("rehearsal-sample.json")
 SCRIPT_NAME = ".rehearsal-script.json"  # in the control plane's home, copied there by run.py
 ORIGIN = "/workspace/rehearsal/origin.git"  # on the control plane's workspace volume (launch_control.CONTROL_WORKSPACE)
 SAMPLE_REQUEST = "Add a dark mode to the app"
+REHEARSAL_NAME = "claude-rehearsal"  # the manager's, unless --name: claude-rehearsal-control, ...
+REHEARSAL_VOLUME = "rehearsal-volume"  # the shared volume's, unless --volume or $ORCHESTRATOR_VOLUME
 # What the relay sends the scripted model in place of a credential. Not a secret: the model
 # answers anyone, on the control plane's loopback.
 PLACEHOLDER = ClaudeCredential("rehearsal-no-credential")
@@ -64,6 +66,18 @@ class Plan:
     @property
     def files(self) -> list[FileToCopy]:
         return [] if self.script is None else [FileToCopy(SCRIPT_NAME, self.script, 0o644)]
+
+
+def own_names(args: argparse.Namespace, env: Mapping[str, str], default_name: str) -> argparse.Namespace:
+    """A rehearsal on names of its own, unless the person gave some: its volume, manager and
+    clone are never those a real batch takes by default (whose workspace would then hold a clone
+    of the rehearsal's origin, and its volume the rehearsal's tasks)."""
+    given_volume = env.get(environment.VOLUME.name) or args.volume != environment.VOLUME.default
+    return argparse.Namespace(**{
+        **vars(args),
+        "name": REHEARSAL_NAME if args.name == default_name else args.name,
+        "volume": args.volume if given_volume else REHEARSAL_VOLUME,
+    })  # fmt: skip
 
 
 def plan(args: argparse.Namespace) -> Plan | None:

@@ -153,3 +153,16 @@ def test_the_readmes_script_and_the_sample_load() -> None:
     assert shown.request == "Add a changelog and a licence" and len(shown.scenarios) == 4
     sample = read(ROOT / "orchestrator" / "rehearsal-sample.json")
     assert sample.request == rehearsal.SAMPLE_REQUEST and len(sample.scenarios) == 5
+
+
+def test_a_rehearsal_takes_names_of_its_own_unless_given() -> None:
+    # A real batch run later with the defaults must not find the rehearsal's clone or tasks.
+    from orchestrator.launch_options import DEFAULT_NAME
+
+    named = rehearsal.own_names(parse("--rehearsal"), {}, DEFAULT_NAME)
+    assert (named.name, named.volume) == ("claude-rehearsal", "rehearsal-volume")
+    given = rehearsal.own_names(parse("--rehearsal", "--name", "mine", "--volume", "v"), {}, DEFAULT_NAME)
+    assert (given.name, given.volume) == ("mine", "v")
+    env = {"ORCHESTRATOR_VOLUME": "orchestration-volume"}
+    from_env = rehearsal.own_names(build_parser(env).parse_args(["--rehearsal"]), env, DEFAULT_NAME)
+    assert from_env.volume == "orchestration-volume"  # the person's own choice, through the environment
