@@ -219,8 +219,10 @@ class BatchBoard:
         path = self.ctx.orch.worker_log_path(task_id)
         try:
             with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read(LOG_CHUNK)
+                # Past the end, nothing: a file system refuses a seek past the largest file it can hold.
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(min(offset, size))
+                data = handle.read(LOG_CHUNK) if offset < size else b""
         except FileNotFoundError:
             data = self.engine_log(view)[offset : offset + LOG_CHUNK] if finished else b""
         sent = whole_lines(data, finished)

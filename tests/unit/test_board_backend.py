@@ -170,6 +170,9 @@ def test_the_log_comes_in_whole_lines_from_an_offset(orch: OrchestrationDir, eng
     last = backend.log(running, first.next_offset)
     assert last.text == "agent: half a line\nno newline at the end" and last.finished
     assert backend.log(running, last.next_offset).to_json()["text"] == ""
+    # The largest offset the board's query takes (15 digits), far past the end: nothing, no error.
+    far = backend.log(running, 10**15 - 1)
+    assert (far.text, far.next_offset, far.finished) == ("", 10**15 - 1, True)
 
 
 def test_a_long_line_is_cut_between_characters() -> None:

@@ -91,6 +91,12 @@ def test_the_control_planes_choices_are_refused_in_orch(argv: tuple[str, ...], n
         (("flutter", "task-001", "--ssh-key", "/home/claude/.ssh/id_ed25519"), "--ssh-key"),
         (("flutter", "task-001", "--engine", "swarm"), "--engine"),
         (("flutter", "task-001", "--branch", "release"), "--branch"),
+        # Spelled so that a check of its own could read it otherwise: abbreviated, with "=", before
+        # the positionals. The policy reads it with the parser spawn.serve then runs.
+        (("--image-p", "evil/", "flutter", "task-001"), "--image-prefix"),
+        (("flutter", "task-001", "--rep=https://attacker.example/x.git"), "--repo"),
+        (("--api-url=http://attacker.example", "flutter", "task-001"), "--api-url"),
+        (("flutter", "task-001", "--netw", "host"), "--network"),
     ],
 )
 def test_the_control_planes_choices_are_refused_in_spawn_worker(argv: tuple[str, ...], named: str) -> None:
