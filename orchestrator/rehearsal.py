@@ -21,6 +21,7 @@ from pathlib import Path
 from . import config, environment
 from .docker import FileToCopy
 from .errors import InvalidInput
+from .launch_control import CONTROL_WORKSPACE
 from .scripted.script_file import load as load_script
 from .secrets import ClaudeCredential, Secrets
 
@@ -28,7 +29,7 @@ SAMPLE = "sample"
 SCRIPT_FROM_PERSON = "script"
 SAMPLE_SCRIPT = Path(__file__).with_name("rehearsal-sample.json")
 SCRIPT_NAME = ".rehearsal-script.json"  # in the control plane's home, copied there by run.py
-ORIGIN = "/workspace/rehearsal/origin.git"  # on the control plane's workspace volume (launch_control.CONTROL_WORKSPACE)
+ORIGIN = f"{CONTROL_WORKSPACE}/rehearsal/origin.git"  # on the control plane's workspace volume
 SAMPLE_REQUEST = "Add a dark mode to the app"
 REHEARSAL_NAME = "claude-rehearsal"  # the manager's, unless --name: claude-rehearsal-control, ...
 REHEARSAL_VOLUME = "rehearsal-volume"  # the shared volume's, unless --volume or $ORCHESTRATOR_VOLUME

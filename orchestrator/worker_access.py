@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -137,8 +136,6 @@ class ThroughControlPlane:
         if self.doors.over_network:
             if mirror is None:
                 raise UserError(f"{environment.MIRROR_DIR.name} is not set: a swarm worker copies the mirror there")
-            mirror.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(mirror.parent, 0o755)  # the agent's clone borrows from it, as from a mounted mirror
             say(worker_channel.copy_mirror(self.doors, self.git_ticket, mirror, wait_for=self.wait_for, say=say))
 
     def origin_access(self) -> contextlib.AbstractContextManager[object]:

@@ -142,6 +142,7 @@ def copy_mirror(
 
 def _copy_mirror(doors: Doors | Path, ticket: str, dest: Path) -> str:
     dest.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(dest.parent, 0o755)  # the agent's clone borrows from the copy, as from a mounted mirror
     handle, name = tempfile.mkstemp(prefix=".mirror-", suffix=".bundle", dir=dest.parent)
     bundle = Path(name)
     try:

@@ -223,7 +223,10 @@ class ControlPlane:
         door.close()
         worker_door.close()
         for served in swarm_doors:
-            served.close() if isinstance(served, Door) else served.stop()
+            if isinstance(served, Door):
+                served.close()
+            else:
+                served.stop()
         egress.stop()
         spend.stop()
         if git_channel is not None and (cut := git_channel.stop()):

@@ -92,7 +92,13 @@ def allowed_server(redirect_to: str) -> Iterator[int]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("0.0.0.0", 0), Handler)
+    with serving(ThreadingHTTPServer(("0.0.0.0", 0), Handler)) as port:
+        yield port
+
+
+@contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[int]:
+    """The server, from a thread, for as long as the block runs; its port."""
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server.server_address[1]
@@ -129,12 +135,8 @@ def tls_server(tmp: Path) -> Iterator[int]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(server) as port:
+        yield port
 
 
 def test_a_hostile_agent_reaches_only_its_policy(run: Run, git_server: GitServer, token_file: Path, bridge: Bridge,
