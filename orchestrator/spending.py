@@ -31,6 +31,7 @@ from . import environment
 from .accounts import Ledger
 from .errors import InvalidInput, UserError
 from .ratelimit import GateView
+from .relay_request import Notice, NoticeKind
 from .store import OrchestrationDir, read_json, write_json
 from .tickets import RELAY, Tickets, ended
 
@@ -163,6 +164,7 @@ class SpendWriter:
         self.orch = orch
         self.gate = gate
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # the writer's thread and a request that spent a budget
         self._written: dict[str, Any] | None = None
 
     def restore(self) -> int:
@@ -181,7 +183,23 @@ class SpendWriter:
         self._stop.set()
         self.write()
 
+    def notice(self, notice: Notice) -> None:
+        """The relay's notice: a budget spent is written at once, from the request's thread. The
+        dispatcher reads spend.json before it starts a task; a second's wait for the next round
+        let a task start under a batch's budget that was already spent."""
+        if notice.kind is NoticeKind.BUDGET_SPENT:
+            self.write_now()
+
+    def write_now(self) -> None:
+        """spend.json as the ledger is; a failing disk is for the next round to retry."""
+        with contextlib.suppress(OSError):
+            self.write()
+
     def write(self) -> None:
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
         now = snapshot(self.ledger, self.gate)
         # What is in flight changes every moment, the seconds of a pause every second; the file
         # says what was spent, and who waits on the API's rate limit.
@@ -196,5 +214,4 @@ class SpendWriter:
 
     def _run(self) -> None:
         while not self._stop.wait(WRITE_EVERY):
-            with contextlib.suppress(OSError):
-                self.write()
+            self.write_now()

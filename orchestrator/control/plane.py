@@ -49,7 +49,7 @@ from ..context import Context
 from ..dispatcher import ensure_dispatcher
 from ..errors import UserError
 from ..relay import ApiRelay, RelaySettings
-from ..relay_request import NoticeKind
+from ..relay_request import Notice, NoticeKind
 from ..scripted.server import ScriptedAPI
 from ..secrets import GIT_TOKEN_ENV, Secrets, scrubber
 from ..spending import (
@@ -113,9 +113,15 @@ class ControlPlane:
         self.doors_dir = doors_dir
         self.env = commands_env(ctx.env, secrets)
         self.stopping = threading.Event()
+        self._spend: SpendWriter | None = None
 
     def say(self, message: str) -> None:
         print(f"control: {scrubber(self.secrets.values())(message)}", flush=True)
+
+    def _on_notice(self, notice: Notice) -> None:
+        self.say(notice.message)
+        if self._spend is not None:
+            self._spend.notice(notice)
 
     def run(self) -> int:
         ctx, settings = self.ctx, self.ctx.settings
@@ -165,7 +171,7 @@ class ControlPlane:
         relay = ApiRelay(
             self.secrets.claude,
             api_url,
-            on_notice=lambda notice: self.say(notice.message),
+            on_notice=self._on_notice,
             settings=RelaySettings(
                 host="127.0.0.1", port=0, max_in_flight=environment.API_IN_FLIGHT.whole_number(ctx.env)
             ),
@@ -173,7 +179,7 @@ class ControlPlane:
         # Kept in its own home (the container's, which a restart keeps): a control plane that is
         # restarted takes the ticket the manager's Claude Code holds.
         # The manager spends under the person's ceiling (run.py --budget-usd), as the batch does.
-        spend = SpendWriter(relay.ledger, ctx.orch, gate=relay.gate.view)
+        spend = self._spend = SpendWriter(relay.ledger, ctx.orch, gate=relay.gate.view)
         if spend.restore():
             self.say("took back what the orchestration's agents had spent, from spend.json")
         open_orchestration(relay.ledger, ctx.env)

@@ -14,6 +14,7 @@ from orchestrator import spending
 from orchestrator.accounts import Ledger
 from orchestrator.errors import InvalidInput
 from orchestrator.ratelimit import RateGate
+from orchestrator.relay_request import Notice, NoticeKind
 from orchestrator.store import OrchestrationDir, write_json
 from orchestrator.tasks import BatchSettings, State, Task, TaskResult, utc_now
 from orchestrator.tickets import GIT, RELAY, Tickets
@@ -98,6 +99,22 @@ def test_spend_json_is_written_as_it_changes_and_taken_back_by_a_new_control_pla
     assert spending.SpendWriter(again, orch).restore() == 3
     assert (again.account("task:t1").cost_usd, again.account("task:t1").parent) == (0.25, "batch")
     assert again.account("orchestration").input_tokens == 10
+
+
+def test_a_budget_spent_is_in_spend_json_at_once_for_the_dispatcher(orch: OrchestrationDir) -> None:
+    """The dispatcher reads spend.json before it starts a task; the writer's thread is not started
+    here, so only the relay's notice can have written it."""
+    write_task(orch, Task(id="t1", prompt="p"))
+    orch.write_settings(BatchSettings(budget_usd=1.0))
+    ledger, _ = accounts_of(orch)
+    ledger.account_for(Tickets(KEY).make(RELAY, "t1", 1))
+    writer = spending.SpendWriter(ledger, orch)
+    ledger.charge("task:t1", 0.5)
+    writer.notice(Notice(NoticeKind.REFUSED, "task:t1", "a refusal is not a budget spent"))
+    assert spending.load(orch) == {}
+    for account, line in ledger.charge("task:t1", 0.75):
+        writer.notice(Notice(NoticeKind.BUDGET_SPENT, account, line))
+    assert spending.spent_line(spending.load(orch), orch, {}) == "the batch's budget is spent: $1.25 of $1.00"
 
 
 def test_spend_json_says_when_the_relay_holds_requests_for_the_apis_rate_limit(orch: OrchestrationDir) -> None:
