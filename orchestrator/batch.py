@@ -70,9 +70,7 @@ def resume(orch: OrchestrationDir, engine: Engine, view: TaskView) -> TaskView:
     result = view.result
     assert result is not None
     forget_settled(orch, [view.id])
-    number = archive_attempt(orch, view)
-    kept = f"{view.container}-attempt-{number}"
-    renamed = engine.rename(view.container, kept)
+    number, kept, renamed = set_attempt_aside(orch, engine, view)
     if result.pushed and result.branch:
         saved = f"it starts from {result.branch}, which attempt {number} pushed"
     elif result.bundle:
@@ -236,10 +234,7 @@ def retry(orch: OrchestrationDir, engine: Engine, ids: Iterable[str]) -> list[Re
                 orch.update_status(view.id, State.QUEUED, message="queued again")
                 retried.append(Retried(view.id, None))
                 continue
-            number = archive_attempt(orch, view)
-            # The new worker needs the name; the old container (and its clone) is kept under another.
-            kept = f"{view.container}-attempt-{number}"
-            renamed = engine.rename(view.container, kept)
+            number, kept, renamed = set_attempt_aside(orch, engine, view)
             orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=f"attempt {number + 1}")
             retried.append(Retried(view.id, number + 1, kept if renamed else None))
         # Blocked tasks get another look: those whose dependencies can now succeed will run.
@@ -290,26 +285,46 @@ def attempt_result(orch: OrchestrationDir, task_id: str, attempt: int | None) ->
     return TaskResult.from_json(read_json(path))
 
 
-def archive_attempt(orch: OrchestrationDir, view: TaskView) -> int:
-    """Move the finished attempt's result, transcript and log under attempts/ID/; returns its number."""
+def set_attempt_aside(orch: OrchestrationDir, engine: Engine, view: TaskView) -> tuple[int, str, bool]:
+    """Make room for a new attempt of the task (call ``orch.update_status`` next): the finished
+    attempt's container is kept as worker-ID-attempt-N and its files under attempts/ID/.
+    Returns (N, the container's new name, whether there was a container to keep).
+
+    The container first: an engine that cannot answer (it is restarting) fails this before
+    anything moved, and the next round finds the attempt as it was. Files moved first left a
+    task with neither its result nor a new attempt, which no round took up again."""
+    number = attempt_number(orch, view)
+    kept = f"{view.container}-attempt-{number}"
+    renamed = engine.rename(view.container, kept)
+    archive_attempt(orch, view, number)
+    return number, kept, renamed
+
+
+def _attempt_moves(orch: OrchestrationDir, task_id: str, number: int) -> list[tuple[Path, Path]]:
+    return [
+        (orch.result_path(task_id), orch.attempt_path(task_id, number, "json")),
+        (orch.log_path(task_id), orch.attempt_path(task_id, number, "jsonl")),
+        (orch.worker_log_path(task_id), orch.attempt_path(task_id, number, "log")),
+    ]
+
+
+def attempt_number(orch: OrchestrationDir, view: TaskView) -> int:
+    """The number the finished attempt is kept under: its own, unless that is taken already
+    (files edited by hand, a damaged status): then the next free one, so that nothing kept is
+    replaced and the retry still goes ahead."""
     number = view.attempt
-    orch.attempt_dir(view.id).mkdir(parents=True, exist_ok=True)
-
-    def moves_for(n: int) -> list[tuple[Path, Path]]:
-        return [
-            (orch.result_path(view.id), orch.attempt_path(view.id, n, "json")),
-            (orch.log_path(view.id), orch.attempt_path(view.id, n, "jsonl")),
-            (orch.worker_log_path(view.id), orch.attempt_path(view.id, n, "log")),
-        ]
-
-    # A number taken already (files edited by hand, a damaged status): the next free one, so
-    # that nothing kept is replaced and the retry still goes ahead.
-    while any(source.exists() and target.exists() for source, target in moves_for(number)):
+    while any(source.exists() and target.exists() for source, target in _attempt_moves(orch, view.id, number)):
         number += 1
-    moves = moves_for(number)
+    return number
+
+
+def archive_attempt(orch: OrchestrationDir, view: TaskView, number: int | None = None) -> int:
+    """Move the finished attempt's result, transcript and log under attempts/ID/; returns its number."""
+    number = attempt_number(orch, view) if number is None else number
+    orch.attempt_dir(view.id).mkdir(parents=True, exist_ok=True)
     # The result moves last: until then the attempt still counts as finished, and a retry
     # cut short is simply run again.
-    for source, target in reversed(moves):
+    for source, target in reversed(_attempt_moves(orch, view.id, number)):
         if source.exists():
             os.replace(source, target)
     return number

@@ -74,7 +74,7 @@ class Fault:
 def state_of(manager: Manager, what: str) -> str:
     """``what`` was waited for, and what the manager knows, for a fault that did not go as expected."""
     status = manager.orch("status", check=False)
-    log = sh("docker", "exec", manager.name, "tail", "-20", "/orchestration/logs/dispatcher.log", check=False)
+    log = sh("docker", "exec", manager.name, "tail", "-40", "/orchestration/logs/dispatcher.log", check=False)
     return f"{what}; what the manager knows:\n{status.stdout}{status.stderr}\n{log.stdout}{log.stderr}"
 
 
@@ -146,6 +146,10 @@ def engine_restart_without_live_restore(fault: Fault, _: Path) -> Figures:
         for name, t in zip(names, ids, strict=True)
         if t in results and results[t].get("branch")
     ) + sum(t not in results or not results[t].get("branch") for t in ids)
+    lost = state_of(second, f"no result for {[t for t in ids if t not in results]}") if len(results) < len(ids) else ""
+    for task_id in ids if lost else ():  # where each task's files are, for the failure's report
+        where = f"cd /orchestration; ls attempts/{task_id} results/{task_id}.json; cat status/{task_id}.json"
+        lost += sh("docker", "exec", second.name, "sh", "-c", where, check=False).stdout
     second.remove()
     return Figures(
         survived=all(results.get(t, {}).get("status") == "success" for t in ids) and all(saw_earlier_work),
@@ -154,7 +158,8 @@ def engine_restart_without_live_restore(fault: Fault, _: Path) -> Figures:
         resumed=resumed,
         detail=f"earlier attempts: {[e.get('status') for e in earlier.values()]}, saw their work: {saw_earlier_work}"
         + "; results: "
-        + str({t: (r.get("status"), r.get("attempt"), r.get("error")) for t, r in results.items()}),
+        + str({t: (r.get("status"), r.get("attempt"), r.get("error")) for t, r in results.items()})
+        + lost,
     )
 
 

@@ -244,6 +244,33 @@ def test_an_interrupted_task_is_resumed_once_then_left_as_it_is(orch):
     assert view.state is State.INTERRUPTED and view.attempt == 2 and view.resumed == 1 and started == [task, task]
 
 
+def test_an_engine_that_cannot_keep_the_old_container_leaves_the_interrupted_task_for_the_next_round(orch):
+    """A round that meets the engine restarting fails before it moved anything: the task keeps
+    its result, and the next round resumes it (files moved first left it with neither)."""
+    engine, started = FakeEngine(), list[str]()
+    d = dispatcher(orch, engine, started)
+    task = submit(orch)
+    queue_all(orch)
+    one_round(d)
+    engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 143, "Running": False}
+    kept = engine.rename
+
+    def engine_away(name: str, new_name: str) -> bool:
+        raise UserError("`docker rename` failed: Cannot connect to the Docker daemon")
+
+    engine.rename = engine_away  # type: ignore[method-assign]
+    with pytest.raises(UserError, match="Cannot connect"):
+        one_round(d)
+    view = load_view(orch, task)
+    assert view.state is State.INTERRUPTED and view.result is not None and view.attempt == 1
+    assert not orch.attempt_path(task, 1, "json").exists()
+    engine.rename = kept  # type: ignore[method-assign]
+    one_round(d)
+    view = load_view(orch, task)
+    assert view.state is State.RUNNING and view.attempt == 2 and started == [task, task]
+    assert json.loads(orch.attempt_path(task, 1, "json").read_text())["status"] == "interrupted"
+
+
 def test_resuming_can_be_turned_off_and_dependents_then_block(orch):
     engine, started = FakeEngine(), list[str]()
     d = dispatcher(orch, engine, started)
