@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import config, environment, merge, orch_git
 from . import orch_commands as commands
+from . import orch_reading as reading
 from .cli import HelpFormatter, add_limit_options, run_command
 from .context import Context
 from .control.egress_policy import POLICY_NAMES
@@ -201,7 +202,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("--json", action="store_true", help="print the result file")
     p.add_argument("--attempt", type=int, metavar="N", help="an earlier attempt's result")
-    p.set_defaults(func=commands.cmd_result)
+    p.set_defaults(func=reading.cmd_result)
 
     p = command(
         "logs",
@@ -213,7 +214,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing until the task finishes")
     p.add_argument("--raw", action="store_true", help="the agent's raw stream-json transcript instead")
     p.add_argument("--attempt", type=int, metavar="N", help="an earlier attempt's log")
-    p.set_defaults(func=commands.cmd_logs)
+    p.set_defaults(func=reading.cmd_logs)
 
     p = command(
         "cancel",
