@@ -219,7 +219,15 @@ def test_the_agent_s_request_goes_through_its_door_and_the_control_plane_s_proxy
             with pytest.raises(urllib.error.HTTPError) as refused:
                 opener.open("http://pub.dev/", timeout=10)
             assert refused.value.code == 403
+            # The agent names another task with its own ticket (to use that task's policy, or to
+            # write into its records): it is no task at all, and nothing lands in t-2's records.
+            forged = proxy.replace("http://t-1:", "http://t-2:", 1)
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": forged}))
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                opener.open(f"http://127.0.0.1:{server}/", timeout=10)
+            assert refused.value.code == 407  # Proxy Authentication Required
     finally:
         service.stop()
     assert counts_of(orch, "t-1").to_json() == {"allowed": 1, "refused": 1, "unlogged": 0}  # type: ignore[union-attr]
+    assert counts_of(orch, "t-2") is None and not (orch.root / "egress" / "t-2.jsonl").exists()
     assert told == ["egress: refused GET pub.dev:80: the name pub.dev is not allowed by the policy none"]
