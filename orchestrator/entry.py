@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing, collections.abc and pathlib are not imported for a type alone
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 CONTROL = "ORCHESTRATOR_CONTROL"  # environment.CONTROL, not imported: this module stays light
 COMMANDS = ("orch", "spawn-worker")
@@ -28,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if control:
         from .control.channel_client import client_main
 
-        return client_main(command, rest, Path(control))
+        return client_main(command, rest, control)
     if command == "orch":
         from .orch import main as orch_main
 

@@ -3,7 +3,8 @@ person's orchestration runs on Docker's default network), its control plane serv
 a port published on the host's loopback, and headless Chromium (tests/support/browser.py) logged
 in through the link run.py printed. The tasks show, a line the worker prints shows on its task's
 page, a task's diff comes from the mirror, a running task is cancelled from its page; requests
-without the secret, and the manager's asking for it, are refused."""
+without the secret, and the manager's asking for it, are refused; the control plane restarted,
+the same link logs in again."""
 
 from __future__ import annotations
 
@@ -125,5 +126,19 @@ def test_a_real_batch_on_the_board(bridge_run: Run, bridge: Bridge, bridge_git: 
             assert problems == []
         wait_until(lambda: manager.status()[long]["state"] == "cancelled", "orch status to say cancelled", 60)
         assert manager.result(long)["status"] == "cancelled"
+
+        # The engine restarts the control plane (a reboot, docker restart): the same link logs in
+        # again, on the same port; the wrong secret still does not.
+        sh("docker", "restart", control)
+
+        def logs_in() -> bool:
+            try:
+                return answer(port, "POST", "/login", secret.encode(), Origin=origin) == 204
+            except (OSError, http.client.HTTPException):
+                return False  # not serving yet
+
+        wait_until(logs_in, lambda: "the board to serve again: " + sh("docker", "logs", "--tail", "20", control).stderr,
+                   120)  # fmt: skip
+        assert answer(port, "POST", "/login", b"not-the-secret", Origin=origin) == 403
     finally:
         manager.remove()
