@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,17 +70,19 @@ def resume(orch: OrchestrationDir, engine: Engine, view: TaskView) -> TaskView:
     result = view.result
     assert result is not None
     forget_settled(orch, [view.id])
-    number, kept, renamed = set_attempt_aside(orch, engine, view)
-    if result.pushed and result.branch:
-        saved = f"it starts from {result.branch}, which attempt {number} pushed"
-    elif result.bundle:
-        saved = f"it starts from the bundle attempt {number} saved"
-    elif renamed and not work_is_safe(result):
-        saved = f"attempt {number}'s work, if any, is in the container {kept}"
-    else:
-        saved = f"attempt {number} had handed nothing back"
-    message = f"resumed after attempt {number} was interrupted; {saved}"
-    orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=message)
+
+    def message(number: int, kept: str, renamed: bool) -> str:
+        if result.pushed and result.branch:
+            saved = f"it starts from {result.branch}, which attempt {number} pushed"
+        elif result.bundle:
+            saved = f"it starts from the bundle attempt {number} saved"
+        elif renamed and not work_is_safe(result):
+            saved = f"attempt {number}'s work, if any, is in the container {kept}"
+        else:
+            saved = f"attempt {number} had handed nothing back"
+        return f"resumed after attempt {number} was interrupted; {saved}"
+
+    new_attempt(orch, engine, view, message)
     return load_view(orch, view.id)
 
 
@@ -234,8 +236,7 @@ def retry(orch: OrchestrationDir, engine: Engine, ids: Iterable[str]) -> list[Re
                 orch.update_status(view.id, State.QUEUED, message="queued again")
                 retried.append(Retried(view.id, None))
                 continue
-            number, kept, renamed = set_attempt_aside(orch, engine, view)
-            orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=f"attempt {number + 1}")
+            number, kept, renamed = new_attempt(orch, engine, view, lambda n, _kept, _renamed: f"attempt {n + 1}")
             retried.append(Retried(view.id, number + 1, kept if renamed else None))
         # Blocked tasks get another look: those whose dependencies can now succeed will run.
         for other in ViewCache(orch).views():
@@ -285,17 +286,22 @@ def attempt_result(orch: OrchestrationDir, task_id: str, attempt: int | None) ->
     return TaskResult.from_json(read_json(path))
 
 
-def set_attempt_aside(orch: OrchestrationDir, engine: Engine, view: TaskView) -> tuple[int, str, bool]:
-    """Make room for a new attempt of the task (call ``orch.update_status`` next): the finished
-    attempt's container is kept as worker-ID-attempt-N and its files under attempts/ID/.
-    Returns (N, the container's new name, whether there was a container to keep).
+def new_attempt(
+    orch: OrchestrationDir, engine: Engine, view: TaskView, message: Callable[[int, str, bool], str]
+) -> tuple[int, str, bool]:
+    """Queue a new attempt of a task that ended: the finished attempt N's container is kept as
+    worker-ID-attempt-N and its files under attempts/ID/; the status says attempt N+1, queued,
+    with ``message(N, the container's new name, whether there was one)``. Returns those three.
 
-    The container first: an engine that cannot answer (it is restarting) fails this before
-    anything moved, and the next round finds the attempt as it was. Files moved first left a
-    task with neither its result nor a new attempt, which no round took up again."""
+    Each step leaves what the next round can finish. The container first: an engine that cannot
+    answer (it is restarting) fails this before anything changed. The status next: until the
+    result moves, the task still reads as ended (views take the result first), so one cut short
+    here is queued again whole. The files last. (Files moved first, an engine failing after
+    them left a task with neither its result nor a new attempt, which no round took up again.)"""
     number = attempt_number(orch, view)
     kept = f"{view.container}-attempt-{number}"
     renamed = engine.rename(view.container, kept)
+    orch.update_status(view.id, State.QUEUED, attempt=number + 1, message=message(number, kept, renamed))
     archive_attempt(orch, view, number)
     return number, kept, renamed
 

@@ -271,6 +271,33 @@ def test_an_engine_that_cannot_keep_the_old_container_leaves_the_interrupted_tas
     assert json.loads(orch.attempt_path(task, 1, "json").read_text())["status"] == "interrupted"
 
 
+def test_a_resume_cut_short_before_its_files_moved_is_done_whole_by_the_next_round(orch, monkeypatch):
+    """The status says attempt 2 is queued, the result of attempt 1 is still where it was (the
+    dispatcher killed, a disk error): the task still reads as interrupted, and is resumed again."""
+    engine, started = FakeEngine(), list[str]()
+    d = dispatcher(orch, engine, started)
+    task = submit(orch)
+    queue_all(orch)
+    one_round(d)
+    engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 143, "Running": False}
+    archive = batch.archive_attempt
+
+    def cut(*args: object, **kwargs: object) -> int:
+        raise OSError("the disk went away")
+
+    monkeypatch.setattr(batch, "archive_attempt", cut)
+    with pytest.raises(OSError):
+        one_round(d)
+    view = load_view(orch, task)
+    assert view.state is State.INTERRUPTED and view.result is not None and view.result.attempt == 1
+    monkeypatch.setattr(batch, "archive_attempt", archive)
+    one_round(d)
+    view = load_view(orch, task)
+    assert view.state is State.RUNNING and view.attempt == 2 and started == [task, task]
+    assert json.loads(orch.attempt_path(task, 1, "json").read_text())["status"] == "interrupted"
+    assert not orch.attempt_path(task, 2, "json").exists()
+
+
 def test_resuming_can_be_turned_off_and_dependents_then_block(orch):
     engine, started = FakeEngine(), list[str]()
     d = dispatcher(orch, engine, started)
