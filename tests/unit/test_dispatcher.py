@@ -224,18 +224,30 @@ def test_a_task_s_limits_come_before_the_batch_s_and_the_manager_s(orch: Orchest
     assert json.loads(orch.task_path(own).read_text())["memory"] == "8g"
 
 
-def test_an_interrupted_task_is_resumed_once_then_left_as_it_is(orch):
+def stopped_from_outside(orch: OrchestrationDir, code: int = 143) -> tuple[FakeEngine, list[str], Dispatcher, str]:
+    """A task whose worker the dispatcher started, then stopped from outside (143: SIGTERM, 137:
+    SIGKILL) before the next round: its engine, what was started, the dispatcher, the task."""
     engine, started = FakeEngine(), list[str]()
     d = dispatcher(orch, engine, started)
     task = submit(orch)
     queue_all(orch)
     one_round(d)
-    # The engine went away under it: its worker was killed without a result.
-    engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 137, "Running": False}
+    engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": code, "Running": False}
+    return engine, started, d, task
+
+
+def resumed_as_attempt_2(d: Dispatcher, orch: OrchestrationDir, task: str, started: list[str]) -> None:
+    """The next round resumes it: attempt 2 runs, attempt 1's result kept under attempts/."""
     one_round(d)
     view = load_view(orch, task)
     assert view.state is State.RUNNING and view.attempt == 2 and started == [task, task]
     assert json.loads(orch.attempt_path(task, 1, "json").read_text())["status"] == "interrupted"
+
+
+def test_an_interrupted_task_is_resumed_once_then_left_as_it_is(orch):
+    # The engine went away under it: its worker was killed without a result.
+    engine, started, d, task = stopped_from_outside(orch, 137)
+    resumed_as_attempt_2(d, orch, task, started)
     assert engine.removed == [] and f"worker-{task}-attempt-1" in engine.state  # kept: it may hold the work
     assert f"{task} was interrupted; resumed after attempt 1 was interrupted" in output(d)
     engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 143, "Running": False}
@@ -244,42 +256,29 @@ def test_an_interrupted_task_is_resumed_once_then_left_as_it_is(orch):
     assert view.state is State.INTERRUPTED and view.attempt == 2 and view.resumed == 1 and started == [task, task]
 
 
-def test_an_engine_that_cannot_keep_the_old_container_leaves_the_interrupted_task_for_the_next_round(orch):
+def test_an_engine_that_cannot_keep_the_old_container_leaves_the_interrupted_task_for_the_next_round(orch, monkeypatch):
     """A round that meets the engine restarting fails before it moved anything: the task keeps
     its result, and the next round resumes it (files moved first left it with neither)."""
-    engine, started = FakeEngine(), list[str]()
-    d = dispatcher(orch, engine, started)
-    task = submit(orch)
-    queue_all(orch)
-    one_round(d)
-    engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 143, "Running": False}
+    engine, started, d, task = stopped_from_outside(orch)
     kept = engine.rename
 
     def engine_away(name: str, new_name: str) -> bool:
         raise UserError("`docker rename` failed: Cannot connect to the Docker daemon")
 
-    engine.rename = engine_away  # type: ignore[method-assign]
+    monkeypatch.setattr(engine, "rename", engine_away)
     with pytest.raises(UserError, match="Cannot connect"):
         one_round(d)
     view = load_view(orch, task)
     assert view.state is State.INTERRUPTED and view.result is not None and view.attempt == 1
     assert not orch.attempt_path(task, 1, "json").exists()
-    engine.rename = kept  # type: ignore[method-assign]
-    one_round(d)
-    view = load_view(orch, task)
-    assert view.state is State.RUNNING and view.attempt == 2 and started == [task, task]
-    assert json.loads(orch.attempt_path(task, 1, "json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(engine, "rename", kept)
+    resumed_as_attempt_2(d, orch, task, started)
 
 
 def test_a_resume_cut_short_before_its_files_moved_is_done_whole_by_the_next_round(orch, monkeypatch):
     """The status says attempt 2 is queued, the result of attempt 1 is still where it was (the
     dispatcher killed, a disk error): the task still reads as interrupted, and is resumed again."""
-    engine, started = FakeEngine(), list[str]()
-    d = dispatcher(orch, engine, started)
-    task = submit(orch)
-    queue_all(orch)
-    one_round(d)
-    engine.state[f"worker-{task}"] = {"Status": "exited", "ExitCode": 143, "Running": False}
+    _, started, d, task = stopped_from_outside(orch)
     archive = batch.archive_attempt
 
     def cut(*args: object, **kwargs: object) -> int:
@@ -291,10 +290,7 @@ def test_a_resume_cut_short_before_its_files_moved_is_done_whole_by_the_next_rou
     view = load_view(orch, task)
     assert view.state is State.INTERRUPTED and view.result is not None and view.result.attempt == 1
     monkeypatch.setattr(batch, "archive_attempt", archive)
-    one_round(d)
-    view = load_view(orch, task)
-    assert view.state is State.RUNNING and view.attempt == 2 and started == [task, task]
-    assert json.loads(orch.attempt_path(task, 1, "json").read_text())["status"] == "interrupted"
+    resumed_as_attempt_2(d, orch, task, started)
     assert not orch.attempt_path(task, 2, "json").exists()
 
 
